@@ -1,0 +1,51 @@
+# cryptobots: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+# setup re-installs only when these change (their hash is kept in the venv)
+SETUP_INPUTS := requirements.txt pyproject.toml
+SETUP_STAMP := $(VENV)/.cryptobots-setup
+
+.PHONY: help setup run test lint bench lock clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: ## create .venv with the pinned requirements and the project (quick when nothing changed)
+	@want=$$(cat $(SETUP_INPUTS) | sha256sum | cut -d' ' -f1); \
+	if [ -x $(PY) ] && [ "$$(cat $(SETUP_STAMP) 2>/dev/null)" = "$$want" ]; then \
+		echo "setup: $(VENV) is up to date"; exit 0; fi; \
+	set -e; \
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV); \
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION); \
+	$(VENV)/bin/uv pip install --python $(PY) --quiet -r requirements.txt; \
+	$(VENV)/bin/uv pip install --python $(PY) --quiet --no-deps -e .; \
+	echo "$$want" > $(SETUP_STAMP); \
+	echo "setup: $(VENV) ready"
+
+run: setup ## the main job (for now: migrate the embedded database, then the doctor report)
+	$(PY) -m pipeline db upgrade
+	$(PY) -m pipeline doctor
+
+test: setup lint ## lint, then the whole test suite (real Postgres: CRYPTOBOTS_TEST_PG_URL)
+	$(PY) -m pytest
+
+lint: setup ## ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: setup ## every benchmark in bench/, each printing its ratios against a baseline
+	@set -e; for script in bench/*.py; do echo "== $$script"; $(PY) $$script; done
+
+lock: setup ## recompile the pinned requirements files from the *.in files
+	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 requirements.in -o requirements.txt
+	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 requirements-gpu.in -c requirements.txt -o requirements-gpu.txt
+	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 serving/requirements.in \
+		-c requirements.txt -o serving/requirements.txt
+
+clean: ## remove .venv and everything under var/
+	rm -rf $(VENV) var

@@ -1,0 +1,85 @@
+"""Table definitions (SQLAlchemy Core). Names and key columns are a contract.
+
+Timestamps of candles (`ts`) are integer milliseconds since the Unix epoch, UTC,
+of the candle's open, exactly as exchanges and ccxt give them. Prices and volumes
+are float64 (DOUBLE PRECISION): any decimal the exchanges print (at most 15
+significant digits) round-trips exactly, and every consumer computes in float64.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+Price = sa.Float(precision=53).with_variant(sa.Double(), "postgresql")
+Timestamp = sa.DateTime(timezone=True)
+# Autoincrement ids: BIGINT on Postgres, INTEGER (the rowid alias) on SQLite.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+MARKET_KEY = ("exchange", "symbol", "timeframe")
+OHLCV_VALUES = ("open", "high", "low", "close", "volume")
+
+
+def _market_columns(nullable: bool = False) -> list[sa.Column]:
+    return [
+        sa.Column("exchange", sa.String(32), nullable=nullable),
+        sa.Column("symbol", sa.String(32), nullable=nullable),
+        sa.Column("timeframe", sa.String(8), nullable=nullable),
+    ]
+
+
+ohlcv = sa.Table(
+    "ohlcv",
+    metadata,
+    *_market_columns(),
+    sa.Column("ts", sa.BigInteger, nullable=False, comment="candle open, ms since epoch UTC"),
+    sa.Column("open", Price, nullable=False),
+    sa.Column("high", Price, nullable=False),
+    sa.Column("low", Price, nullable=False),
+    sa.Column("close", Price, nullable=False),
+    sa.Column("volume", Price, nullable=False),
+    sa.Column("ingested_at", Timestamp, nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("exchange", "symbol", "timeframe", "ts"),
+    comment="closed candles, validated; one row per market and open time",
+)
+
+ohlcv_quarantine = sa.Table(
+    "ohlcv_quarantine",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    *_market_columns(nullable=True),
+    sa.Column("ts", sa.BigInteger, nullable=True),
+    sa.Column("open", Price, nullable=True),
+    sa.Column("high", Price, nullable=True),
+    sa.Column("low", Price, nullable=True),
+    sa.Column("close", Price, nullable=True),
+    sa.Column("volume", Price, nullable=True),
+    sa.Column("raw", sa.Text, nullable=True, comment="the row as received, JSON"),
+    sa.Column("reason", sa.Text, nullable=False, comment="which check failed and why"),
+    sa.Column("run_id", sa.String(250), nullable=True, comment="ingest run that saw it"),
+    sa.Column("quarantined_at", Timestamp, nullable=False, server_default=sa.func.now()),
+    sa.Index("ix_ohlcv_quarantine_market_ts", "exchange", "symbol", "timeframe", "ts"),
+    comment="rows that failed validation, kept with the reason; never read by training",
+)
+
+ohlcv_gaps = sa.Table(
+    "ohlcv_gaps",
+    metadata,
+    *_market_columns(),
+    sa.Column("start_ts", sa.BigInteger, nullable=False, comment="first missing candle open"),
+    sa.Column("end_ts", sa.BigInteger, nullable=False, comment="open after the last missing one"),
+    sa.Column("missing", sa.Integer, nullable=False, comment="number of absent candles"),
+    sa.Column("detected_at", Timestamp, nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("exchange", "symbol", "timeframe", "start_ts"),
+    sa.CheckConstraint("end_ts > start_ts", name="end_after_start"),
+    comment="candles the exchange confirmed absent after re-requests (real gaps)",
+)

@@ -1,0 +1,34 @@
+"""The one exception tree of cryptobots.
+
+Every error a user can act on is a `CryptobotsError`; its message names the thing
+that is wrong and the fix. Library errors (ccxt, SQLAlchemy, pydantic) are
+translated into this tree in one adapter each, with `raise ... from e`.
+"""
+
+
+class CryptobotsError(Exception):
+    """Base of every error cryptobots raises on purpose."""
+
+
+class ConfigurationError(CryptobotsError):
+    """A setting is invalid, or a configured service cannot be reached."""
+
+
+class TemporaryExchangeError(CryptobotsError):
+    """The exchange failed in a way that a retry may fix (timeout, 429, 5xx)."""
+
+
+class ExchangeRejected(CryptobotsError):
+    """The exchange refused a request for good (bad symbol, insufficient funds)."""
+
+
+class DataValidationError(CryptobotsError):
+    """Input data breaks a rule; nothing from the offending batch was written."""
+
+
+class ModelRejected(CryptobotsError):
+    """A model artifact failed a check (checksum, signature, parity, gates)."""
+
+
+class RiskDenied(CryptobotsError):
+    """The risk gate refused an order."""

@@ -1,0 +1,391 @@
+"""The one Settings object of cryptobots, validated when it is loaded.
+
+Sources, strongest first: keyword arguments, environment variables
+(`CRYPTOBOTS_<KEY>`, nested keys joined by `__`, e.g.
+`CRYPTOBOTS_EXCHANGES__BINANCE__URL`), the YAML file named by `CRYPTOBOTS_CONFIG`,
+then the defaults below. Unknown keys are refused, and an invalid value fails at
+load with a message naming the key, the value and what is allowed. This module is
+the only place that reads the environment; everything else takes a `Settings`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from pipeline.errors import ConfigurationError
+
+ENV_PREFIX = "CRYPTOBOTS_"
+CONFIG_ENV = "CRYPTOBOTS_CONFIG"
+# Variables that share the prefix without being settings.
+NON_SETTING_ENV = (CONFIG_ENV, "CRYPTOBOTS_TEST_")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+TIMEFRAME_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_TIMEFRAME = re.compile(r"^([1-9][0-9]*)([smhdw])$")
+_SYMBOL = re.compile(r"^[A-Z0-9]+/[A-Z0-9]+$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_CREDENTIALS = re.compile(r"^(env|file|airflow):\S+$")
+
+
+def timeframe_ms(timeframe: str) -> int:
+    """Length of one candle of `timeframe` ('1m', '1h', '1d', ...) in milliseconds."""
+    match = _TIMEFRAME.match(timeframe)
+    if match is None:
+        raise ValueError(
+            f"timeframe {timeframe!r} is not valid: write a count and a unit "
+            f"({'/'.join(TIMEFRAME_UNITS_S)}), e.g. '1m', '5m', '1h', '1d'"
+        )
+    return int(match.group(1)) * TIMEFRAME_UNITS_S[match.group(2)] * 1000
+
+
+def default_var_dir() -> Path:
+    """`./var` of the checkout when running from one, else of the working directory."""
+    if (PROJECT_ROOT / "pyproject.toml").exists():
+        return PROJECT_ROOT / "var"
+    return Path.cwd() / "var"
+
+
+def default_data_dir() -> Path | None:
+    """The recorded market data beside the checkout (`../shared/data`), if it is there."""
+    candidate = PROJECT_ROOT.parent / "shared" / "data"
+    return candidate if candidate.is_dir() else None
+
+
+def normalize_db_url(url: str) -> str:
+    """Map plain `postgresql://` (and `postgres://`) URLs to the psycopg2 driver we ship.
+
+    SQLAlchemy 2.1 maps the bare scheme to psycopg 3; the driver in requirements is
+    psycopg2, so the scheme is made explicit here, once.
+    """
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return "postgresql+psycopg2://" + url[len(bare) :]
+    return url
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password replaced by ***, safe to print and log."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+class Market(BaseModel):
+    """One traded market, written `exchange:BASE/QUOTE:timeframe`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    exchange: str
+    symbol: str
+    timeframe: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        parts = value.strip().split(":")
+        if len(parts) != 3:
+            raise ValueError(
+                f"market {value!r} is not valid: write exchange:BASE/QUOTE:timeframe, "
+                "e.g. binance:BTC/USDT:1h"
+            )
+        exchange, symbol, timeframe = parts
+        return {"exchange": exchange, "symbol": symbol, "timeframe": timeframe}
+
+    @field_validator("exchange")
+    @classmethod
+    def _exchange_name(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _NAME.match(value):
+            raise ValueError(
+                f"exchange name {value!r} is not valid: use lowercase letters, "
+                "digits and _, e.g. binance"
+            )
+        return value
+
+    @field_validator("symbol")
+    @classmethod
+    def _symbol(cls, value: str) -> str:
+        value = value.strip().upper()
+        if not _SYMBOL.match(value):
+            raise ValueError(f"symbol {value!r} is not valid: write BASE/QUOTE, e.g. BTC/USDT")
+        return value
+
+    @field_validator("timeframe")
+    @classmethod
+    def _timeframe(cls, value: str) -> str:
+        timeframe_ms(value)
+        return value
+
+    @property
+    def timeframe_ms(self) -> int:
+        """Candle length in milliseconds."""
+        return timeframe_ms(self.timeframe)
+
+    def __str__(self) -> str:
+        return f"{self.exchange}:{self.symbol}:{self.timeframe}"
+
+
+class ExchangeConfig(BaseModel):
+    """How to reach one exchange through ccxt; secrets are referenced, never stored."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ccxt_id: str | None = Field(
+        default=None, description="ccxt exchange class id; defaults to the exchange's name"
+    )
+    url: str | None = Field(
+        default=None,
+        description="API base URL replacing ccxt's (the simulator, a testnet); None = the real one",
+    )
+    credentials: str | None = Field(
+        default=None,
+        description="where the API keys are: env:<PREFIX> (reads <PREFIX>_API_KEY and "
+        "<PREFIX>_SECRET), file:<path>, or airflow:<connection id>",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"URL {value!r} is not valid: write http(s)://host[:port][/path]")
+        return value.rstrip("/")
+
+    @field_validator("credentials")
+    @classmethod
+    def _credentials(cls, value: str | None) -> str | None:
+        if value is not None and not _CREDENTIALS.match(value):
+            raise ValueError(
+                f"credentials {value!r} are not a reference: write env:<PREFIX>, file:<path> "
+                "or airflow:<connection id> (keys themselves never go in settings)"
+            )
+        return value
+
+
+def _default_exchanges() -> dict[str, ExchangeConfig]:
+    # Offline default: the exchange simulator on loopback speaks Binance's API.
+    return {"binance": ExchangeConfig(ccxt_id="binance", url="http://127.0.0.1:8900")}
+
+
+def _default_markets() -> tuple[Market, ...]:
+    return tuple(
+        Market.model_validate(text)
+        for text in ("binance:BTC/USDT:1h", "binance:ETH/USDT:1h", "binance:ETH/BTC:1h")
+    )
+
+
+class Settings(BaseSettings):
+    """Everything configurable about cryptobots, typed and frozen."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    var_dir: Path = Field(
+        default_factory=default_var_dir,
+        description="where the embedded defaults write (database, artifacts, logs)",
+    )
+    db_url: str = Field(default="", description="SQLAlchemy URL; empty = SQLite file under var_dir")
+    artifact_root: str = Field(
+        default="", description="model artifact root: a folder or any fsspec URL (s3://...)"
+    )
+    data_dir: Path | None = Field(
+        default_factory=default_data_dir,
+        description="recorded market data served by the exchange simulator",
+    )
+    exchanges: dict[str, ExchangeConfig] = Field(default_factory=_default_exchanges)
+    markets: Annotated[tuple[Market, ...], NoDecode] = Field(default_factory=_default_markets)
+    trading_mode: Literal["paper", "live"] = Field(
+        default="paper", description="paper unless told otherwise; live also needs keys"
+    )
+    require_gpu: bool = Field(
+        default=False, description="fail (doctor, training) instead of falling back to CPU"
+    )
+
+    @field_validator("var_dir")
+    @classmethod
+    def _absolute_var_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir(cls, value: Path | None) -> Path | None:
+        if value is None or str(value) == "":
+            return None
+        return value.expanduser().resolve()
+
+    @field_validator("exchanges", mode="before")
+    @classmethod
+    def _exchange_names(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            for name in value:
+                if not _NAME.match(str(name)):
+                    raise ValueError(
+                        f"exchange name {name!r} is not valid: use lowercase letters, digits, _"
+                    )
+        return value
+
+    @field_validator("markets", mode="before")
+    @classmethod
+    def _markets_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in (p.strip() for p in text.split(",")) if part]
+        return value
+
+    @field_validator("db_url")
+    @classmethod
+    def _db_url(cls, value: str, info: ValidationInfo) -> str:
+        var_dir = info.data.get("var_dir", default_var_dir())
+        url = normalize_db_url(value.strip() or f"sqlite:///{var_dir / 'cryptobots.db'}")
+        _check_db_url(url)
+        return url
+
+    @field_validator("artifact_root")
+    @classmethod
+    def _artifact_root(cls, value: str, info: ValidationInfo) -> str:
+        return value.strip() or str(info.data.get("var_dir", default_var_dir()) / "artifacts")
+
+    @model_validator(mode="after")
+    def _resolve_exchanges(self) -> Settings:
+        exchanges = {
+            name: cfg if cfg.ccxt_id else cfg.model_copy(update={"ccxt_id": name})
+            for name, cfg in self.exchanges.items()
+        }
+        object.__setattr__(self, "exchanges", exchanges)
+        unknown = sorted({m.exchange for m in self.markets} - set(exchanges))
+        if unknown:
+            raise ValueError(
+                f"{ENV_PREFIX}MARKETS uses exchange(s) {unknown} that are not configured: "
+                f"add them under exchanges (e.g. {ENV_PREFIX}EXCHANGES__{unknown[0].upper()}"
+                f"__CCXT_ID=...) or fix the market; configured: {sorted(exchanges)}"
+            )
+        return self
+
+    @property
+    def masked_db_url(self) -> str:
+        """The database URL with its password hidden."""
+        return mask_url(self.db_url)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_ENV)
+        if config_file:
+            path = Path(config_file).expanduser()
+            if not path.is_file():
+                raise ConfigurationError(
+                    f"{CONFIG_ENV}={config_file!r}: no such file; point it at a YAML settings "
+                    "file or unset it"
+                )
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+
+def _check_db_url(url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(
+            f"database URL {mask_url(url)!r} is not valid: write a SQLAlchemy URL such as "
+            "sqlite:////abs/path.db or postgresql://user:password@host:5432/dbname"
+        ) from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ValueError(
+            f"database URL {mask_url(url)!r} uses {parsed.get_backend_name()!r}: "
+            "cryptobots supports sqlite and postgresql"
+        )
+
+
+def _env_key(loc: tuple[int | str, ...]) -> str:
+    """Name a setting the way a user sets it: CRYPTOBOTS_A__B, then [index].field inside lists."""
+    first_index = next((i for i, p in enumerate(loc) if isinstance(p, int)), len(loc))
+    key = ENV_PREFIX + "__".join(str(p).upper() for p in loc[:first_index])
+    for part in loc[first_index:]:
+        key += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return key
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not loc:
+        return f"invalid settings: {message}"
+    key = _env_key(loc)
+    value = error.get("input")
+    if isinstance(value, str) and "url" in key.lower():
+        value = mask_url(value)
+    shown = "" if isinstance(value, Mapping) else f"={value!r}"
+    return f"invalid setting {key}{shown}: {message}"
+
+
+def _reject_unknown_env(environ: Mapping[str, str]) -> None:
+    fields = {name.upper() for name in Settings.model_fields}
+    unknown = sorted(
+        key
+        for key in environ
+        if key.startswith(ENV_PREFIX)
+        and not key.startswith(NON_SETTING_ENV)
+        and key[len(ENV_PREFIX) :].split("__")[0].upper() not in fields
+    )
+    if unknown:
+        raise ConfigurationError(
+            f"unknown setting(s) {', '.join(unknown)}: known settings are "
+            f"{', '.join(ENV_PREFIX + f for f in sorted(fields))} (nested keys join with __)"
+        )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load and validate the settings; raise ConfigurationError naming each bad key."""
+    _reject_unknown_env(os.environ)
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        lines = [_describe(e) for e in error.errors()]
+        raise ConfigurationError("; ".join(lines)) from None

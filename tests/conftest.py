@@ -1,0 +1,87 @@
+"""Shared fixtures: real databases (a fresh Postgres database per module, SQLite files).
+
+Postgres comes from CRYPTOBOTS_TEST_PG_URL (default: the local server). When it
+cannot be reached the Postgres tests are skipped locally, and fail the run when
+CI=true: CI never passes by silently skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from pipeline.db.engine import create_engine
+from pipeline.db.migrate import upgrade
+from pipeline.settings import ENV_PREFIX, mask_url, normalize_db_url
+
+PG_SERVER_URL = normalize_db_url(
+    os.environ.get("CRYPTOBOTS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+)
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CRYPTOBOTS_* variable of the outer shell leaks into a test."""
+    for key in list(os.environ):
+        if key.startswith(ENV_PREFIX) and not key.startswith(f"{ENV_PREFIX}TEST_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Engine]:
+    """An AUTOCOMMIT engine on the Postgres server's maintenance database."""
+    engine = sa.create_engine(
+        PG_SERVER_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5}
+    )
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.OperationalError as error:
+        message = (
+            f"PostgreSQL at {mask_url(PG_SERVER_URL)} (CRYPTOBOTS_TEST_PG_URL) is unreachable: "
+            f"{str(error.orig).strip()}"
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_url(request: pytest.FixtureRequest, pg_server: Engine) -> Iterator[str]:
+    """URL of a fresh, empty Postgres database for this test module, dropped afterwards."""
+    module = re.sub(r"[^a-z0-9]+", "_", request.module.__name__.split(".")[-1].lower())
+    name = f"cb_{module[:40]}_{uuid.uuid4().hex[:8]}"
+    with pg_server.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield sa.make_url(PG_SERVER_URL).set(database=name).render_as_string(hide_password=False)
+    with pg_server.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh empty database URL, once per backend: SQLite file, then real Postgres."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'cryptobots.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(scope="module")
+def migrated_engine(db_url: str) -> Iterator[Engine]:
+    """An engine on a database migrated to head."""
+    engine = create_engine(db_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()

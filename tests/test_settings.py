@@ -1,0 +1,172 @@
+"""Settings: one typed, frozen object; bad values fail at load, naming key and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from pipeline.errors import ConfigurationError
+from pipeline.settings import Market, load_settings, timeframe_ms
+
+
+def test_defaults_are_embedded_sqlite_paper_trading_and_the_simulator() -> None:
+    settings = load_settings()
+    assert settings.db_url.startswith("sqlite:///")
+    assert settings.db_url.endswith("/var/cryptobots.db")
+    assert settings.artifact_root == str(settings.var_dir / "artifacts")
+    assert settings.trading_mode == "paper"
+    assert settings.exchanges["binance"].url == "http://127.0.0.1:8900"
+    assert [str(m) for m in settings.markets] == [
+        "binance:BTC/USDT:1h",
+        "binance:ETH/USDT:1h",
+        "binance:ETH/BTC:1h",
+    ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://u:p@db.example:5432/cb", "postgres://u:p@db.example:5432/cb"],
+)
+def test_plain_postgres_url_is_mapped_to_the_psycopg2_driver(url: str) -> None:
+    settings = load_settings(db_url=url)
+    assert settings.db_url == "postgresql+psycopg2://u:p@db.example:5432/cb"
+
+
+def test_explicit_driver_in_url_is_kept() -> None:
+    url = "postgresql+psycopg2://u@h/cb"
+    assert load_settings(db_url=url).db_url == url
+
+
+def test_env_vars_with_double_underscore_set_nested_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRYPTOBOTS_EXCHANGES__BINANCE__URL", "http://127.0.0.1:9999/")
+    monkeypatch.setenv("CRYPTOBOTS_EXCHANGES__KRAKEN__CREDENTIALS", "env:KRAKEN")
+    monkeypatch.setenv("CRYPTOBOTS_MARKETS", "binance:BTC/USDT:1m, kraken:btc/usdc:1m")
+    settings = load_settings()
+    assert settings.exchanges["binance"].url == "http://127.0.0.1:9999"
+    assert settings.exchanges["kraken"].ccxt_id == "kraken"
+    assert settings.exchanges["kraken"].credentials == "env:KRAKEN"
+    assert [str(m) for m in settings.markets] == ["binance:BTC/USDT:1m", "kraken:BTC/USDC:1m"]
+
+
+def test_markets_accept_a_json_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRYPTOBOTS_MARKETS", '["binance:ETH/BTC:4h"]')
+    assert [m.timeframe_ms for m in load_settings().markets] == [4 * 3600 * 1000]
+
+
+def test_yaml_file_is_read_and_env_overrides_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "cryptobots.yaml"
+    config.write_text(
+        "trading_mode: live\n"
+        "artifact_root: s3://models/cryptobots\n"
+        "exchanges:\n  binance:\n    url: http://sim:8900\n"
+        "markets: ['binance:BTC/USDT:1h']\n"
+    )
+    monkeypatch.setenv("CRYPTOBOTS_CONFIG", str(config))
+    monkeypatch.setenv("CRYPTOBOTS_TRADING_MODE", "paper")
+    settings = load_settings()
+    assert settings.trading_mode == "paper"
+    assert settings.artifact_root == "s3://models/cryptobots"
+    assert settings.exchanges["binance"].url == "http://sim:8900"
+
+
+def test_unknown_yaml_key_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "cryptobots.yaml"
+    config.write_text("trading_mod: live\n")
+    monkeypatch.setenv("CRYPTOBOTS_CONFIG", str(config))
+    with pytest.raises(ConfigurationError, match="CRYPTOBOTS_TRADING_MOD"):
+        load_settings()
+
+
+def test_missing_config_file_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRYPTOBOTS_CONFIG", "/nonexistent/cryptobots.yaml")
+    with pytest.raises(ConfigurationError, match=r"/nonexistent/cryptobots\.yaml"):
+        load_settings()
+
+
+def test_unknown_env_setting_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRYPTOBOTS_DB_ULR", "sqlite:///x.db")
+    with pytest.raises(ConfigurationError, match=r"CRYPTOBOTS_DB_ULR.*CRYPTOBOTS_DB_URL"):
+        load_settings()
+
+
+def test_invalid_value_names_the_key_the_value_and_what_is_allowed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CRYPTOBOTS_TRADING_MODE", "yolo")
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert "CRYPTOBOTS_TRADING_MODE='yolo'" in message
+    assert "'paper' or 'live'" in message
+
+
+def test_bad_market_text_shows_the_expected_format() -> None:
+    with pytest.raises(ConfigurationError, match=r"exchange:BASE/QUOTE:timeframe"):
+        load_settings(markets="binance-BTC/USDT-1h")
+
+
+def test_bad_symbol_names_the_market_position_and_value() -> None:
+    with pytest.raises(ConfigurationError, match=r"CRYPTOBOTS_MARKETS\[1\].symbol='BTCUSDT'"):
+        load_settings(markets="binance:BTC/USDT:1h,binance:BTCUSDT:1h")
+
+
+def test_market_on_an_unconfigured_exchange_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"'kraken'.*not configured"):
+        load_settings(markets="kraken:BTC/USD:1h")
+
+
+def test_unsupported_database_is_refused_with_password_masked() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(db_url="mysql://trader:hunter2@db/cb")
+    assert "CRYPTOBOTS_DB_URL" in str(raised.value)
+    assert "hunter2" not in str(raised.value)
+    assert "sqlite and postgresql" in str(raised.value)
+
+
+def test_unparseable_database_url_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="CRYPTOBOTS_DB_URL='not a url'"):
+        load_settings(db_url="not a url")
+
+
+def test_credentials_are_references_never_keys() -> None:
+    with pytest.raises(ConfigurationError, match="not a reference"):
+        load_settings(exchanges={"binance": {"credentials": "AKIAxxxxSECRET"}})
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings()
+    with pytest.raises(ValidationError):
+        settings.trading_mode = "live"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("timeframe", "ms"),
+    [
+        ("1s", 1000),
+        ("1m", 60_000),
+        ("5m", 300_000),
+        ("1h", 3_600_000),
+        ("1d", 86_400_000),
+        ("1w", 604_800_000),
+    ],
+)
+def test_timeframe_length_in_milliseconds(timeframe: str, ms: int) -> None:
+    assert timeframe_ms(timeframe) == ms
+
+
+@pytest.mark.parametrize("timeframe", ["0m", "1M", "h", "1.5h", "1y"])
+def test_invalid_timeframe_is_refused(timeframe: str) -> None:
+    with pytest.raises(ValueError, match="is not valid"):
+        timeframe_ms(timeframe)
+
+
+def test_market_round_trips_through_its_text() -> None:
+    market = Market.model_validate("Binance:eth/btc:1h")
+    assert str(market) == "binance:ETH/BTC:1h"
+    assert Market.model_validate(str(market)) == market
