@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import hypothesis.strategies as st
 import numpy as np
@@ -13,6 +16,9 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from sqlalchemy.engine import Engine
 
+from pipeline.db import upsert as upsert_module
+from pipeline.db.engine import create_engine
+from pipeline.db.migrate import upgrade
 from pipeline.db.upsert import UpsertResult, _columns, _prepare, upsert_ohlcv
 from pipeline.errors import DataValidationError
 
@@ -190,3 +196,47 @@ def test_batch_preparation_keeps_the_last_row_of_each_key_in_key_order(rows: lis
     assert got == sorted(expected.items())
     assert batch.duplicates == len(rows) - len(expected)
     assert np.all(np.diff(batch.gid) >= 0)
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    """A migrated Postgres database with an empty ohlcv table."""
+    engine = create_engine(pg_url)
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM ohlcv"))
+    yield engine
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_rows_stored_by_a_concurrent_writer_after_the_read_back_are_merged(
+    pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upsert_ohlcv(pg_engine, [candle(T0), candle(T0 + HOUR)])
+    # as if another writer committed those two rows just after this upsert read the range
+    empty = np.zeros(0, dtype=upsert_module.STORED_DTYPE)
+    monkeypatch.setattr(upsert_module, "_read_back", lambda cursor, markets: empty)
+    result = upsert_ohlcv(
+        pg_engine, [candle(T0), candle(T0 + HOUR, close=101.0), candle(T0 + 2 * HOUR)]
+    )
+    assert result == UpsertResult(inserted=1, updated=1, unchanged=1)
+    assert [value[3] for value in stored(pg_engine).values()] == [100.0, 101.0, 100.0]
+
+
+@pytest.mark.postgres
+def test_two_writers_upserting_the_same_new_rows_at_once_store_them_once(
+    pg_engine: Engine,
+) -> None:
+    rows = pd.DataFrame([candle(T0 + i * HOUR, close=100.0 + i) for i in range(2000)])
+    barrier = threading.Barrier(2)
+
+    def write() -> UpsertResult:
+        barrier.wait()
+        return upsert_ohlcv(pg_engine, rows)
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: write(), range(2)))
+    assert sum(r.inserted for r in results) == 2000
+    assert sum(r.unchanged for r in results) == 2000
+    assert len(stored(pg_engine)) == 2000

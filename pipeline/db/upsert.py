@@ -1,15 +1,23 @@
 """Bulk upsert of candles into `ohlcv`: idempotent, all-or-nothing, fast.
 
-On Postgres the batch is written as binary COPY (built with numpy, no per-row
-Python) into a temporary staging table, then merged by one
-`INSERT ... ON CONFLICT DO UPDATE` that only touches rows whose values changed.
-On SQLite, `executemany` with `ON CONFLICT`. Duplicate keys inside one batch are
-resolved deterministically: the last occurrence wins.
+On Postgres everything travels as binary COPY laid out by numpy (no per-row
+Python). The stored candles in each market's time range are read back (one
+binary COPY TO) and compared with the batch in numpy, so that:
+- new rows are copied straight into `ohlcv`, at the server's COPY speed;
+- changed rows go through a temporary staging table and one
+  `INSERT ... ON CONFLICT DO UPDATE` that only touches rows whose values changed;
+- unchanged rows are not written at all (re-running an interval writes nothing).
+If a concurrent writer stores some of the new keys first, the direct copy fails
+on the primary key, is rolled back to a savepoint, and those rows take the
+ON CONFLICT path too, so the outcome is the same. On SQLite, `executemany` with
+`ON CONFLICT`. Duplicate keys inside one batch resolve deterministically: the
+last one wins.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +34,6 @@ MAX_LISTED = 20
 
 _PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 _PGCOPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
-_STAGING_DTYPE = np.dtype(
-    [("nfields", ">i2"), ("gid_len", ">i4"), ("gid", ">i4"), ("ts_len", ">i4"), ("ts", ">i8")]
-    + [field for name in OHLCV_VALUES for field in ((f"{name}_len", ">i4"), (name, ">f8"))]
-)
 
 _PG_STAGING = """
 CREATE TEMPORARY TABLE ohlcv_staging (
@@ -40,11 +44,27 @@ CREATE TEMPORARY TABLE ohlcv_staging (
 ) ON COMMIT DROP
 """
 
-_PG_MERGE = """
-WITH markets AS (
-    SELECT * FROM unnest(%(exchanges)s::text[], %(symbols)s::text[], %(timeframes)s::text[])
-        WITH ORDINALITY AS m(exchange, symbol, timeframe, gid)
-), merged AS (
+_PG_MARKETS = """
+SELECT * FROM unnest(%(exchanges)s::text[], %(symbols)s::text[], %(timeframes)s::text[],
+                     %(first_ts)s::bigint[], %(last_ts)s::bigint[])
+    WITH ORDINALITY AS m(exchange, symbol, timeframe, first_ts, last_ts, gid)
+"""
+
+# The stored candles inside each market's time range, as a fixed-width binary stream.
+_PG_READ_BACK = f"""
+COPY (
+    WITH markets AS ({_PG_MARKETS})
+    SELECT m.gid::integer, o.ts, o.open, o.high, o.low, o.close, o.volume
+    FROM markets AS m JOIN LATERAL (
+        SELECT * FROM ohlcv AS o
+        WHERE o.exchange = m.exchange AND o.symbol = m.symbol AND o.timeframe = m.timeframe
+          AND o.ts BETWEEN m.first_ts AND m.last_ts
+    ) AS o ON true
+) TO STDOUT WITH (FORMAT binary)
+"""
+
+_PG_MERGE = f"""
+WITH markets AS ({_PG_MARKETS}), merged AS (
     INSERT INTO ohlcv AS t (exchange, symbol, timeframe, ts, open, high, low, close, volume,
                             ingested_at)
     SELECT m.exchange, m.symbol, m.timeframe, s.ts, s.open, s.high, s.low, s.close, s.volume,
@@ -60,6 +80,13 @@ WITH markets AS (
 )
 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged
 """
+
+_PG_COPY_OHLCV = (
+    "COPY ohlcv (exchange, symbol, timeframe, ts, open, high, low, close, volume) "
+    "FROM STDIN WITH (FORMAT binary)"
+)
+_PG_COPY_STAGING = "COPY ohlcv_staging FROM STDIN WITH (FORMAT binary)"
+COPY_CHUNK = 1 << 22
 
 _SQLITE_INSERT = (
     "INSERT INTO ohlcv (exchange, symbol, timeframe, ts, open, high, low, close, volume, "
@@ -124,14 +151,14 @@ def upsert_ohlcv(engine: Engine, rows: Any) -> UpsertResult:
     return UpsertResult(inserted, updated, len(batch) - inserted - updated, batch.duplicates)
 
 
-def _columns(rows: Any) -> dict[str, np.ndarray]:
+def _columns(rows: Any) -> dict[str, Any]:
+    """Column name -> array-like. Key columns of frames stay pandas Series (fast factorize)."""
     module = type(rows).__module__.split(".")[0]
+    if module == "pyarrow":
+        rows, module = rows.to_pandas(), "pandas"
     if module == "pandas":
         present = set(rows.columns)
-        pick = lambda name: rows[name].to_numpy()  # noqa: E731
-    elif module == "pyarrow":
-        present = set(rows.column_names)
-        pick = lambda name: rows.column(name).to_numpy(zero_copy_only=False)  # noqa: E731
+        pick = lambda name: rows[name] if name in MARKET_KEY else rows[name].to_numpy()  # noqa: E731
     else:
         records = rows if isinstance(rows, list) else list(_as_records(rows))
         present = set(COLUMNS) if not records else set().union(*(r.keys() for r in records))
@@ -175,7 +202,7 @@ def _to_ts(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(bad, 0, as_float).astype(np.int64), bad
 
 
-def _factorize_markets(columns: dict[str, np.ndarray]) -> tuple[np.ndarray, list, np.ndarray]:
+def _factorize_markets(columns: dict[str, Any]) -> tuple[np.ndarray, list, np.ndarray]:
     """Group ids numbered in primary-key order, the market of each id, and a bad-key mask."""
     import pandas as pd
 
@@ -201,7 +228,7 @@ def _factorize_markets(columns: dict[str, np.ndarray]) -> tuple[np.ndarray, list
     return gid.astype(np.int32), markets, bad
 
 
-def _prepare(columns: dict[str, np.ndarray]) -> _Batch:
+def _prepare(columns: dict[str, Any]) -> _Batch:
     n = len(columns["ts"])
     ts, bad_ts = _to_ts(columns["ts"])
     values = {name: _to_float(name, columns[name]) for name in OHLCV_VALUES}
@@ -211,6 +238,8 @@ def _prepare(columns: dict[str, np.ndarray]) -> _Batch:
         bad = bad_ts | bad_key | np.logical_or.reduce(list(bad_value.values()))
         if bad.any():
             raise DataValidationError(_describe_bad_rows(columns, bad, bad_ts, bad_key, bad_value))
+    if _strictly_increasing(gid, ts):  # already in key order without duplicates
+        return _Batch(markets, gid, ts, values, duplicates=0)
     order = np.lexsort((np.arange(n), ts, gid))
     gid, ts = gid[order], ts[order]
     last = np.ones(n, dtype=bool)
@@ -226,12 +255,13 @@ def _prepare(columns: dict[str, np.ndarray]) -> _Batch:
 
 
 def _describe_bad_rows(
-    columns: dict[str, np.ndarray],
+    columns: dict[str, Any],
     bad: np.ndarray,
     bad_ts: np.ndarray,
     bad_key: np.ndarray,
     bad_value: dict[str, np.ndarray],
 ) -> str:
+    columns = {name: np.asarray(column, dtype=object) for name, column in columns.items()}
     indexes = np.flatnonzero(bad)
     listed = []
     for i in indexes[:MAX_LISTED]:
@@ -257,34 +287,164 @@ def _is_text(value: Any) -> bool:
     return isinstance(value, str) and value != ""
 
 
-def _staging_payload(batch: _Batch) -> bytes:
-    """The batch as a PostgreSQL binary COPY stream, built in numpy."""
-    rows = np.empty(len(batch), dtype=_STAGING_DTYPE)
-    rows["nfields"] = 2 + len(OHLCV_VALUES)
-    rows["gid_len"], rows["gid"] = 4, batch.gid + 1
-    rows["ts_len"], rows["ts"] = 8, batch.ts
+class _CopyStream(io.RawIOBase):
+    """Rows already laid out as binary COPY tuples, read as one COPY stream without joining."""
+
+    def __init__(self, arrays: list[np.ndarray]) -> None:
+        views = [np.ascontiguousarray(a).view(np.uint8).reshape(-1) for a in arrays if len(a)]
+        self._parts = [memoryview(_PGCOPY_HEADER), *map(memoryview, views)]
+        self._parts.append(memoryview(_PGCOPY_TRAILER))
+        self._part, self._offset = 0, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        written = 0
+        while written < len(target) and self._part < len(self._parts):
+            part = self._parts[self._part]
+            take = min(len(target) - written, len(part) - self._offset)
+            target[written : written + take] = part[self._offset : self._offset + take]
+            written += take
+            self._offset += take
+            if self._offset == len(part):
+                self._part, self._offset = self._part + 1, 0
+        return written
+
+
+def _value_fields() -> list[tuple[str, str]]:
+    fields = [("ts_len", ">i4"), ("ts", ">i8")]
     for name in OHLCV_VALUES:
-        rows[f"{name}_len"], rows[name] = 8, batch.values[name]
-    return _PGCOPY_HEADER + rows.tobytes() + _PGCOPY_TRAILER
+        fields += [(f"{name}_len", ">i4"), (name, ">f8")]
+    return fields
+
+
+STORED_DTYPE = np.dtype([("gid", "i4"), ("ts", "i8")] + [(name, "f8") for name in OHLCV_VALUES])
+_KEYED_FIELDS = [("n", ">i2"), ("gid_len", ">i4"), ("gid", ">i4"), *_value_fields()]
+
+
+def _fill_values(rows: np.ndarray, batch: _Batch, where: np.ndarray) -> None:
+    rows["ts_len"], rows["ts"] = 8, batch.ts[where]
+    for name in OHLCV_VALUES:
+        rows[f"{name}_len"], rows[name] = 8, batch.values[name][where]
+
+
+def _staging_rows(batch: _Batch, where: np.ndarray) -> np.ndarray:
+    """COPY tuples (gid, ts, values) for the staging table; gid is 1-based like ORDINALITY."""
+    rows = np.empty(len(where), dtype=_KEYED_FIELDS)
+    rows["n"] = 2 + len(OHLCV_VALUES)
+    rows["gid_len"], rows["gid"] = 4, batch.gid[where] + 1
+    _fill_values(rows, batch, where)
+    return rows
+
+
+def _ohlcv_rows(batch: _Batch, gid: int, where: np.ndarray) -> np.ndarray:
+    """COPY tuples of full ohlcv rows of one market: its key strings have fixed widths."""
+    key = [value.encode() for value in batch.markets[gid]]
+    fields: list[tuple[str, str]] = [("n", ">i2")]
+    for name, value in zip(MARKET_KEY, key, strict=True):
+        fields += [(f"{name}_len", ">i4"), (name, f"S{max(len(value), 1)}")]
+    rows = np.empty(len(where), dtype=fields + _value_fields())
+    rows["n"] = len(MARKET_KEY) + 1 + len(OHLCV_VALUES)
+    for name, value in zip(MARKET_KEY, key, strict=True):
+        rows[f"{name}_len"], rows[name] = len(value), value
+    _fill_values(rows, batch, where)
+    return rows
+
+
+def _read_back(cursor: Any, markets: dict[str, list]) -> np.ndarray:
+    """Stored (gid, ts, values) in the batch's ranges, sorted by (gid, ts); gid 0-based."""
+    sink = io.BytesIO()
+    cursor.copy_expert(cursor.mogrify(_PG_READ_BACK, markets).decode(), sink, COPY_CHUNK)
+    body = sink.getbuffer()[len(_PGCOPY_HEADER) : -len(_PGCOPY_TRAILER)]
+    rows = np.frombuffer(body, dtype=_KEYED_FIELDS)
+    stored = np.empty(len(rows), dtype=STORED_DTYPE)
+    for name in stored.dtype.names:
+        stored[name] = rows[name]
+    stored["gid"] -= 1
+    if len(stored) > 1 and not _strictly_increasing(stored["gid"], stored["ts"]):
+        stored = stored[np.lexsort((stored["ts"], stored["gid"]))]
+    return stored
+
+
+def _strictly_increasing(gid: np.ndarray, ts: np.ndarray) -> bool:
+    step_gid, step_ts = np.diff(gid), np.diff(ts)
+    return bool(np.all((step_gid > 0) | ((step_gid == 0) & (step_ts > 0))))
+
+
+def _classify(batch: _Batch, stored: np.ndarray, spans: list[slice]) -> tuple[np.ndarray, ...]:
+    """Boolean masks over the batch: (new, changed); the rest is unchanged."""
+    new = np.ones(len(batch), dtype=bool)
+    changed = np.zeros(len(batch), dtype=bool)
+    stored_bounds = np.searchsorted(stored["gid"], np.arange(len(spans) + 1))
+    for gid, span in enumerate(spans):
+        have = stored[stored_bounds[gid] : stored_bounds[gid + 1]]
+        if len(have) == 0:
+            continue
+        ts = batch.ts[span]
+        at = np.minimum(np.searchsorted(have["ts"], ts), len(have) - 1)
+        found = have["ts"][at] == ts
+        same = found.copy()
+        for name in OHLCV_VALUES:
+            same &= have[name][at] == batch.values[name][span]
+        new[span] = ~found
+        changed[span] = found & ~same
+    return new, changed
 
 
 def _merge_postgres(conn: Connection, batch: _Batch) -> tuple[int, int]:
-    payload = _staging_payload(batch)
+    """Copy new rows into ohlcv, merge changed ones, skip the rest; return (inserted, updated)."""
+    bounds = np.searchsorted(batch.gid, np.arange(len(batch.markets) + 1))
+    spans = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+    exchanges, symbols, timeframes = (list(c) for c in zip(*batch.markets, strict=True))
+    markets = {
+        "exchanges": exchanges,
+        "symbols": symbols,
+        "timeframes": timeframes,
+        "first_ts": [int(batch.ts[span.start]) for span in spans],
+        "last_ts": [int(batch.ts[span.stop - 1]) for span in spans],
+    }
     cursor = conn.connection.driver_connection.cursor()
     try:
+        new, changed = _classify(batch, _read_back(cursor, markets), spans)
+        inserted = 0
+        if new.any():
+            if _copy_new(cursor, batch, new, spans):
+                inserted = int(new.sum())
+            else:
+                changed |= new
+        if not changed.any():
+            return inserted, 0
         cursor.execute(_PG_STAGING)
-        cursor.copy_expert(
-            "COPY ohlcv_staging FROM STDIN WITH (FORMAT binary)", io.BytesIO(payload), 1 << 22
-        )
-        exchanges, symbols, timeframes = (list(col) for col in zip(*batch.markets, strict=True))
-        cursor.execute(
-            _PG_MERGE, {"exchanges": exchanges, "symbols": symbols, "timeframes": timeframes}
-        )
-        inserted, updated = cursor.fetchone()
+        stream = _CopyStream([_staging_rows(batch, np.flatnonzero(changed))])
+        cursor.copy_expert(_PG_COPY_STAGING, stream, COPY_CHUNK)
+        cursor.execute(_PG_MERGE, markets)
+        merged_inserted, updated = cursor.fetchone()
         cursor.execute("DROP TABLE ohlcv_staging")
+        return inserted + int(merged_inserted), int(updated)
     finally:
         cursor.close()
-    return int(inserted), int(updated)
+
+
+def _copy_new(cursor: Any, batch: _Batch, new: np.ndarray, spans: list[slice]) -> bool:
+    """COPY the new rows into ohlcv; False (and nothing written) if a concurrent writer
+    stored one of these keys first."""
+    import psycopg2.errors
+
+    parts = []
+    for gid, span in enumerate(spans):
+        where = span.start + np.flatnonzero(new[span])
+        if len(where):
+            parts.append(_ohlcv_rows(batch, gid, where))
+    cursor.execute("SAVEPOINT ohlcv_copy")
+    try:
+        cursor.copy_expert(_PG_COPY_OHLCV, _CopyStream(parts), COPY_CHUNK)
+    except psycopg2.errors.UniqueViolation:
+        cursor.execute("ROLLBACK TO SAVEPOINT ohlcv_copy")
+        return False
+    cursor.execute("RELEASE SAVEPOINT ohlcv_copy")
+    return True
 
 
 def _merge_sqlite(conn: Connection, batch: _Batch) -> tuple[int, int]:
