@@ -6,8 +6,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from pipeline.errors import CryptobotsError
+from pipeline.errors import ConfigurationError, CryptobotsError
+from pipeline.exchanges.simulator.faults import FAULT_KINDS
 from pipeline.settings import Settings, load_settings
 
 
@@ -44,6 +46,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor.set_defaults(handler=_doctor)
 
+    sim = commands.add_parser("simulator", help="run the exchange simulator (Binance spot API)")
+    sim.add_argument("--data", type=Path, help="recorded candles (default CRYPTOBOTS_DATA_DIR)")
+    sim.add_argument("--exchange", default="binance", help="which files to serve, by prefix")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8900)
+    sim.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
+    sim.add_argument("--shift-to-now", action="store_true", help="history ends now, then replays")
+    sim.add_argument("--speed", type=float, default=1.0, help="clock speed (2 = twice real time)")
+    sim.add_argument("--weight-budget", type=int, default=6000, help="request weight per minute")
+    sim.add_argument("--fault-rate", type=float, default=0.0, help="share of requests faulted")
+    sim.add_argument(
+        "--faults",
+        default=",".join(FAULT_KINDS),
+        help=f"comma-separated fault kinds to draw from (default all: {','.join(FAULT_KINDS)})",
+    )
+    sim.add_argument(
+        "--fault-timeout", type=float, default=5.0, help="seconds a timeout fault stalls"
+    )
+    sim.set_defaults(handler=_simulator)
+
     show = commands.add_parser("settings", help="print the effective settings (secrets masked)")
     show.set_defaults(handler=_settings)
     return parser
@@ -77,6 +99,31 @@ def _doctor(settings: Settings, args: argparse.Namespace) -> int:
     checks = run_checks(settings, gpu=not args.no_gpu_probe)
     print(json.dumps(as_dicts(checks), indent=2) if args.json else render(checks))
     return 0 if healthy(checks) else 1
+
+
+def _simulator(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.exchanges.simulator.app import SimulatorConfig, serve
+
+    data = args.data or settings.data_dir
+    if data is None:
+        raise ConfigurationError("no market data: pass --data DIR or set CRYPTOBOTS_DATA_DIR")
+    try:
+        config = SimulatorConfig(
+            data_dir=Path(data),
+            exchange=args.exchange,
+            seed=args.seed,
+            shift_to_now=args.shift_to_now,
+            speed=args.speed,
+            weight_budget=args.weight_budget,
+            fault_rate=args.fault_rate,
+            fault_kinds=tuple(k.strip() for k in args.faults.split(",") if k.strip()),
+            fault_timeout_seconds=args.fault_timeout,
+        )
+        print(f"exchange simulator ({args.exchange}, {data}) on http://{args.host}:{args.port}")
+        serve(config, args.host, args.port)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigurationError(f"simulator: {error}") from None
+    return 0
 
 
 def _settings(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,0 +1,424 @@
+"""The simulator's HTTP server: Binance spot public endpoints over recorded candles.
+
+Every response carries `X-MBX-USED-WEIGHT-1M`; past the weight budget requests
+get 429 with Retry-After, and a client that keeps going gets 418. Faults are
+injected by an ASGI middleware before the request reaches the endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from pipeline.exchanges.simulator.faults import (
+    FAULT_KINDS,
+    FaultPlan,
+    WeightLimiter,
+    request_weight,
+)
+from pipeline.exchanges.simulator.market import Clock, MarketFeed
+from pipeline.exchanges.simulator.recordings import Recording, find_recordings
+from pipeline.settings import timeframe_ms
+
+MAX_KLINES = 1000
+DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000, 5000)
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """Everything the simulator is started with (the CLI's options)."""
+
+    data_dir: Path
+    exchange: str = "binance"
+    seed: int = 0
+    shift_to_now: bool = False
+    speed: float = 1.0
+    weight_budget: int = 6000
+    fault_rate: float = 0.0
+    fault_kinds: tuple[str, ...] = FAULT_KINDS
+    fault_timeout_seconds: float = 5.0
+    fault_retry_after_seconds: int = 1
+    ban_after: int = 2
+    ban_seconds: int = 120
+
+
+class BinanceError(Exception):
+    """An error answered the way Binance does: HTTP status and {"code", "msg"}."""
+
+    def __init__(self, status: int, code: int, msg: str) -> None:
+        super().__init__(msg)
+        self.status, self.code, self.msg = status, code, msg
+
+
+@dataclass
+class Exchange:
+    """The simulated exchange's state: markets on a clock, limits, faults."""
+
+    config: SimulatorConfig
+    feeds: dict[str, MarketFeed] = field(default_factory=dict)
+    clock: Clock = field(default_factory=Clock)
+
+    def __post_init__(self) -> None:
+        recordings = find_recordings(self.config.data_dir, self.config.exchange)
+        self.clock = Clock(speed=self.config.speed)
+        step = math.lcm(*(r.timeframe_ms for r in recordings))
+        now = (self.clock.start_real_ms // step) * step
+
+        def offset(recording: Recording) -> int:
+            # each series ends now; series that ended together (a triangle) stay aligned
+            if not self.config.shift_to_now:
+                return 0
+            shift = now - (int(recording.ts[-1]) + recording.timeframe_ms)
+            return shift - shift % step
+
+        self.feeds = {
+            f"{r.market_id}:{r.timeframe}": MarketFeed(r, offset(r), self.config.shift_to_now)
+            for r in recordings
+        }
+        self.limiter = WeightLimiter(
+            budget=self.config.weight_budget,
+            ban_after=self.config.ban_after,
+            ban_seconds=self.config.ban_seconds,
+        )
+        self.faults = FaultPlan(
+            rate=self.config.fault_rate,
+            kinds=self.config.fault_kinds,
+            seed=self.config.seed,
+            timeout_seconds=self.config.fault_timeout_seconds,
+            retry_after_seconds=self.config.fault_retry_after_seconds,
+        )
+
+    def markets(self) -> dict[str, MarketFeed]:
+        """One feed per Binance symbol id for books and tickers: its longest recording."""
+        chosen: dict[str, MarketFeed] = {}
+        for feed in self.feeds.values():
+            market_id = feed.recording.market_id
+            if market_id not in chosen or feed.span > chosen[market_id].span:
+                chosen[market_id] = feed
+        return chosen
+
+    def feed(self, symbol: str, interval: str) -> MarketFeed:
+        if symbol not in self.markets():
+            raise BinanceError(400, -1121, "Invalid symbol.")
+        try:
+            timeframe_ms(interval)
+        except ValueError:
+            raise BinanceError(400, -1120, "Invalid interval.") from None
+        feed = self.feeds.get(f"{symbol}:{interval}")
+        if feed is None:
+            raise BinanceError(
+                400, -1120, f"Invalid interval: {interval} is not recorded for {symbol}."
+            )
+        return feed
+
+
+def create_app(config: SimulatorConfig) -> FastAPI:
+    """The FastAPI application of one simulated exchange."""
+    exchange = Exchange(config)
+    app = FastAPI(title=f"cryptobots exchange simulator ({config.exchange})", docs_url=None)
+    app.state.exchange = exchange
+
+    @app.exception_handler(BinanceError)
+    async def _binance_error(_request: Request, error: BinanceError) -> JSONResponse:
+        return JSONResponse({"code": error.code, "msg": error.msg}, status_code=error.status)
+
+    @app.get("/api/v3/ping")
+    async def ping() -> dict:
+        return {}
+
+    @app.get("/api/v3/time")
+    async def server_time() -> dict:
+        return {"serverTime": exchange.clock.now_ms()}
+
+    @app.get("/api/v3/exchangeInfo")
+    async def exchange_info() -> dict:
+        return _exchange_info(exchange)
+
+    @app.get("/api/v3/klines")
+    async def klines(
+        request: Request,
+        symbol: str,
+        interval: str,
+        startTime: int | None = None,  # noqa: N803 - Binance's parameter names
+        endTime: int | None = None,  # noqa: N803
+        limit: int = 500,
+    ) -> list:
+        if not 1 <= limit <= MAX_KLINES:
+            raise BinanceError(400, -1130, "Data sent for parameter 'limit' is not valid.")
+        feed = exchange.feed(symbol, interval)
+        now = exchange.clock.now_ms()
+        end = endTime if endTime is not None else now
+        fault = getattr(request.state, "fault", None)
+        start = startTime if startTime is not None else end - end % feed.tf - (limit - 1) * feed.tf
+        if fault == "repeat":
+            start -= (1 + int(exchange.faults.latency() * 10)) * feed.tf
+        rows = feed.candles(start, end, limit, now)
+        if fault == "truncated" and len(rows) > 1:
+            rows = rows[: max(1, len(rows) // 2)]
+        return rows
+
+    @app.get("/api/v3/depth")
+    async def depth(symbol: str, limit: int = 100) -> dict:
+        if limit not in DEPTH_LIMITS:
+            raise BinanceError(400, -1130, "Data sent for parameter 'limit' is not valid.")
+        feed = _market(exchange, symbol)
+        now = exchange.clock.now_ms()
+        bids, asks = feed.book(now, limit)
+        return {"lastUpdateId": now // 1000, "bids": bids, "asks": asks}
+
+    @app.get("/api/v3/ticker/bookTicker")
+    async def book_ticker(symbol: str | None = None) -> Any:
+        symbols = [symbol] if symbol else sorted(exchange.markets())
+        tickers = [_book_ticker(exchange, s) for s in symbols]
+        return tickers[0] if symbol else tickers
+
+    @app.get("/api/v3/ticker/24hr")
+    async def ticker_24hr(symbol: str | None = None) -> Any:
+        symbols = [symbol] if symbol else sorted(exchange.markets())
+        tickers = [_ticker_24hr(exchange, s) for s in symbols]
+        return tickers[0] if symbol else tickers
+
+    return FaultsAndLimits(app, exchange)  # type: ignore[return-value]
+
+
+def _market(exchange: Exchange, symbol: str) -> MarketFeed:
+    feed = exchange.markets().get(symbol)
+    if feed is None:
+        raise BinanceError(400, -1121, "Invalid symbol.")
+    return feed
+
+
+def _exchange_info(exchange: Exchange) -> dict:
+    now = exchange.clock.now_ms()
+    symbols = []
+    for market_id, feed in sorted(exchange.markets().items()):
+        f = feed.filters
+        rec = feed.recording
+        symbols.append(
+            {
+                "symbol": market_id,
+                "status": "TRADING",
+                "baseAsset": rec.base,
+                "baseAssetPrecision": 8,
+                "quoteAsset": rec.quote,
+                "quotePrecision": 8,
+                "quoteAssetPrecision": 8,
+                "baseCommissionPrecision": 8,
+                "quoteCommissionPrecision": 8,
+                "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET"],
+                "icebergAllowed": False,
+                "ocoAllowed": False,
+                "quoteOrderQtyMarketAllowed": True,
+                "allowTrailingStop": False,
+                "cancelReplaceAllowed": False,
+                "isSpotTradingAllowed": True,
+                "isMarginTradingAllowed": False,
+                "filters": [
+                    {
+                        "filterType": "PRICE_FILTER",
+                        "minPrice": _num(f["tick"]),
+                        "maxPrice": "10000000",
+                        "tickSize": _num(f["tick"]),
+                    },
+                    {
+                        "filterType": "LOT_SIZE",
+                        "minQty": _num(f["min_qty"]),
+                        "maxQty": "9000000",
+                        "stepSize": _num(f["step"]),
+                    },
+                    {
+                        "filterType": "NOTIONAL",
+                        "minNotional": _num(f["min_notional"]),
+                        "applyMinToMarket": True,
+                        "maxNotional": "9000000000",
+                        "applyMaxToMarket": False,
+                        "avgPriceMins": 5,
+                    },
+                ],
+                "permissions": [],
+                "permissionSets": [["SPOT"]],
+                "defaultSelfTradePreventionMode": "NONE",
+                "allowedSelfTradePreventionModes": ["NONE"],
+            }
+        )
+    return {
+        "timezone": "UTC",
+        "serverTime": now,
+        "rateLimits": [
+            {
+                "rateLimitType": "REQUEST_WEIGHT",
+                "interval": "MINUTE",
+                "intervalNum": 1,
+                "limit": exchange.config.weight_budget,
+            },
+            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
+            {"rateLimitType": "ORDERS", "interval": "DAY", "intervalNum": 1, "limit": 200000},
+        ],
+        "exchangeFilters": [],
+        "symbols": symbols,
+    }
+
+
+def _book_ticker(exchange: Exchange, symbol: str) -> dict:
+    bids, asks = _market(exchange, symbol).book(exchange.clock.now_ms(), 5)
+    return {
+        "symbol": symbol,
+        "bidPrice": bids[0][0],
+        "bidQty": bids[0][1],
+        "askPrice": asks[0][0],
+        "askQty": asks[0][1],
+    }
+
+
+def _ticker_24hr(exchange: Exchange, symbol: str) -> dict:
+    feed = _market(exchange, symbol)
+    now = exchange.clock.now_ms()
+    day = 86_400_000
+    rows = feed.candles(now - day, now, MAX_KLINES * 2, now)
+    values = np.array([[float(v) for v in row[1:6]] for row in rows]) if rows else None
+    bids, asks = feed.book(now, 5)
+    last = feed.last_price(now)
+    first = float(values[0, 0]) if values is not None else last
+    volume = float(values[:, 4].sum()) if values is not None else 0.0
+    return {
+        "symbol": symbol,
+        "priceChange": _num(last - first),
+        "priceChangePercent": _num(round(100 * (last / first - 1), 3) if first else 0.0),
+        "weightedAvgPrice": _num(last),
+        "prevClosePrice": _num(first),
+        "lastPrice": _num(last),
+        "lastQty": "0",
+        "bidPrice": bids[0][0],
+        "bidQty": bids[0][1],
+        "askPrice": asks[0][0],
+        "askQty": asks[0][1],
+        "openPrice": _num(first),
+        "highPrice": _num(float(np.nanmax(values[:, 1])) if values is not None else last),
+        "lowPrice": _num(float(np.nanmin(values[:, 2])) if values is not None else last),
+        "volume": _num(volume),
+        "quoteVolume": _num(volume * last),
+        "openTime": now - day,
+        "closeTime": now,
+        "firstId": -1,
+        "lastId": -1,
+        "count": 0,
+    }
+
+
+def _num(value: float) -> str:
+    return np.format_float_positional(float(value), precision=10, unique=True, trim="0")
+
+
+class FaultsAndLimits:
+    """ASGI middleware: draws a fault for each request, then charges its weight."""
+
+    def __init__(self, app: FastAPI, exchange: Exchange) -> None:
+        self.app = app
+        self.exchange = exchange
+        self.state = app.state
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        faults = self.exchange.faults
+        kind = faults.draw(path)
+        if kind == "latency":
+            await asyncio.sleep(faults.latency())
+        elif kind == "timeout":
+            await asyncio.sleep(faults.timeout_seconds)
+        elif kind in ("429", "418"):
+            await _answer(
+                send,
+                int(kind),
+                {"code": -1003, "msg": "Too many requests."},
+                {"retry-after": str(faults.retry_after_seconds)},
+            )
+            return
+        elif kind in ("500", "502", "503"):
+            await _answer(send, int(kind), "<html><body>Service unavailable</body></html>")
+            return
+        elif kind == "drop":
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", b"100000"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"[[", "more_body": False})
+            return
+        elif kind in ("truncated", "repeat"):
+            scope.setdefault("state", {})["fault"] = kind
+
+        query = dict(parse_qsl(scope.get("query_string", b"").decode()))
+        verdict = self.exchange.limiter.charge(request_weight(path, query))
+        weight_header = (b"x-mbx-used-weight-1m", str(verdict.used).encode())
+        if verdict.status != 200:
+            message = "Too many requests." if verdict.status == 429 else "IP banned."
+            await _answer(
+                send,
+                verdict.status,
+                {"code": -1003, "msg": message},
+                {
+                    "retry-after": str(verdict.retry_after),
+                    "x-mbx-used-weight-1m": str(verdict.used),
+                },
+            )
+            return
+
+        malformed = kind == "malformed"
+        held: list[dict] = []
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    weight_header,
+                    (b"x-mbx-used-weight", str(verdict.used).encode()),
+                ]
+            if not malformed:
+                await send(message)
+                return
+            held.append(message)
+
+        await self.app(scope, receive, send_with_headers)
+        if malformed:
+            start = held[0]
+            body = b"".join(m.get("body", b"") for m in held[1:])
+            cut = body[: max(1, len(body) // 2)]
+            start["headers"] = [
+                (k, str(len(cut)).encode() if k == b"content-length" else v)
+                for k, v in start["headers"]
+            ]
+            await send(start)
+            await send({"type": "http.response.body", "body": cut})
+
+
+async def _answer(send: Any, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+    payload = (json.dumps(body) if not isinstance(body, str) else body).encode()
+    content_type = b"application/json" if not isinstance(body, str) else b"text/html"
+    raw = [(b"content-type", content_type), (b"content-length", str(len(payload)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def serve(config: SimulatorConfig, host: str = "127.0.0.1", port: int = 8900) -> None:
+    """Run the simulator until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(config), host=host, port=port, http="h11", log_level="warning")

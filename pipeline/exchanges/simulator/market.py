@@ -1,0 +1,147 @@
+"""The simulator's markets on its clock: shifted history, replay, books and tickers.
+
+With `shift_to_now`, every recording is moved by one offset (a whole number of
+the largest timeframe) so that the latest candle closes at the clock's start;
+after a recording ends it is replayed from its beginning, each cycle's prices
+scaled by the recording's overall growth so that prices continue without a jump.
+Only candles that have closed on the clock are served.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.exchanges.simulator.recordings import Recording
+
+USD_LIKE = {"USD", "USDT", "USDC", "BUSD", "TUSD", "FDUSD", "DAI"}
+HALF_SPREAD_BPS = 1.0  # documented book: mid +- max(1 bp, one tick), then one tick per level
+BOOK_LEVELS = 100
+
+
+@dataclass
+class Clock:
+    """Simulator time in ms: real time, optionally sped up, counted from the start."""
+
+    speed: float = 1.0
+    start_real_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    def now_ms(self) -> int:
+        elapsed = time.time() * 1000 - self.start_real_ms
+        return int(self.start_real_ms + elapsed * self.speed)
+
+
+def filters_for(base: str, quote: str, price: float) -> dict[str, float]:
+    """Price tick, lot step and minimum notional, scaled like Binance's to the price."""
+    unit = 1.0 if quote in USD_LIKE else 1e-5
+    price = price if math.isfinite(price) and price > 0 else 1.0
+    tick = 10.0 ** max(math.floor(math.log10(price * 1e-6)), -8)
+    step = 10.0 ** max(math.ceil(math.log10(0.1 * unit / price)), -8)
+    return {"tick": tick, "step": step, "min_notional": 5.0 * unit, "min_qty": step}
+
+
+class MarketFeed:
+    """One recording as served: shifted by `offset_ms`, replayed when `replay` is on."""
+
+    def __init__(self, recording: Recording, offset_ms: int, replay: bool) -> None:
+        self.recording = recording
+        self.offset_ms = offset_ms
+        self.replay = replay
+        self.tf = recording.timeframe_ms
+        self.span = recording.span_ms
+        finite = recording.close[np.isfinite(recording.close) & (recording.close > 0)]
+        self.growth = float(finite[-1] / finite[0]) if len(finite) else 1.0
+        self.filters = filters_for(recording.base, recording.quote, float(finite[-1]))
+
+    @property
+    def first_ts(self) -> int:
+        return int(self.recording.ts[0]) + self.offset_ms
+
+    def candles(self, start: int, end: int, limit: int, now: int) -> list[list]:
+        """Binance klines rows with open time in [start, end] closed by `now`, at most `limit`."""
+        last_open = min(end, now - self.tf)
+        rows: list[list] = []
+        if last_open < start:
+            return rows
+        base_ts = self.recording.ts + self.offset_ms
+        cycle = max(0, (start - self.first_ts) // self.span) if self.replay else 0
+        while len(rows) < limit:
+            shift = cycle * self.span
+            lo = int(np.searchsorted(base_ts, start - shift, side="left"))
+            hi = int(np.searchsorted(base_ts, last_open - shift, side="right"))
+            for i in range(lo, min(hi, lo + limit - len(rows))):
+                rows.append(self._row(i, int(base_ts[i]) + shift, cycle))
+            if not self.replay or hi < len(base_ts):
+                break
+            cycle += 1
+            if self.first_ts + cycle * self.span > last_open:
+                break
+        return rows
+
+    def last_price(self, now: int) -> float:
+        """Close of the latest closed candle (the book's mid); the first one before any."""
+        last_open = now - self.tf
+        base_ts = self.recording.ts + self.offset_ms
+        cycle = 0
+        if self.replay and last_open >= self.first_ts:
+            cycle = (last_open - self.first_ts) // self.span
+        i = int(np.searchsorted(base_ts, last_open - cycle * self.span, side="right")) - 1
+        if i < 0:
+            return float(self.recording.close[0])
+        return float(self._row(i, int(base_ts[i]), cycle)[4])
+
+    def _row(self, i: int, ts: int, cycle: int) -> list:
+        text = self.recording.text[i]
+        if cycle:
+            scale = self.growth**cycle
+            text = [*(_scaled(value, scale) for value in text[:4]), text[4]]
+        open_, high, low, close, volume = (str(value) for value in text)
+        quote_volume = _product(close, volume)
+        return [
+            ts,
+            open_,
+            high,
+            low,
+            close,
+            volume,
+            ts + self.tf - 1,
+            quote_volume,
+            0,
+            "0",
+            "0",
+            "0",
+        ]
+
+    def book(self, now: int, depth: int) -> tuple[list[list[str]], list[list[str]]]:
+        """A symmetric book around the last close: HALF_SPREAD_BPS, one tick between levels."""
+        mid = self.last_price(now)
+        tick = self.filters["tick"]
+        half = max(mid * HALF_SPREAD_BPS / 10_000, tick)
+        best_bid = math.floor((mid - half) / tick) * tick
+        best_ask = math.ceil((mid + half) / tick) * tick
+        size = max(self.filters["step"] * 1000, 10 * self.filters["min_notional"] / mid)
+        levels = range(min(depth, BOOK_LEVELS))
+        bids = [[_fmt(best_bid - k * tick), _fmt(size * (1 + k))] for k in levels]
+        asks = [[_fmt(best_ask + k * tick), _fmt(size * (1 + k))] for k in levels]
+        return bids, asks
+
+
+def _scaled(text: str, scale: float) -> str:
+    try:
+        return _fmt(float(text) * scale)
+    except ValueError:
+        return text
+
+
+def _product(a: str, b: str) -> str:
+    try:
+        return _fmt(float(a) * float(b))
+    except ValueError:
+        return "0"
+
+
+def _fmt(value: float) -> str:
+    return np.format_float_positional(value, precision=10, unique=True, trim="-")

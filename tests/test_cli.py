@@ -1,0 +1,118 @@
+"""`python -m pipeline`: db upgrade, doctor and settings, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    url = f"sqlite:///{tmp_path / 'var' / 'cryptobots.db'}"
+    monkeypatch.setenv("CRYPTOBOTS_DB_URL", url)
+    monkeypatch.setenv("CRYPTOBOTS_VAR_DIR", str(tmp_path / "var"))
+    return url
+
+
+def doctor_report(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
+    code = main(["doctor", "--json", *args])
+    checks = json.loads(capsys.readouterr().out)
+    return code, {check["name"]: check for check in checks}
+
+
+def test_db_upgrade_migrates_once_then_is_a_no_op(sqlite_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
+    env["CRYPTOBOTS_DB_URL"] = sqlite_url
+    command = [sys.executable, "-m", "pipeline", "db", "upgrade"]
+    first = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, check=True)
+    again = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, check=True)
+    assert "migrated from empty to revision" in first.stdout
+    assert "already at revision" in again.stdout
+
+
+def test_doctor_is_healthy_on_a_migrated_embedded_database(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["db", "upgrade"]) == 0
+    capsys.readouterr()
+    code, checks = doctor_report(capsys)
+    assert code == 0
+    assert checks["database"]["status"] == "ok"
+    assert "(head)" in checks["database"]["detail"]
+    assert checks["pkg tensorflow"]["status"] == "ok"
+    assert checks["tensorflow gpu"]["status"] in ("ok", "warn")
+    assert "CPUExecutionProvider" in checks["onnxruntime"]["detail"]
+
+
+def test_doctor_names_the_fix_when_the_database_is_not_migrated(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, checks = doctor_report(capsys, "--no-gpu-probe")
+    assert code == 1
+    assert checks["database"]["status"] == "FAIL"
+    assert "python -m pipeline db upgrade" in checks["database"]["fix"]
+
+
+@pytest.mark.postgres
+def test_doctor_fails_on_an_unreachable_database_with_the_password_masked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CRYPTOBOTS_DB_URL", "postgresql://trader:hunter2@127.0.0.1:1/cb")
+    code, checks = doctor_report(capsys, "--no-gpu-probe")
+    assert code == 1
+    assert checks["database"]["status"] == "FAIL"
+    assert "trader:***@127.0.0.1:1/cb" in checks["database"]["detail"]
+    assert "hunter2" not in json.dumps(checks)
+
+
+def test_doctor_warns_when_an_exchange_url_does_not_answer(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CRYPTOBOTS_EXCHANGES__BINANCE__URL", "http://127.0.0.1:1")
+    main(["db", "upgrade"])
+    capsys.readouterr()
+    code, checks = doctor_report(capsys, "--no-gpu-probe")
+    assert code == 0
+    assert checks["exchange binance"]["status"] == "warn"
+    assert "CRYPTOBOTS_EXCHANGES__BINANCE__URL" in checks["exchange binance"]["fix"]
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has a GPU")
+def test_doctor_fails_without_a_gpu_when_one_is_required(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CRYPTOBOTS_REQUIRE_GPU", "true")
+    main(["db", "upgrade"])
+    capsys.readouterr()
+    code, checks = doctor_report(capsys, "--no-gpu-probe")
+    assert code == 1
+    assert checks["onnxruntime"]["status"] == "FAIL"
+
+
+def test_an_invalid_setting_is_one_error_line_and_exit_code_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CRYPTOBOTS_TRADING_MODE", "yolo")
+    assert main(["settings"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("error: invalid setting CRYPTOBOTS_TRADING_MODE='yolo'")
+
+
+def test_settings_command_masks_the_database_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CRYPTOBOTS_DB_URL", "postgresql://trader:hunter2@db:5432/cb")
+    assert main(["settings"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["db_url"] == "postgresql+psycopg2://trader:***@db:5432/cb"
