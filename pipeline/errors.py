@@ -15,7 +15,14 @@ class ConfigurationError(CryptobotsError):
 
 
 class TemporaryExchangeError(CryptobotsError):
-    """The exchange failed in a way that a retry may fix (timeout, 429, 5xx)."""
+    """The exchange failed in a way that a retry may fix (timeout, 429, 5xx).
+
+    `retry_after` is the wait in seconds the exchange asked for (0 when it did not).
+    """
+
+    def __init__(self, message: str, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ExchangeRejected(CryptobotsError):

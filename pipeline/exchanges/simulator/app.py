@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,6 +191,11 @@ def create_app(config: SimulatorConfig) -> FastAPI:
         return tickers[0] if symbol else tickers
 
     return FaultsAndLimits(app, exchange)  # type: ignore[return-value]
+
+
+def exchange_of(app: Any) -> Exchange:
+    """The simulated exchange behind an app from create_app (its counters, clock, limits)."""
+    return app.exchange
 
 
 def _market(exchange: Exchange, symbol: str) -> MarketFeed:
@@ -422,3 +430,31 @@ def serve(config: SimulatorConfig, host: str = "127.0.0.1", port: int = 8900) ->
     import uvicorn
 
     uvicorn.run(create_app(config), host=host, port=port, http="h11", log_level="warning")
+
+
+@contextmanager
+def running(config: SimulatorConfig, host: str = "127.0.0.1") -> Iterator[str]:
+    """Run the simulator on a free port in a background thread; yield its base URL."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    app = create_app(config)
+    server = uvicorn.Server(uvicorn.Config(app, http="h11", log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the exchange simulator did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

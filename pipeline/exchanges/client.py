@@ -1,0 +1,324 @@
+"""ccxt clients and the one adapter that translates ccxt's errors.
+
+`open_exchange` builds a ccxt client from Settings (spot only, rate limiter on,
+base URL overridden for the simulator or a testnet) and wraps it in an
+`ExchangeClient` that:
+- translates every ccxt exception into the cryptobots tree, in `translated`;
+- retries temporary errors (network, timeouts, 429/418, 5xx, malformed bodies)
+  with exponential backoff and jitter, honouring Retry-After, bounded;
+- learns the request-weight budget the exchange states (exchangeInfo's
+  rateLimits, the used-weight header) and paces ccxt's own throttle to it.
+Per-exchange differences live in `CAPABILITIES` and ccxt's market data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from pipeline.errors import (
+    ConfigurationError,
+    CryptobotsError,
+    ExchangeRejected,
+    TemporaryExchangeError,
+)
+from pipeline.settings import ExchangeConfig, Settings
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Capability:
+    """What differs between exchanges and is not in ccxt's market data."""
+
+    weight_header: str | None = None  # response header with the weight used this minute
+    weight_per_cost: float | None = None  # server weight of one unit of ccxt's `cost`
+    rate_limit_type: str | None = None  # exchangeInfo rateLimits entry that budgets weight
+
+
+CAPABILITIES: dict[str, Capability] = {
+    "binance": Capability(
+        weight_header="x-mbx-used-weight-1m", weight_per_cost=5.0, rate_limit_type="REQUEST_WEIGHT"
+    ),
+}
+SPOT_OPTIONS = {
+    "binance": {
+        "defaultType": "spot",
+        "fetchMarkets": {"types": ["spot"]},
+        "fetchCurrencies": False,
+        "fetchMargins": False,
+        "quoteOrderQty": False,
+    }
+}
+BUDGET_MARGIN = 0.95  # pace to this share of the stated budget
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """API keys; never printed (repr hides them)."""
+
+    api_key: str = field(repr=False)
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff with jitter for temporary exchange errors."""
+
+    attempts: int = 8
+    initial_seconds: float = 0.5
+    max_seconds: float = 30.0
+    total_seconds: float = 300.0
+
+
+def credentials_from_reference(
+    reference: str | None, environ: Mapping[str, str]
+) -> Credentials | None:
+    """Resolve `env:PREFIX` (PREFIX_API_KEY, PREFIX_SECRET) from `environ`; None when unset."""
+    if reference is None:
+        return None
+    kind, _, target = reference.partition(":")
+    if kind == "env":
+        key, secret = environ.get(f"{target}_API_KEY"), environ.get(f"{target}_SECRET")
+        if not key or not secret:
+            raise ConfigurationError(
+                f"credentials {reference}: set {target}_API_KEY and {target}_SECRET"
+            )
+        return Credentials(key, secret)
+    if kind == "file":
+        import yaml
+
+        try:
+            with open(target) as handle:
+                data = yaml.safe_load(handle) or {}
+            return Credentials(str(data["api_key"]), str(data["secret"]))
+        except (OSError, KeyError, TypeError) as error:
+            raise ConfigurationError(
+                f"credentials {reference}: need a readable YAML file with api_key and secret "
+                f"({type(error).__name__})"
+            ) from None
+    raise ConfigurationError(
+        f"credentials {reference}: airflow: references are resolved by the Airflow hook"
+    )
+
+
+def create_ccxt(
+    name: str,
+    config: ExchangeConfig,
+    credentials: Credentials | None = None,
+    *,
+    timeout_ms: int = 10_000,
+) -> Any:
+    """A ccxt client for exchange `name`: spot only, rate limiter on, URL overridden."""
+    import ccxt
+
+    ccxt_id = config.ccxt_id or name
+    if not hasattr(ccxt, ccxt_id):
+        raise ConfigurationError(
+            f"exchange {name}: ccxt has no exchange {ccxt_id!r}; "
+            f"set CRYPTOBOTS_EXCHANGES__{name.upper()}__CCXT_ID"
+        )
+    options: dict[str, Any] = {
+        "enableRateLimit": True,
+        "enableLastJsonResponse": True,
+        "timeout": timeout_ms,
+        "options": dict(SPOT_OPTIONS.get(ccxt_id, {"defaultType": "spot"})),
+    }
+    if credentials is not None:
+        options |= {"apiKey": credentials.api_key, "secret": credentials.secret}
+    client = getattr(ccxt, ccxt_id)(options)
+    if config.url:
+        api = client.urls["api"]
+        for key, value in list(api.items()):
+            if isinstance(value, str):
+                api[key] = _rebase(value, config.url)
+    return client
+
+
+def _rebase(url: str, base: str) -> str:
+    """Keep the API path of `url` (e.g. /api/v3), replace scheme and host with `base`'s."""
+    from urllib.parse import urlsplit
+
+    return base + urlsplit(url).path
+
+
+def open_exchange(
+    settings: Settings,
+    name: str,
+    credentials: Credentials | None = None,
+    *,
+    retry: RetryPolicy | None = None,
+    timeout_ms: int = 10_000,
+) -> ExchangeClient:
+    """The configured exchange `name`, ready to use (markets loaded, pace learned)."""
+    config = settings.exchanges.get(name)
+    if config is None:
+        raise ConfigurationError(
+            f"exchange {name!r} is not configured; configured: {sorted(settings.exchanges)}"
+        )
+    client = create_ccxt(name, config, credentials, timeout_ms=timeout_ms)
+    exchange = ExchangeClient(name, client, retry or RetryPolicy())
+    exchange.load_markets()
+    return exchange
+
+
+class ExchangeClient:
+    """A ccxt client behind the cryptobots error tree, with retries and pacing."""
+
+    def __init__(self, name: str, client: Any, retry: RetryPolicy) -> None:
+        self.name = name
+        self.client = client
+        self.retry = retry
+        self.capability = CAPABILITIES.get(client.id, Capability())
+        self.budget: int | None = None
+        self.retries = 0
+
+    def load_markets(self) -> dict[str, Any]:
+        markets = self.call("load markets", self.client.load_markets)
+        self._learn_budget(self.client.last_json_response)
+        return markets
+
+    def market(self, symbol: str) -> dict[str, Any]:
+        """ccxt's market data for `symbol`; ExchangeRejected when the exchange lacks it."""
+        market = self.client.markets.get(symbol)
+        if market is None:
+            raise ExchangeRejected(
+                f"{self.name}:{symbol}: the exchange does not list this symbol; "
+                f"check the market in CRYPTOBOTS_MARKETS"
+            )
+        return market
+
+    def ohlcv_page_limit(self) -> int:
+        """Candles per fetch_ohlcv request, from ccxt's own feature table."""
+        features = getattr(self.client, "features", None) or {}
+        spot = features.get("spot") or {}
+        return int((spot.get("fetchOHLCV") or {}).get("limit") or 500)
+
+    def fetch_ohlcv(self, symbol: str, timeframe: str, since: int, limit: int) -> list[list]:
+        """One page of candles [ts, o, h, l, c, v]; a malformed page is a temporary error."""
+
+        def fetch() -> list[list]:
+            rows = self.client.fetch_ohlcv(symbol, timeframe, since=since, limit=limit)
+            if self.client.last_json_response is None or not _well_formed(rows):
+                raise TemporaryExchangeError(
+                    f"{self.name}:{symbol}:{timeframe}: malformed klines page at since={since}"
+                )
+            return rows
+
+        return self.call(f"{symbol}:{timeframe} candles since {since}", fetch)
+
+    def server_time(self) -> int:
+        """The exchange's clock in ms (candles close on it, not on ours)."""
+        return int(self.call("server time", self.client.fetch_time))
+
+    def call(self, what: str, function: Callable[[], T]) -> T:
+        """Run `function` with errors translated, temporary ones retried, pace kept."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(TemporaryExchangeError),
+            wait=self._wait,
+            stop=stop_after_attempt(self.retry.attempts)
+            | stop_after_delay(self.retry.total_seconds),
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt, translated(f"{self.name}: {what}", self.client):
+                result = function()
+                self._keep_pace()
+        return result  # type: ignore[possibly-undefined]
+
+    def _wait(self, state: RetryCallState) -> float:
+        backoff = wait_exponential_jitter(
+            initial=self.retry.initial_seconds, max=self.retry.max_seconds
+        )(state)
+        error = state.outcome.exception() if state.outcome else None
+        return max(backoff, float(getattr(error, "retry_after", 0) or 0))
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        self.retries += 1
+
+    def _learn_budget(self, exchange_info: Any) -> None:
+        cap = self.capability
+        if not cap.rate_limit_type or not isinstance(exchange_info, dict):
+            return
+        for limit in exchange_info.get("rateLimits", []):
+            if limit.get("rateLimitType") == cap.rate_limit_type:
+                seconds = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86400}.get(
+                    limit.get("interval", ""), 60
+                ) * int(limit.get("intervalNum", 1))
+                self.set_budget(int(int(limit["limit"]) * 60 / seconds))
+
+    def set_budget(self, weight_per_minute: int) -> None:
+        """Pace ccxt's throttle to `weight_per_minute` (with a safety margin)."""
+        self.budget = weight_per_minute
+        if self.capability.weight_per_cost:
+            per_cost_ms = 60_000 * self.capability.weight_per_cost / weight_per_minute
+            self.client.rateLimit = per_cost_ms / BUDGET_MARGIN
+
+    def _keep_pace(self) -> None:
+        """If the used-weight header says the minute's budget is nearly spent, wait it out."""
+        header = self.capability.weight_header
+        if not header or not self.budget:
+            return
+        headers = {k.lower(): v for k, v in (self.client.last_response_headers or {}).items()}
+        try:
+            used = int(headers.get(header, ""))
+        except ValueError:
+            return
+        if used >= self.budget * BUDGET_MARGIN:
+            time.sleep(60 - time.time() % 60 + 0.05)
+
+
+def _well_formed(rows: Any) -> bool:
+    return isinstance(rows, list) and all(
+        isinstance(row, list) and len(row) >= 6 and isinstance(row[0], int) for row in rows
+    )
+
+
+@contextmanager
+def translated(what: str, client: Any = None) -> Iterator[None]:
+    """Translate ccxt exceptions raised inside into the cryptobots tree (the one place)."""
+    import ccxt
+
+    try:
+        yield
+    except CryptobotsError:
+        raise
+    except ccxt.AuthenticationError as error:
+        raise ExchangeRejected(
+            f"{what}: the exchange refused the API keys ({type(error).__name__}); "
+            "check the credentials reference in settings"
+        ) from error
+    except ccxt.BadSymbol as error:
+        raise ExchangeRejected(f"{what}: the exchange does not know this symbol") from error
+    except (ccxt.OperationFailed, ccxt.BadResponse, ccxt.NullResponse) as error:
+        retry_after = _retry_after(client)
+        raise TemporaryExchangeError(
+            f"{what}: {type(error).__name__}: {_short(error)}", retry_after=retry_after
+        ) from error
+    except ccxt.BaseError as error:
+        raise ExchangeRejected(f"{what}: {type(error).__name__}: {_short(error)}") from error
+
+
+def _retry_after(client: Any) -> float:
+    headers = {k.lower(): v for k, v in ((client and client.last_response_headers) or {}).items()}
+    try:
+        return float(headers.get("retry-after", 0))
+    except ValueError:
+        return 0.0
+
+
+def _short(error: Exception) -> str:
+    return str(error).splitlines()[0][:300] if str(error) else ""
