@@ -192,6 +192,22 @@ class ExchangeConfig(BaseModel):
         return value
 
 
+class ValidationSettings(BaseModel):
+    """How strict candle validation is."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_bad_fraction: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="a batch with a larger share of bad rows fails (after quarantining them)",
+    )
+    flash_move: float = Field(
+        default=0.3, gt=0, description="candles whose range high/low - 1 exceeds this are flagged"
+    )
+
+
 def _default_exchanges() -> dict[str, ExchangeConfig]:
     # Offline default: the exchange simulator on loopback speaks Binance's API.
     return {"binance": ExchangeConfig(ccxt_id="binance", url="http://127.0.0.1:8900")}
@@ -232,6 +248,7 @@ class Settings(BaseSettings):
     trading_mode: Literal["paper", "live"] = Field(
         default="paper", description="paper unless told otherwise; live also needs keys"
     )
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
     require_gpu: bool = Field(
         default=False, description="fail (doctor, training) instead of falling back to CPU"
     )

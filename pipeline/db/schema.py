@@ -67,7 +67,15 @@ ohlcv_quarantine = sa.Table(
     sa.Column("reason", sa.Text, nullable=False, comment="which check failed and why"),
     sa.Column("run_id", sa.String(250), nullable=True, comment="ingest run that saw it"),
     sa.Column("quarantined_at", Timestamp, nullable=False, server_default=sa.func.now()),
+    sa.Column(
+        "fingerprint",
+        sa.String(64),
+        nullable=False,
+        server_default="",
+        comment="sha256 of market, raw row and reason",
+    ),
     sa.Index("ix_ohlcv_quarantine_market_ts", "exchange", "symbol", "timeframe", "ts"),
+    sa.UniqueConstraint("fingerprint", name="uq_ohlcv_quarantine_fingerprint"),
     comment="rows that failed validation, kept with the reason; never read by training",
 )
 

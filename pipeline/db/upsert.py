@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import io
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,9 +130,10 @@ class _Batch:
         return len(self.ts)
 
 
-def upsert_ohlcv(engine: Engine, rows: Any) -> UpsertResult:
+def upsert_ohlcv(bind: Engine | Connection, rows: Any) -> UpsertResult:
     """Insert or update candles in one transaction; return what changed.
 
+    `bind`: an Engine (its own transaction) or a Connection (the caller's).
     `rows`: a pandas DataFrame, a pyarrow Table, or an iterable of mappings, with
     columns exchange, symbol, timeframe, ts (ms since epoch, candle open), open,
     high, low, close, volume. A batch holding a row with a missing key field or a
@@ -141,7 +143,7 @@ def upsert_ohlcv(engine: Engine, rows: Any) -> UpsertResult:
     batch = _prepare(_columns(rows))
     if len(batch) == 0:
         return UpsertResult(0, 0, 0, batch.duplicates)
-    with engine.begin() as conn:
+    with transaction(bind) as conn:
         if conn.dialect.name == "postgresql":
             inserted, updated = _merge_postgres(conn, batch)
         elif conn.dialect.name == "sqlite":
@@ -149,6 +151,16 @@ def upsert_ohlcv(engine: Engine, rows: Any) -> UpsertResult:
         else:
             raise NotImplementedError(f"upsert_ohlcv does not support {conn.dialect.name}")
     return UpsertResult(inserted, updated, len(batch) - inserted - updated, batch.duplicates)
+
+
+@contextmanager
+def transaction(bind: Engine | Connection) -> Iterator[Connection]:
+    """A connection in a transaction: a new one from an Engine, or the caller's as is."""
+    if isinstance(bind, Connection):
+        yield bind
+    else:
+        with bind.begin() as conn:
+            yield conn
 
 
 def _columns(rows: Any) -> dict[str, Any]:
