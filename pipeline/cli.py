@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.set_defaults(handler=_simulator)
 
+    fill = commands.add_parser("backfill", help="fetch, validate and store a market's history")
+    fill.add_argument("--market", required=True, help="exchange:BASE/QUOTE:timeframe")
+    fill.add_argument("--start", required=True, help="ISO date or datetime (UTC), inclusive")
+    fill.add_argument("--end", required=True, help="ISO date or datetime (UTC), exclusive")
+    fill.set_defaults(handler=_backfill)
+
     show = commands.add_parser("settings", help="print the effective settings (secrets masked)")
     show.set_defaults(handler=_settings)
     return parser
@@ -124,6 +130,68 @@ def _simulator(settings: Settings, args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as error:
         raise ConfigurationError(f"simulator: {error}") from None
     return 0
+
+
+def _backfill(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+
+    from tqdm import tqdm
+
+    from pipeline.backfill import backfill
+    from pipeline.db.engine import create_engine
+    from pipeline.exchanges.client import credentials_from_reference, open_exchange
+    from pipeline.settings import Market
+
+    try:
+        market = Market.model_validate(args.market)
+    except ValueError as error:
+        raise ConfigurationError(f"--market {args.market!r}: {error}") from None
+    start, end = _parse_time("--start", args.start), _parse_time("--end", args.end)
+    if end <= start:
+        raise ConfigurationError(f"--end {args.end} is not after --start {args.start}")
+    exchange_config = settings.exchanges.get(market.exchange)
+    if exchange_config is None:
+        raise ConfigurationError(
+            f"--market {market}: exchange {market.exchange!r} is not configured; "
+            f"configured: {sorted(settings.exchanges)}"
+        )
+    credentials = credentials_from_reference(exchange_config.credentials, os.environ)
+    exchange = open_exchange(settings, market.exchange, credentials)
+    engine = create_engine(settings.db_url)
+    total = len(range(start, end, market.timeframe_ms))
+    with tqdm(total=total, unit="candle", desc=str(market)) as bar:
+        result = backfill(
+            exchange,
+            engine,
+            market,
+            start,
+            end,
+            policy=settings.validation,
+            report_dir=settings.var_dir / "validations",
+            progress=bar.update,
+        )
+    print(
+        f"{market}: {result.chunks} chunks ({result.skipped} already complete), "
+        f"{result.total('inserted')} inserted, {result.total('updated')} updated, "
+        f"{result.total('unchanged')} unchanged, {result.total('quarantined')} quarantined, "
+        f"{result.total('gaps')} missing at the exchange, {exchange.retries} retries"
+    )
+    return 0
+
+
+def _parse_time(option: str, text: str) -> int:
+    """ISO date/datetime (UTC unless it says otherwise) -> ms since the epoch."""
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigurationError(
+            f"{option} {text!r} is not an ISO date or datetime, e.g. 2020-01-01 or 2020-01-01T06:00"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
 
 
 def _settings(settings: Settings, args: argparse.Namespace) -> int:

@@ -143,8 +143,10 @@ def _gx() -> tuple[Any, Any]:
     """The ephemeral GX context and batch definition, built once per process."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
     asset = context.data_sources.add_pandas("candles").add_dataframe_asset("ohlcv")
     return context, asset.add_batch_definition_whole_dataframe("batch")
 
