@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -18,7 +20,15 @@ from sqlalchemy.engine import Engine
 
 from pipeline.db.engine import create_engine
 from pipeline.db.migrate import upgrade
-from pipeline.settings import ENV_PREFIX, mask_url, normalize_db_url
+from pipeline.exchanges.client import ExchangeClient, RetryPolicy, create_ccxt
+from pipeline.exchanges.simulator.app import SimulatorConfig, running
+from pipeline.settings import (
+    ENV_PREFIX,
+    ExchangeConfig,
+    default_data_dir,
+    mask_url,
+    normalize_db_url,
+)
 
 PG_SERVER_URL = normalize_db_url(
     os.environ.get("CRYPTOBOTS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -85,3 +95,38 @@ def migrated_engine(db_url: str) -> Iterator[Engine]:
     upgrade(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The recorded market data (../shared/data); CI has it beside the clone."""
+    found = default_data_dir()
+    if found is None:
+        message = "recorded market data not found at ../shared/data (CRYPTOBOTS_DATA_DIR)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture
+def simulator(data_dir: Path) -> Callable[..., AbstractContextManager[str]]:
+    """Start simulators over the recorded data: `with simulator(fault_rate=0.2) as url:`."""
+
+    def start(**options: object) -> AbstractContextManager[str]:
+        return running(SimulatorConfig(data_dir=options.pop("data_dir", data_dir), **options))
+
+    return start
+
+
+def fast_retry() -> RetryPolicy:
+    """Retries quick enough for tests (the simulator's Retry-After is 1 s)."""
+    return RetryPolicy(attempts=12, initial_seconds=0.05, max_seconds=0.5, total_seconds=120)
+
+
+def exchange_client(url: str, name: str = "binance", timeout_ms: int = 2000) -> ExchangeClient:
+    """A ccxt.binance client for the simulator at `url`, behind the cryptobots adapter."""
+    client = create_ccxt(name, ExchangeConfig(ccxt_id="binance", url=url), timeout_ms=timeout_ms)
+    exchange = ExchangeClient(name, client, fast_retry())
+    exchange.load_markets()
+    return exchange

@@ -241,7 +241,9 @@ class ExchangeClient:
 
     def _wait(self, state: RetryCallState) -> float:
         backoff = wait_exponential_jitter(
-            initial=self.retry.initial_seconds, max=self.retry.max_seconds
+            multiplier=self.retry.initial_seconds,
+            max=self.retry.max_seconds,
+            jitter=self.retry.initial_seconds,
         )(state)
         error = state.outcome.exception() if state.outcome else None
         return max(backoff, float(getattr(error, "retry_after", 0) or 0))
