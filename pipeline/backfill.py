@@ -73,10 +73,15 @@ def backfill(
     policy: ValidationSettings | None = None,
     report_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    chunk_candles: int | None = None,
 ) -> BackfillSummary:
-    """Ingest [start, end) chunk by chunk, skipping complete chunks; `progress(candles)`."""
+    """Ingest [start, end) chunk by chunk, skipping complete chunks; `progress(candles)`.
+
+    Chunks hold `chunk_candles` candle slots (default: CHUNK_PAGES exchange pages) and
+    start at `start`, so the same command cuts the same chunks every time.
+    """
     tf = market.timeframe_ms
-    size = exchange.ohlcv_page_limit() * CHUNK_PAGES * tf
+    size = (chunk_candles or exchange.ohlcv_page_limit() * CHUNK_PAGES) * tf
     summary = BackfillSummary(str(market))
     for a, b in chunks(start, end, size):
         slots = len(range(-(-a // tf) * tf, b, tf))

@@ -100,8 +100,7 @@ def _number(value: Any) -> float:
 
 
 def _merge_identical(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    keys = frame[["ts", *VALUES]].astype(str).agg("|".join, axis=1)
-    first = ~keys.duplicated()
+    first = ~frame.duplicated(subset=["ts", *VALUES])
     return frame[first].reset_index(drop=True), int((~first).sum())
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from pipeline.db.engine import create_engine
 from pipeline.db.migrate import upgrade
 from pipeline.exchanges.client import ExchangeClient, RetryPolicy, create_ccxt
-from pipeline.exchanges.simulator.app import SimulatorConfig, running
+from pipeline.exchanges.simulator.app import Running, SimulatorConfig, running
 from pipeline.settings import (
     ENV_PREFIX,
     ExchangeConfig,
@@ -110,10 +110,10 @@ def data_dir() -> Path:
 
 
 @pytest.fixture
-def simulator(data_dir: Path) -> Callable[..., AbstractContextManager[str]]:
+def simulator(data_dir: Path) -> Callable[..., AbstractContextManager[Running]]:
     """Start simulators over the recorded data: `with simulator(fault_rate=0.2) as url:`."""
 
-    def start(**options: object) -> AbstractContextManager[str]:
+    def start(**options: object) -> AbstractContextManager[Running]:
         return running(SimulatorConfig(data_dir=options.pop("data_dir", data_dir), **options))
 
     return start
@@ -130,3 +130,25 @@ def exchange_client(url: str, name: str = "binance", timeout_ms: int = 2000) -> 
     exchange = ExchangeClient(name, client, fast_retry())
     exchange.load_markets()
     return exchange
+
+
+@pytest.fixture
+def fresh_pg(pg_server: Engine) -> Iterator[Callable[[], Engine]]:
+    """Make fresh, migrated Postgres databases inside a test; all dropped afterwards."""
+    made: list[tuple[str, Engine]] = []
+
+    def make() -> Engine:
+        name = f"cb_fresh_{uuid.uuid4().hex[:12]}"
+        with pg_server.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        url = sa.make_url(PG_SERVER_URL).set(database=name)
+        engine = create_engine(url.render_as_string(hide_password=False))
+        upgrade(engine)
+        made.append((name, engine))
+        return engine
+
+    yield make
+    for name, engine in made:
+        engine.dispose()
+        with pg_server.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

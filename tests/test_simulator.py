@@ -35,8 +35,8 @@ def recorded_rows(data_dir: Path, name: str, n: int) -> list[list[str]]:
 
 
 def test_ccxt_binance_loads_the_recorded_markets_with_filters(simulator) -> None:
-    with simulator() as url:
-        exchange = exchange_client(url)
+    with simulator() as sim:
+        exchange = exchange_client(sim.url)
         markets = exchange.client.markets
     assert {"BTC/USDT", "ETH/USDT", "ETH/BTC", "SOL/USDT", "SOL/BTC"} <= set(markets)
     btc = markets["BTC/USDT"]
@@ -49,17 +49,17 @@ def test_ccxt_binance_loads_the_recorded_markets_with_filters(simulator) -> None
 
 
 def test_klines_serve_the_recorded_values_exactly(simulator, data_dir: Path) -> None:
-    with simulator() as url:
-        rows = exchange_client(url).fetch_ohlcv("BTC/USDT", "1h", FIRST_BTC_HOUR, 5)
+    with simulator() as sim:
+        rows = exchange_client(sim.url).fetch_ohlcv("BTC/USDT", "1h", FIRST_BTC_HOUR, 5)
     recorded = recorded_rows(data_dir, "binance_BTC-USDT_1h.csv.gz", 5)
     assert [[int(r[0]), *map(float, r[1:])] for r in recorded] == rows
 
 
 def test_a_page_holds_at_most_1000_candles_from_the_start_time(simulator) -> None:
-    with simulator() as url:
-        exchange = exchange_client(url)
+    with simulator() as sim:
+        exchange = exchange_client(sim.url)
         rows = exchange.fetch_ohlcv("ETH/USDT", "1h", FIRST_BTC_HOUR, 1000)
-        status, _, body = get(f"{url}/api/v3/klines?symbol=ETHUSDT&interval=1h&limit=1001")
+        status, _, body = get(f"{sim.url}/api/v3/klines?symbol=ETHUSDT&interval=1h&limit=1001")
     assert len(rows) == 1000
     assert rows[0][0] == FIRST_BTC_HOUR
     assert status == 400
@@ -67,8 +67,8 @@ def test_a_page_holds_at_most_1000_candles_from_the_start_time(simulator) -> Non
 
 
 def test_shifted_history_serves_only_closed_candles_and_keeps_coming(simulator) -> None:
-    with simulator(shift_to_now=True, speed=3600.0) as url:
-        exchange = exchange_client(url)
+    with simulator(shift_to_now=True, speed=3600.0) as sim:
+        exchange = exchange_client(sim.url)
         since = exchange.server_time() - 5 * 3_600_000
         before = exchange.fetch_ohlcv("BTC/USDT", "1h", since, 1000)
         first_now = exchange.server_time()
@@ -84,9 +84,9 @@ def test_shifted_history_serves_only_closed_candles_and_keeps_coming(simulator) 
 
 
 def test_every_response_reports_the_used_weight(simulator) -> None:
-    with simulator() as url:
-        _, first, _ = get(f"{url}/api/v3/exchangeInfo")
-        _, second, _ = get(f"{url}/api/v3/klines?symbol=BTCUSDT&interval=1h&limit=10")
+    with simulator() as sim:
+        _, first, _ = get(f"{sim.url}/api/v3/exchangeInfo")
+        _, second, _ = get(f"{sim.url}/api/v3/klines?symbol=BTCUSDT&interval=1h&limit=10")
     assert int(second["x-mbx-used-weight-1m"]) - int(first["x-mbx-used-weight-1m"]) == 2
 
 
@@ -124,19 +124,19 @@ def test_faults_are_reproducible_from_the_seed() -> None:
 @pytest.mark.parametrize("kind", [k for k in GENERIC_FAULTS if k != "latency"])
 def test_each_fault_reaches_the_client_as_a_temporary_error(simulator, kind: str) -> None:
     with (
-        simulator() as url,
-        simulator(fault_rate=1.0, fault_kinds=(kind,), fault_timeout_seconds=2.0) as faulty,
+        simulator() as sim,
+        simulator(fault_rate=1.0, fault_kinds=(kind,), fault_timeout_seconds=2.0) as faulty_sim,
     ):
-        exchange = exchange_client(url, timeout_ms=1000)
-        exchange.client.urls["api"]["public"] = f"{faulty}/api/v3"
+        exchange = exchange_client(sim.url, timeout_ms=1000)
+        exchange.client.urls["api"]["public"] = f"{faulty_sim.url}/api/v3"
         exchange.retry = RetryPolicy(attempts=1)
         with pytest.raises(TemporaryExchangeError):
             exchange.fetch_ohlcv("BTC/USDT", "1h", FIRST_BTC_HOUR, 10)
 
 
 def test_a_faulty_exchange_is_survived_by_retrying(simulator) -> None:
-    with simulator(fault_rate=0.5, seed=11, fault_timeout_seconds=1.5) as url:
-        exchange = exchange_client(url, timeout_ms=1000)
+    with simulator(fault_rate=0.5, seed=11, fault_timeout_seconds=1.5) as sim:
+        exchange = exchange_client(sim.url, timeout_ms=1000)
         pages = [
             exchange.fetch_ohlcv("BTC/USDT", "1h", FIRST_BTC_HOUR + i * 3_600_000_000, 1000)
             for i in range(4)
@@ -146,8 +146,8 @@ def test_a_faulty_exchange_is_survived_by_retrying(simulator) -> None:
 
 
 def test_an_unknown_symbol_fails_at_once_without_retries(simulator) -> None:
-    with simulator() as url:
-        exchange = exchange_client(url)
+    with simulator() as sim:
+        exchange = exchange_client(sim.url)
         with pytest.raises(ExchangeRejected, match="DOGE/USDT"):
             exchange.market("DOGE/USDT")
         with pytest.raises(ExchangeRejected, match="does not know this symbol"):
@@ -166,8 +166,8 @@ def test_an_unknown_ccxt_exchange_is_a_configuration_error() -> None:
 
 
 def test_the_book_sits_around_the_last_close_with_the_documented_spread(simulator) -> None:
-    with simulator() as url:
-        exchange = exchange_client(url)
+    with simulator() as sim:
+        exchange = exchange_client(sim.url)
         book = exchange.client.fetch_order_book("ETH/BTC", limit=5)
         ticker = exchange.client.fetch_ticker("ETH/BTC")
     best_bid, best_ask = book["bids"][0][0], book["asks"][0][0]

@@ -193,10 +193,6 @@ def create_app(config: SimulatorConfig) -> FastAPI:
     return FaultsAndLimits(app, exchange)  # type: ignore[return-value]
 
 
-def exchange_of(app: Any) -> Exchange:
-    """The simulated exchange behind an app from create_app (its counters, clock, limits)."""
-    return app.exchange
-
 
 def _market(exchange: Exchange, symbol: str) -> MarketFeed:
     feed = exchange.markets().get(symbol)
@@ -432,9 +428,17 @@ def serve(config: SimulatorConfig, host: str = "127.0.0.1", port: int = 8900) ->
     uvicorn.run(create_app(config), host=host, port=port, http="h11", log_level="warning")
 
 
+@dataclass(frozen=True)
+class Running:
+    """A simulator started by `running`: its base URL and its exchange (counters, limiter)."""
+
+    url: str
+    exchange: Exchange
+
+
 @contextmanager
-def running(config: SimulatorConfig, host: str = "127.0.0.1") -> Iterator[str]:
-    """Run the simulator on a free port in a background thread; yield its base URL."""
+def running(config: SimulatorConfig, host: str = "127.0.0.1") -> Iterator[Running]:
+    """Run the simulator on a free port in a background thread; yield it."""
     import socket
     import threading
 
@@ -453,7 +457,7 @@ def running(config: SimulatorConfig, host: str = "127.0.0.1") -> Iterator[str]:
             raise RuntimeError("the exchange simulator did not start")
         time.sleep(0.01)
     try:
-        yield f"http://{host}:{sock.getsockname()[1]}"
+        yield Running(f"http://{host}:{sock.getsockname()[1]}", app.exchange)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
