@@ -14,6 +14,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -208,6 +209,25 @@ class ValidationSettings(BaseModel):
     )
 
 
+class AirflowSettings(BaseModel):
+    """How the DAGs are scheduled."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    start_date: datetime = Field(
+        default=datetime(2015, 1, 1, tzinfo=UTC),
+        description="earliest data interval the DAGs run (and backfill) for, UTC",
+    )
+    exchange_pool_slots: int = Field(
+        default=4, ge=1, description="concurrent tasks per exchange (the exchange_<name> pool)"
+    )
+
+    @field_validator("start_date")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def _default_exchanges() -> dict[str, ExchangeConfig]:
     # Offline default: the exchange simulator on loopback speaks Binance's API.
     return {"binance": ExchangeConfig(ccxt_id="binance", url="http://127.0.0.1:8900")}
@@ -249,6 +269,7 @@ class Settings(BaseSettings):
         default="paper", description="paper unless told otherwise; live also needs keys"
     )
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
+    airflow: AirflowSettings = Field(default_factory=AirflowSettings)
     require_gpu: bool = Field(
         default=False, description="fail (doctor, training) instead of falling back to CPU"
     )

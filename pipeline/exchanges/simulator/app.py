@@ -193,7 +193,6 @@ def create_app(config: SimulatorConfig) -> FastAPI:
     return FaultsAndLimits(app, exchange)  # type: ignore[return-value]
 
 
-
 def _market(exchange: Exchange, symbol: str) -> MarketFeed:
     feed = exchange.markets().get(symbol)
     if feed is None:

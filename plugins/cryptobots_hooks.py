@@ -1,0 +1,40 @@
+"""Airflow hook for exchanges: credentials come from the `exchange_<name>` Connection.
+
+Thin and stateless: it only turns a Connection into credentials; everything else
+lives in pipeline/. A missing Connection means no keys (public market data).
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import BaseHook
+
+from pipeline.exchanges.client import Credentials
+
+
+class ExchangeHook(BaseHook):
+    """Credentials of one exchange, from the Airflow Connection `exchange_<name>`.
+
+    Connection login = API key, password = secret (Connection type `generic`).
+    """
+
+    conn_name_attr = "exchange_conn_id"
+    default_conn_name = "exchange_binance"
+    conn_type = "generic"
+    hook_name = "cryptobots exchange"
+
+    def __init__(self, exchange: str) -> None:
+        super().__init__()
+        self.exchange = exchange
+        self.exchange_conn_id = f"exchange_{exchange}"
+
+    def get_credentials(self) -> Credentials | None:
+        """The API keys, or None when no Connection (or no key) is set."""
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            connection = self.get_connection(self.exchange_conn_id)
+        except AirflowNotFoundException:
+            return None
+        if not connection.login or not connection.password:
+            return None
+        return Credentials(connection.login, connection.password)

@@ -1,0 +1,154 @@
+"""DAG files: they parse fast and clean, and Airflow runs them (`dag.test()`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ["tensorflow", "ccxt", "pandas", "great_expectations", "onnx", "tf2onnx", "numpy"]
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment of an isolated Airflow (SQLite metadata) over this repo's dags/ and plugins/."""
+    home = tmp_path_factory.mktemp("airflow")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CRYPTOBOTS_"))}
+    env |= {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "PYTHONPATH": str(REPO / "plugins"),
+    }
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return env
+
+
+def run_python(code: str, env: dict[str, str], timeout: int = 600) -> dict:
+    """Run `code` in a fresh interpreter; it prints one JSON line last."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+PARSE = f"""
+import importlib.util, json, sys, time
+import airflow.sdk
+from airflow.sdk import BaseHook
+from airflow.models import Variable
+
+def forbidden(*args, **kwargs):
+    raise RuntimeError("connection or variable look-up while parsing a DAG file")
+
+BaseHook.get_connection = classmethod(forbidden)
+Variable.get = staticmethod(forbidden)
+report = {{}}
+for path in sorted(__import__("pathlib").Path("dags").glob("*.py")):
+    before, start = set(sys.modules), time.perf_counter()
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    seconds = time.perf_counter() - start
+    heavy = sorted({{m.split(".")[0] for m in set(sys.modules) - before}} & set({HEAVY!r}))
+    dags = [v for v in vars(module).values() if type(v).__name__ == "DAG"]
+    report[path.name] = {{
+        "seconds": seconds,
+        "heavy": heavy,
+        "dags": [
+            {{
+                "dag_id": d.dag_id,
+                "tags": sorted(d.tags),
+                "max_active_runs": d.max_active_runs,
+                "retries": [t.retries for t in d.tasks],
+                "doc_md": bool(d.doc_md),
+            }}
+            for d in dags
+        ],
+    }}
+print(json.dumps(report))
+"""
+
+
+def test_every_dag_file_parses_fast_light_and_without_lookups(airflow_env: dict) -> None:
+    report = run_python(PARSE, airflow_env)
+    assert set(report) == {p.name for p in (REPO / "dags").glob("*.py")}
+    for name, parsed in report.items():
+        assert parsed["heavy"] == [], f"{name} imports {parsed['heavy']} at parse time"
+        assert parsed["seconds"] < 5, f"{name} took {parsed['seconds']:.1f} s to parse"
+        assert parsed["dags"], f"{name} defines no DAG"
+        for dag in parsed["dags"]:
+            assert "cryptobots" in dag["tags"]
+            assert dag["max_active_runs"] >= 1
+            assert dag["retries"]
+            assert min(dag["retries"]) >= 1
+            assert dag["doc_md"]
+
+
+def test_airflow_itself_finds_no_import_errors(airflow_env: dict) -> None:
+    report = run_python(
+        """
+        import json
+        from airflow.dag_processing.dagbag import DagBag
+        bag = DagBag(dag_folder="dags")
+        print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()},
+                          "dags": sorted(bag.dags)}))
+        """,
+        airflow_env,
+    )
+    assert report["errors"] == {}
+    assert "market_data" in report["dags"]
+
+
+@pytest.mark.postgres
+def test_market_data_dag_ingests_one_interval_for_every_market(
+    airflow_env: dict, simulator, fresh_pg
+) -> None:
+    engine = fresh_pg()
+    with simulator() as sim:
+        env = airflow_env | {
+            "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
+            "CRYPTOBOTS_EXCHANGES__BINANCE__URL": sim.url,
+            "CRYPTOBOTS_VAR_DIR": str(Path(airflow_env["AIRFLOW_HOME"]) / "var"),
+        }
+        report = run_python(
+            """
+            import json, pendulum
+            from airflow.dag_processing.dagbag import DagBag
+            dag = DagBag(dag_folder="dags").dags["market_data"]
+            run = dag.test(logical_date=pendulum.datetime(2019, 1, 1, 5, tz="UTC"))
+            print(json.dumps({"state": str(run.state), "tasks": sorted(
+                (ti.task_id, ti.map_index, str(ti.state)) for ti in run.get_task_instances())}))
+            """,
+            env,
+        )
+    assert report["state"] == "success"
+    assert [task[2] for task in report["tasks"]] == ["success"] * 3
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT symbol, ts FROM ohlcv ORDER BY symbol")).all()
+    interval_start = 1546315200000  # 2019-01-01T04:00Z: the run's data interval is [04:00, 05:00)
+    assert stored == [
+        ("BTC/USDT", interval_start),
+        ("ETH/BTC", interval_start),
+        ("ETH/USDT", interval_start),
+    ]
