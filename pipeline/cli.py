@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     fill.add_argument("--end", required=True, help="ISO date or datetime (UTC), exclusive")
     fill.set_defaults(handler=_backfill)
 
+    pools = commands.add_parser("airflow-pools", help="create the pool of each exchange in Airflow")
+    pools.set_defaults(handler=_airflow_pools)
+
     show = commands.add_parser("settings", help="print the effective settings (secrets masked)")
     show.set_defaults(handler=_settings)
     return parser
@@ -176,6 +179,15 @@ def _backfill(settings: Settings, args: argparse.Namespace) -> int:
         f"{result.total('unchanged')} unchanged, {result.total('quarantined')} quarantined, "
         f"{result.total('gaps')} missing at the exchange, {exchange.retries} retries"
     )
+    return 0
+
+
+def _airflow_pools(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.airflow_setup import ensure_pools
+
+    slots = settings.airflow.exchange_pool_slots
+    for name in ensure_pools(settings):
+        print(f"airflow pool {name}: {slots} slots")
     return 0
 
 

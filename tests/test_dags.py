@@ -152,3 +152,20 @@ def test_market_data_dag_ingests_one_interval_for_every_market(
         ("ETH/BTC", interval_start),
         ("ETH/USDT", interval_start),
     ]
+
+
+def test_each_exchange_gets_its_pool_and_a_second_run_changes_nothing(airflow_env: dict) -> None:
+    env = airflow_env | {"CRYPTOBOTS_AIRFLOW__EXCHANGE_POOL_SLOTS": "3"}
+    command = [sys.executable, "-m", "pipeline", "airflow-pools"]
+    for _ in range(2):
+        done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    report = run_python(
+        """
+        import json
+        from airflow.models.pool import Pool
+        print(json.dumps({p.pool: p.slots for p in Pool.get_pools()}))
+        """,
+        env,
+    )
+    assert report["exchange_binance"] == 3
