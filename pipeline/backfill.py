@@ -1,6 +1,7 @@
 """Backfill a market over a long range without Airflow: chunked, resumable, with progress.
 
-The range is cut into chunks of `CHUNK_PAGES` exchange pages; each chunk is one
+The range is cut into chunks of `CHUNK_PAGES` exchange pages (a validation run costs
+about the same whatever its size, so chunks are large); each chunk is one
 `ingest` (one validation run, one transaction). A chunk whose every candle slot
 is already accounted for (stored, quarantined or a recorded gap) is skipped, so
 a second run after an interruption fetches only what is missing.
@@ -9,6 +10,7 @@ a second run after an interruption fetches only what is missing.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,10 +19,11 @@ from sqlalchemy.engine import Engine
 
 from pipeline.db.schema import ohlcv, ohlcv_gaps, ohlcv_quarantine
 from pipeline.exchanges.client import ExchangeClient
-from pipeline.ingest import IngestSummary, ingest
+from pipeline.ingest import IngestSummary, fetch_interval, store_interval
 from pipeline.settings import Market, ValidationSettings
 
-CHUNK_PAGES = 10
+CHUNK_PAGES = 50
+LOOKAHEAD = 3  # chunks fetched ahead of the one being stored (bounds memory)
 
 
 @dataclass
@@ -80,18 +83,60 @@ def backfill(
     Chunks hold `chunk_candles` candle slots (default: CHUNK_PAGES exchange pages) and
     start at `start`, so the same command cuts the same chunks every time.
     """
-    tf = market.timeframe_ms
-    size = (chunk_candles or exchange.ohlcv_page_limit() * CHUNK_PAGES) * tf
-    summary = BackfillSummary(str(market))
-    for a, b in chunks(start, end, size):
-        slots = len(range(-(-a // tf) * tf, b, tf))
-        summary.chunks += 1
-        if accounted(engine, market, a, b) >= slots:
-            summary.skipped += 1
-        else:
-            summary.summaries.append(
-                ingest(exchange, engine, market, a, b, policy=policy, report_dir=report_dir)
+    return backfill_many(
+        exchange,
+        engine,
+        [(market, start, end)],
+        policy=policy,
+        report_dir=report_dir,
+        progress=progress,
+        chunk_candles=chunk_candles,
+    )[0]
+
+
+def backfill_many(
+    exchange: ExchangeClient,
+    engine: Engine,
+    ranges: list[tuple[Market, int, int]],
+    *,
+    policy: ValidationSettings | None = None,
+    report_dir: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+    chunk_candles: int | None = None,
+) -> list[BackfillSummary]:
+    """Backfill several markets of one exchange; fetching runs ahead of storing.
+
+    The exchange's request budget is the bottleneck, so the next chunks are fetched (in
+    a second thread, the only one using the client; at most LOOKAHEAD ahead) while this
+    one is validated and stored.
+    """
+    summaries = {str(market): BackfillSummary(str(market)) for market, _, _ in ranges}
+    jobs: list[tuple[Market, int, int, int]] = []
+    for market, start, end in ranges:
+        tf = market.timeframe_ms
+        size = (chunk_candles or exchange.ohlcv_page_limit() * CHUNK_PAGES) * tf
+        for a, b in chunks(start, end, size):
+            slots = len(range(-(-a // tf) * tf, b, tf))
+            summary = summaries[str(market)]
+            summary.chunks += 1
+            if accounted(engine, market, a, b) >= slots:
+                summary.skipped += 1
+                if progress:
+                    progress(slots)
+            else:
+                jobs.append((market, a, b, slots))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch") as fetcher:
+        pending = [
+            fetcher.submit(fetch_interval, exchange, m, a, b) for m, a, b, _ in jobs[:LOOKAHEAD]
+        ]
+        for i, (market, _, _, slots) in enumerate(jobs):
+            fetched = pending[i].result()
+            if i + LOOKAHEAD < len(jobs):
+                m, a, b, _ = jobs[i + LOOKAHEAD]
+                pending.append(fetcher.submit(fetch_interval, exchange, m, a, b))
+            summaries[str(market)].summaries.append(
+                store_interval(engine, fetched, policy=policy, report_dir=report_dir)
             )
-        if progress:
-            progress(slots)
-    return summary
+            if progress:
+                progress(slots)
+    return list(summaries.values())

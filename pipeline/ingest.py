@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,9 +50,23 @@ class IngestSummary:
     flagged: list[int] = field(default_factory=list)  # extreme but possible candles, stored
     report: str | None = None  # path of the validation result JSON
     retries: int = 0
+    seconds_validating: float = 0.0
+    seconds_storing: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What the exchange said about one market and interval, before validation."""
+
+    market: Market
+    start: int
+    end: int  # exclusive; earlier than asked when the interval has not closed yet
+    rows: list[list]
+    gaps: list[tuple[int, int]]  # runs [a, b) still absent after one re-request
+    retries: int = 0
 
 
 def ingest(
@@ -66,27 +81,48 @@ def ingest(
     run_id: str | None = None,
 ) -> IngestSummary:
     """Fetch, validate and store the closed candles of `market` in [start, end) (ms)."""
-    policy = policy or ValidationSettings()
+    fetched = fetch_interval(exchange, market, start, end)
+    return store_interval(engine, fetched, policy=policy, report_dir=report_dir, run_id=run_id)
+
+
+def fetch_interval(exchange: ExchangeClient, market: Market, start: int, end: int) -> Fetched:
+    """The closed candles of [start, end), missing ones re-requested once, gaps named."""
     exchange.market(market.symbol)
     tf = market.timeframe_ms
     closed_end = min(end, exchange.server_time() // tf * tf)
     if closed_end <= start:
-        return IngestSummary(str(market), start, closed_end)
+        return Fetched(market, start, max(start, closed_end), [], [])
     retries_before = exchange.retries
     rows = fetch_candles(exchange, market, start, closed_end)
-    missing = missing_runs(rows, start, closed_end, tf)
-    for run_start, run_end in missing:
+    for run_start, run_end in missing_runs(rows, start, closed_end, tf):
         rows += fetch_candles(exchange, market, run_start, run_end, once=True)
     gaps = missing_runs(rows, start, closed_end, tf)
+    return Fetched(market, start, closed_end, rows, gaps, exchange.retries - retries_before)
 
-    validated = validate_candles(rows, market, start, closed_end, policy)
-    report = _save_report(validated, market, start, closed_end, report_dir)
+
+def store_interval(
+    engine: Engine,
+    fetched: Fetched,
+    *,
+    policy: ValidationSettings | None = None,
+    report_dir: Path | None = None,
+    run_id: str | None = None,
+) -> IngestSummary:
+    """Validate `fetched`, then in one transaction quarantine, upsert and record gaps."""
+    policy = policy or ValidationSettings()
+    market, start, end, gaps = fetched.market, fetched.start, fetched.end, fetched.gaps
+    if end <= start:
+        return IngestSummary(str(market), start, end)
+    began = time.perf_counter()
+    validated = validate_candles(fetched.rows, market, start, end, policy)
+    report = _save_report(validated, market, start, end, report_dir)
+    validating = time.perf_counter() - began
     with engine.begin() as conn:
         quarantine(conn, market, validated, run_id)
         bad_share = validated.failed / max(1, validated.received)
         if bad_share > policy.max_bad_fraction:
             failure = DataValidationError(
-                f"{market} [{start}, {closed_end}): {validated.failed} of "
+                f"{market} [{start}, {end}): {validated.failed} of "
                 f"{validated.received} candles failed validation ({bad_share:.1%} > "
                 f"max_bad_fraction {policy.max_bad_fraction:.1%}); they are in ohlcv_quarantine, "
                 f"nothing was stored; first reasons: {validated.first_reasons()}; report: {report}"
@@ -94,23 +130,25 @@ def ingest(
         else:
             failure = None
             result = upsert_ohlcv(conn, validated.good)
-            record_gaps(conn, market, start, closed_end, gaps)
+            record_gaps(conn, market, start, end, gaps)
     if failure is not None:
         raise failure
     return IngestSummary(
         market=str(market),
         start=start,
-        end=closed_end,
-        fetched=len(rows),
+        end=end,
+        fetched=len(fetched.rows),
         inserted=result.inserted,
         updated=result.updated,
         unchanged=result.unchanged,
         quarantined=len(validated.quarantined),
         repeats=validated.repeats,
-        gaps=sum((b - a) // tf for a, b in gaps),
+        gaps=sum((b - a) // market.timeframe_ms for a, b in gaps),
         flagged=validated.flagged,
         report=str(report) if report else None,
-        retries=exchange.retries - retries_before,
+        retries=fetched.retries,
+        seconds_validating=validating,
+        seconds_storing=time.perf_counter() - began - validating,
     )
 
 

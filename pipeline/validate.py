@@ -82,21 +82,18 @@ def validate_candles(
 
 
 def _frame(rows: list[list]) -> pd.DataFrame:
-    """Rows as floats (ts too: it may be missing), non-finite values as NaN, raw kept."""
-    raw = [list(row[:6]) for row in rows]
-    numbers = np.array([[_number(v) for v in row] + [math.nan] * (6 - len(row)) for row in raw])
-    numbers = numbers.reshape(-1, 6)
-    frame = pd.DataFrame(numbers, columns=["ts", *VALUES])
+    """Rows as floats (ts too: it may be missing), non-numeric and non-finite as NaN, raw kept."""
+    raw = [list(row[:6]) + [None] * (6 - len(row)) for row in rows]
+    cells = np.array(raw, dtype=object).reshape(-1, 6)
+    frame = pd.DataFrame(
+        {
+            name: pd.to_numeric(pd.Series(cells[:, i]), errors="coerce").astype(np.float64)
+            for i, name in enumerate(["ts", *VALUES])
+        }
+    )
+    frame = frame.where(np.isfinite(frame))
     frame["raw"] = raw
     return frame
-
-
-def _number(value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return number if math.isfinite(number) else math.nan
 
 
 def _merge_identical(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -158,9 +155,10 @@ def _suite(market: Market, start: int, end: int, policy: ValidationSettings) -> 
         return {"reason": reason, "severity": severity}
 
     expectations = [
-        *(
-            gxe.ExpectColumnToExist(column=name, meta=meta(f"column {name} missing"))
-            for name in ("ts", *VALUES)
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=["ts", *VALUES, "row", "ts_offset", "range"],
+            exact_match=True,
+            meta=meta("columns are not ts, open, high, low, close, volume"),
         ),
         gxe.ExpectColumnValuesToNotBeNull(column="ts", meta=meta("ts missing or not a number")),
         *(
@@ -170,9 +168,7 @@ def _suite(market: Market, start: int, end: int, policy: ValidationSettings) -> 
             for name in VALUES
         ),
         *(
-            gxe.ExpectColumnValuesToBeInTypeList(
-                column=name, type_list=["float64"], meta=meta(f"{name} is not numeric")
-            )
+            gxe.ExpectColumnTypeToBe(type_="float64", column=name, meta=meta(f"{name} not numeric"))
             for name in ("ts", *VALUES)
         ),
         *(

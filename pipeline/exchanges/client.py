@@ -7,7 +7,8 @@ base URL overridden for the simulator or a testnet) and wraps it in an
 - retries temporary errors (network, timeouts, 429/418, 5xx, malformed bodies)
   with exponential backoff and jitter, honouring Retry-After, bounded;
 - learns the request-weight budget the exchange states (exchangeInfo's
-  rateLimits, the used-weight header) and paces ccxt's own throttle to it.
+  rateLimits) and the weight of each kind of request (the used-weight header),
+  and keeps each minute within it, with ccxt's own throttle still on underneath.
 Per-exchange differences live in `CAPABILITIES` and ccxt's market data.
 """
 
@@ -44,14 +45,11 @@ class Capability:
     """What differs between exchanges and is not in ccxt's market data."""
 
     weight_header: str | None = None  # response header with the weight used this minute
-    weight_per_cost: float | None = None  # server weight of one unit of ccxt's `cost`
     rate_limit_type: str | None = None  # exchangeInfo rateLimits entry that budgets weight
 
 
 CAPABILITIES: dict[str, Capability] = {
-    "binance": Capability(
-        weight_header="x-mbx-used-weight-1m", weight_per_cost=5.0, rate_limit_type="REQUEST_WEIGHT"
-    ),
+    "binance": Capability(weight_header="x-mbx-used-weight-1m", rate_limit_type="REQUEST_WEIGHT"),
 }
 SPOT_OPTIONS = {
     "binance": {
@@ -62,7 +60,6 @@ SPOT_OPTIONS = {
         "quoteOrderQty": False,
     }
 }
-BUDGET_MARGIN = 0.95  # pace to this share of the stated budget
 
 
 @dataclass(frozen=True)
@@ -174,6 +171,67 @@ def open_exchange(
     return exchange
 
 
+class WeightPacer:
+    """Keeps requests inside the weight budget an exchange states per minute.
+
+    The weight of each kind of request is learned from the used-weight header (its
+    rise across the request), so the pacer follows what the exchange charges, not
+    what a client library assumes. Before a request, if the minute's used weight
+    plus this request (and one more, for other clients of the same key) would pass
+    the budget, it waits for the next minute; otherwise the request goes at once,
+    under ccxt's own throttle. A 429 that still happens (clock skew, other clients)
+    is retried after its Retry-After, never sooner, so the exchange never bans us.
+    """
+
+    def __init__(
+        self,
+        header: str | None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.header = header
+        self.clock = clock
+        self.sleep = sleep
+        self.budget: int | None = None
+        self.weights: dict[str, int] = {}
+        self.used = 0
+        self.window = -1
+        self.waited = 0.0
+
+    def before(self, kind: str) -> None:
+        """Sleep until a request of `kind` fits the minute's budget."""
+        if not self.budget:
+            return
+        now = self.clock()
+        weight = self.weights.get(kind, 1)
+        if int(now // 60) == self.window and self.used + 2 * weight > self.budget:
+            pause = 60 - now % 60 + 0.05
+            self.waited += pause
+            self.sleep(pause)
+
+    def after(self, kind: str, headers: Mapping[str, str] | None) -> None:
+        """Learn the used weight and this kind's weight from the response headers."""
+        used = _header_int(headers, self.header)
+        if used is None:
+            return
+        window = int(self.clock() // 60)
+        if window == self.window and used > self.used:
+            self.weights[kind] = used - self.used
+        elif window != self.window or used < self.used:
+            self.weights.setdefault(kind, used)
+        self.window, self.used = window, used
+
+
+def _header_int(headers: Mapping[str, str] | None, name: str | None) -> int | None:
+    if not headers or not name:
+        return None
+    lowered = {k.lower(): v for k, v in headers.items()}
+    try:
+        return int(lowered[name])
+    except (KeyError, ValueError):
+        return None
+
+
 class ExchangeClient:
     """A ccxt client behind the cryptobots error tree, with retries and pacing."""
 
@@ -182,11 +240,16 @@ class ExchangeClient:
         self.client = client
         self.retry = retry
         self.capability = CAPABILITIES.get(client.id, Capability())
-        self.budget: int | None = None
+        self.pacer = WeightPacer(self.capability.weight_header)
         self.retries = 0
 
+    @property
+    def budget(self) -> int | None:
+        """The request weight per minute the exchange stated (None: not stated)."""
+        return self.pacer.budget
+
     def load_markets(self) -> dict[str, Any]:
-        markets = self.call("load markets", self.client.load_markets)
+        markets = self.call("load markets", self.client.load_markets, kind="exchangeInfo")
         self._learn_budget(self.client.last_json_response)
         return markets
 
@@ -217,13 +280,13 @@ class ExchangeClient:
                 )
             return rows
 
-        return self.call(f"{symbol}:{timeframe} candles since {since}", fetch)
+        return self.call(f"{symbol}:{timeframe} candles since {since}", fetch, kind="klines")
 
     def server_time(self) -> int:
         """The exchange's clock in ms (candles close on it, not on ours)."""
-        return int(self.call("server time", self.client.fetch_time))
+        return int(self.call("server time", self.client.fetch_time, kind="time"))
 
-    def call(self, what: str, function: Callable[[], T]) -> T:
+    def call(self, what: str, function: Callable[[], T], kind: str = "other") -> T:
         """Run `function` with errors translated, temporary ones retried, pace kept."""
         retrying = Retrying(
             retry=retry_if_exception_type(TemporaryExchangeError),
@@ -235,8 +298,11 @@ class ExchangeClient:
         )
         for attempt in retrying:
             with attempt, translated(f"{self.name}: {what}", self.client):
-                result = function()
-                self._keep_pace()
+                self.pacer.before(kind)
+                try:
+                    result = function()
+                finally:
+                    self.pacer.after(kind, self.client.last_response_headers)
         return result  # type: ignore[possibly-undefined]
 
     def _wait(self, state: RetryCallState) -> float:
@@ -262,25 +328,9 @@ class ExchangeClient:
                 ) * int(limit.get("intervalNum", 1))
                 self.set_budget(int(int(limit["limit"]) * 60 / seconds))
 
-    def set_budget(self, weight_per_minute: int) -> None:
-        """Pace ccxt's throttle to `weight_per_minute` (with a safety margin)."""
-        self.budget = weight_per_minute
-        if self.capability.weight_per_cost:
-            per_cost_ms = 60_000 * self.capability.weight_per_cost / weight_per_minute
-            self.client.rateLimit = per_cost_ms / BUDGET_MARGIN
-
-    def _keep_pace(self) -> None:
-        """If the used-weight header says the minute's budget is nearly spent, wait it out."""
-        header = self.capability.weight_header
-        if not header or not self.budget:
-            return
-        headers = {k.lower(): v for k, v in (self.client.last_response_headers or {}).items()}
-        try:
-            used = int(headers.get(header, ""))
-        except ValueError:
-            return
-        if used >= self.budget * BUDGET_MARGIN:
-            time.sleep(60 - time.time() % 60 + 0.05)
+    def set_budget(self, weight_per_minute: int | None) -> None:
+        """Keep within `weight_per_minute` (None: leave pacing to ccxt's throttle alone)."""
+        self.pacer.budget = weight_per_minute
 
 
 def _well_formed(rows: Any) -> bool:

@@ -190,6 +190,15 @@ def create_app(config: SimulatorConfig) -> FastAPI:
         tickers = [_ticker_24hr(exchange, s) for s in symbols]
         return tickers[0] if symbol else tickers
 
+    @app.get("/sim/stats")
+    async def stats() -> dict:
+        """The simulator's own counters (not part of Binance's API; never limited)."""
+        return {
+            "answered": {str(k): v for k, v in exchange.limiter.answered.items()},
+            "injected": dict(exchange.faults.injected),
+            "clock_ms": exchange.clock.now_ms(),
+        }
+
     return FaultsAndLimits(app, exchange)  # type: ignore[return-value]
 
 
@@ -367,6 +376,9 @@ class FaultsAndLimits:
         elif kind in ("truncated", "repeat"):
             scope.setdefault("state", {})["fault"] = kind
 
+        if not path.startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
         query = dict(parse_qsl(scope.get("query_string", b"").decode()))
         verdict = self.exchange.limiter.charge(request_weight(path, query))
         weight_header = (b"x-mbx-used-weight-1m", str(verdict.used).encode())

@@ -1,0 +1,158 @@
+"""Backfill every recorded binance series from one simulator with a 600/min weight budget.
+
+Prints candles/s achieved, the ceiling the budget allows (1000 candles per klines
+request at the permitted request rate: budget / klines weight requests a minute),
+their ratio, the 429 and 418 answers, and the time spent validating and storing
+per 100k candles. Side by side, the same backfill with ccxt's own throttle left at
+its binance default (which assumes a larger budget). Floor (issue 3): the paced
+run reaches >= 90% of the ceiling with no 418.
+
+    python bench/backfill.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from pipeline.backfill import backfill_many
+from pipeline.db.engine import create_engine
+from pipeline.db.migrate import upgrade
+from pipeline.exchanges.client import ExchangeClient, RetryPolicy, create_ccxt
+from pipeline.exchanges.simulator.faults import WEIGHTS
+from pipeline.exchanges.simulator.recordings import find_recordings
+from pipeline.settings import ExchangeConfig, Market, default_data_dir, normalize_db_url
+from pipeline.validate import _gx
+
+BUDGET = 600
+PAGE = 1000
+
+
+@contextmanager
+def simulator_process(data: Path) -> Iterator[str]:
+    """`python -m pipeline simulator` in its own process, as users run it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "simulator",
+        "--data",
+        str(data),
+        "--port",
+        str(port),
+        "--weight-budget",
+        str(BUDGET),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{url}/sim/stats", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def one_run(label: str, server: sa.Engine, server_url: str, paced: bool) -> dict:
+    name = f"cb_bench_backfill_{uuid.uuid4().hex[:8]}"
+    with server.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine = create_engine(
+        sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    )
+    try:
+        upgrade(engine)
+        data = default_data_dir()
+        assert data is not None, "no ../shared/data: set CRYPTOBOTS_DATA_DIR"
+        recordings = find_recordings(data, "binance")
+        ranges = [
+            (
+                Market(exchange="binance", symbol=r.symbol, timeframe=r.timeframe),
+                int(r.ts[0]),
+                int(r.ts[-1]) + r.timeframe_ms,
+            )
+            for r in recordings
+        ]
+        with simulator_process(data) as url:
+            client = create_ccxt("binance", ExchangeConfig(url=url), timeout_ms=10_000)
+            exchange = ExchangeClient("binance", client, RetryPolicy())
+            exchange.load_markets()
+            if not paced:
+                exchange.set_budget(None)  # only ccxt's throttle, at its binance default
+            start = time.perf_counter()
+            results = backfill_many(exchange, engine, ranges)
+            seconds = time.perf_counter() - start
+            with urllib.request.urlopen(f"{url}/sim/stats") as response:
+                answered = json.load(response)["answered"]
+        parts = [s for result in results for s in result.summaries]
+        fetched = sum(s.fetched for s in parts)
+        return {
+            "label": label,
+            "markets": len(ranges),
+            "fetched": fetched,
+            "seconds": seconds,
+            "rate": fetched / seconds,
+            "429": answered.get("429", 0),
+            "418": answered.get("418", 0),
+            "validating_per_100k": 1e5 * sum(s.seconds_validating for s in parts) / fetched,
+            "storing_per_100k": 1e5 * sum(s.seconds_storing for s in parts) / fetched,
+        }
+    finally:
+        engine.dispose()
+        with server.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def main() -> None:
+    server_url = normalize_db_url(
+        os.environ.get("CRYPTOBOTS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    )
+    server = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    _gx()  # import Great Expectations once, before either run is timed
+    ceiling = BUDGET / WEIGHTS["/api/v3/klines"] * PAGE / 60
+    print(
+        f"bench/backfill.py: weight budget {BUDGET}/min, klines weight "
+        f"{WEIGHTS['/api/v3/klines']}, ceiling {ceiling:,.0f} candles/s"
+    )
+    runs = [
+        one_run("paced to the stated budget", server, server_url, paced=True),
+        one_run("ccxt's default throttle (baseline)", server, server_url, paced=False),
+    ]
+    server.dispose()
+    for run in runs:
+        print(
+            f"  {run['label']:<36} {run['fetched']:>7,} candles ({run['markets']} series) in "
+            f"{run['seconds']:6.1f} s = {run['rate']:7,.0f} candles/s, "
+            f"{run['rate'] / ceiling:5.1%} of ceiling, 429: {run['429']}, 418: {run['418']}"
+        )
+        print(
+            f"  {'':<36} per 100k candles: validation {run['validating_per_100k']:.2f} s, "
+            f"upsert+quarantine {run['storing_per_100k']:.2f} s"
+        )
+    print(
+        f"  floor: paced >= 90% of ceiling with no 418 -> "
+        f"{'met' if runs[0]['rate'] >= 0.9 * ceiling and runs[0]['418'] == 0 else 'NOT met'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
