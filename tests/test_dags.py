@@ -169,3 +169,30 @@ def test_each_exchange_gets_its_pool_and_a_second_run_changes_nothing(airflow_en
         env,
     )
     assert report["exchange_binance"] == 3
+
+
+def test_the_readme_airflow_backfill_command_plans_one_run_per_hour(airflow_env: dict) -> None:
+    airflow = [sys.executable, "-m", "airflow"]
+    subprocess.run(
+        [*airflow, "dags", "reserialize"], env=airflow_env, check=True, capture_output=True
+    )
+    done = subprocess.run(
+        [
+            *airflow,
+            "backfill",
+            "create",
+            "--dag-id",
+            "market_data",
+            "--from-date",
+            "2020-01-01T00:00",
+            "--to-date",
+            "2020-01-01T03:00",
+            "--dry-run",
+        ],
+        env=airflow_env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    planned = [line for line in done.stdout.splitlines() if "2020-01-01" in line]
+    assert len(planned) >= 3
