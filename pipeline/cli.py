@@ -64,6 +64,21 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--fault-timeout", type=float, default=5.0, help="seconds a timeout fault stalls"
     )
+    sim.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY:SECRET",
+        help="an API key accepted on signed endpoints (repeatable)",
+    )
+    sim.add_argument("--state-file", type=Path, help="keep balances and orders across restarts")
+    sim.add_argument(
+        "--balance",
+        action="append",
+        default=[],
+        metavar="ASSET=AMOUNT",
+        help="starting balance of every account (repeatable; default USDT=10000)",
+    )
     sim.set_defaults(handler=_simulator)
 
     fill = commands.add_parser("backfill", help="fetch, validate and store a market's history")
@@ -127,6 +142,13 @@ def _simulator(settings: Settings, args: argparse.Namespace) -> int:
             fault_rate=args.fault_rate,
             fault_kinds=tuple(k.strip() for k in args.faults.split(",") if k.strip()),
             fault_timeout_seconds=args.fault_timeout,
+            api_keys=tuple(tuple(k.split(":", 1)) for k in args.api_key),  # type: ignore[misc]
+            state_file=args.state_file,
+            initial_balances=tuple(
+                (asset.upper(), float(amount))
+                for asset, amount in (b.split("=", 1) for b in args.balance)
+            )
+            or (("USDT", 10_000.0),),
         )
         print(f"exchange simulator ({args.exchange}, {data}) on http://{args.host}:{args.port}")
         serve(config, args.host, args.port)

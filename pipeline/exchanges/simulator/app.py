@@ -22,6 +22,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from pipeline.exchanges.simulator.accounts import Accounts, SignedError, order_json
 from pipeline.exchanges.simulator.faults import (
     FAULT_KINDS,
     FaultPlan,
@@ -52,6 +53,9 @@ class SimulatorConfig:
     fault_retry_after_seconds: int = 1
     ban_after: int = 2
     ban_seconds: int = 120
+    api_keys: tuple[tuple[str, str], ...] = ()  # (key, secret) pairs accepted on signed calls
+    state_file: Path | None = None  # balances, orders and trades survive restarts here
+    initial_balances: tuple[tuple[str, float], ...] = (("USDT", 10_000.0),)
 
 
 class BinanceError(Exception):
@@ -91,6 +95,11 @@ class Exchange:
             budget=self.config.weight_budget,
             ban_after=self.config.ban_after,
             ban_seconds=self.config.ban_seconds,
+        )
+        self.accounts = Accounts(
+            dict(self.config.api_keys),
+            self.config.state_file,
+            dict(self.config.initial_balances),
         )
         self.faults = FaultPlan(
             rate=self.config.fault_rate,
@@ -190,6 +199,53 @@ def create_app(config: SimulatorConfig) -> FastAPI:
         tickers = [_ticker_24hr(exchange, s) for s in symbols]
         return tickers[0] if symbol else tickers
 
+    async def signed(request: Request) -> tuple[str, dict[str, str], int]:
+        api_key = request.headers.get("x-mbx-apikey")
+        payload = request.url.query
+        if request.method == "POST":
+            payload = (await request.body()).decode() or payload
+        now = exchange.clock.now_ms()
+        params = exchange.accounts.authenticate(api_key, payload, now)
+        exchange.accounts.match_resting(api_key, exchange.markets(), _book_of(exchange), now)
+        return api_key, params, now  # type: ignore[return-value]
+
+    @app.get("/api/v3/account")
+    async def account(request: Request) -> dict:
+        api_key, _, now = await signed(request)
+        return exchange.accounts.balances_json(api_key, now)
+
+    @app.post("/api/v3/order")
+    async def create_order(request: Request) -> dict:
+        api_key, params, now = await signed(request)
+        feed = _market(exchange, params.get("symbol", ""))
+        return exchange.accounts.create_order(api_key, params, feed, feed.book(now, 100), now)
+
+    @app.get("/api/v3/order")
+    async def query_order(request: Request) -> dict:
+        api_key, params, _ = await signed(request)
+        return order_json(exchange.accounts.find(api_key, params))
+
+    @app.delete("/api/v3/order")
+    async def cancel_order(request: Request) -> dict:
+        api_key, params, now = await signed(request)
+        feed = _market(exchange, params.get("symbol", ""))
+        return exchange.accounts.cancel(api_key, params, feed, now)
+
+    @app.get("/api/v3/openOrders")
+    async def open_orders(request: Request) -> list:
+        api_key, params, _ = await signed(request)
+        return exchange.accounts.open_orders_json(api_key, params.get("symbol"))
+
+    @app.get("/api/v3/myTrades")
+    async def my_trades(request: Request) -> list:
+        api_key, params, _ = await signed(request)
+        _market(exchange, params.get("symbol", ""))
+        return exchange.accounts.trades_json(api_key, params["symbol"])
+
+    @app.exception_handler(SignedError)
+    async def _signed_error(_request: Request, error: SignedError) -> JSONResponse:
+        return JSONResponse({"code": error.code, "msg": error.msg}, status_code=error.status)
+
     @app.get("/sim/stats")
     async def stats() -> dict:
         """The simulator's own counters (not part of Binance's API; never limited)."""
@@ -200,6 +256,11 @@ def create_app(config: SimulatorConfig) -> FastAPI:
         }
 
     return FaultsAndLimits(app, exchange)  # type: ignore[return-value]
+
+
+def _book_of(exchange: Exchange) -> Any:
+    now = exchange.clock.now_ms()
+    return lambda feed: feed.book(now, 5)
 
 
 def _market(exchange: Exchange, symbol: str) -> MarketFeed:
