@@ -171,6 +171,7 @@ class Accounts:
             ]
             if kind == "LIMIT_MAKER" and crosses:
                 raise SignedError(400, -2010, "Order would immediately match and take.")
+            self._check_funds(account, order, market, crosses)
             fills = self._fill_levels(account, order, market, crosses, TAKER_FEE, now)
             if order.executed_qty < order.orig_qty - 1e-15:
                 if kind == "MARKET" or order.time_in_force in ("IOC", "FOK"):
@@ -186,6 +187,23 @@ class Accounts:
             account.orders.append(order)
             self._save()
             return order_json(order) | {"fills": fills}
+
+    def _check_funds(
+        self, account: Account, order: Order, market: Any, levels: list[tuple[float, float]]
+    ) -> None:
+        """Refuse the whole order when the account cannot pay for it (as Binance does)."""
+        base, quote = market.recording.base, market.recording.quote
+        if order.side == "SELL":
+            need, asset = order.orig_qty, base
+        else:
+            need, left = 0.0, order.orig_qty
+            for price, available in levels:
+                take = min(available, left)
+                need, left = need + take * price, left - take
+            need += left * order.price  # the resting part of a limit order is locked
+            asset = quote
+        if account.balances.get(asset, 0.0) + 1e-12 < need:
+            raise SignedError(400, -2010, "Account has insufficient balance for requested action.")
 
     def _fill_levels(
         self,
