@@ -39,7 +39,7 @@ lint: setup ## ruff
 	$(VENV)/bin/ruff format --check .
 
 bench: setup ## every benchmark in bench/, each printing its ratios against a baseline
-	@set -e; for script in bench/*.py; do echo "== $$script"; $(PY) $$script; done
+	@set -e; for script in bench/[a-z]*.py; do [ "$$script" = bench/common.py ] && continue; echo "== $$script"; $(PY) -m bench.$$(basename $$script .py); done
 
 lock: setup ## recompile the pinned requirements files from the *.in files
 	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 requirements.in -o requirements.txt

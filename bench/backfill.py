@@ -7,32 +7,27 @@ per 100k candles. Side by side, the same backfill with ccxt's own throttle left 
 its binance default (which assumes a larger budget). Floor (issue 3): the paced
 run reaches >= 90% of the ceiling with no 418.
 
-    python bench/backfill.py
+    python -m bench.backfill
 """
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import sqlalchemy as sa
-
+from bench.common import scratch_database
 from pipeline.backfill import backfill_many
-from pipeline.db.engine import create_engine
-from pipeline.db.migrate import upgrade
 from pipeline.exchanges.client import ExchangeClient, RetryPolicy, create_ccxt
 from pipeline.exchanges.simulator.faults import WEIGHTS
 from pipeline.exchanges.simulator.recordings import find_recordings
-from pipeline.settings import ExchangeConfig, Market, default_data_dir, normalize_db_url
+from pipeline.settings import ExchangeConfig, Market, default_data_dir
 from pipeline.validate import _gx
 
 BUDGET = 600
@@ -72,15 +67,8 @@ def simulator_process(data: Path) -> Iterator[str]:
         process.wait(timeout=10)
 
 
-def one_run(label: str, server: sa.Engine, server_url: str, paced: bool) -> dict:
-    name = f"cb_bench_backfill_{uuid.uuid4().hex[:8]}"
-    with server.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine = create_engine(
-        sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    )
-    try:
-        upgrade(engine)
+def one_run(label: str, paced: bool) -> dict:
+    with scratch_database("cb_bench_backfill") as engine:
         data = default_data_dir()
         assert data is not None, "no ../shared/data: set CRYPTOBOTS_DATA_DIR"
         recordings = find_recordings(data, "binance")
@@ -116,17 +104,9 @@ def one_run(label: str, server: sa.Engine, server_url: str, paced: bool) -> dict
             "validating_per_100k": 1e5 * sum(s.seconds_validating for s in parts) / fetched,
             "storing_per_100k": 1e5 * sum(s.seconds_storing for s in parts) / fetched,
         }
-    finally:
-        engine.dispose()
-        with server.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def main() -> None:
-    server_url = normalize_db_url(
-        os.environ.get("CRYPTOBOTS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    )
-    server = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
     _gx()  # import Great Expectations once, before either run is timed
     ceiling = BUDGET / WEIGHTS["/api/v3/klines"] * PAGE / 60
     print(
@@ -134,10 +114,9 @@ def main() -> None:
         f"{WEIGHTS['/api/v3/klines']}, ceiling {ceiling:,.0f} candles/s"
     )
     runs = [
-        one_run("paced to the stated budget", server, server_url, paced=True),
-        one_run("ccxt's default throttle (baseline)", server, server_url, paced=False),
+        one_run("paced to the stated budget", paced=True),
+        one_run("ccxt's default throttle (baseline)", paced=False),
     ]
-    server.dispose()
     for run in runs:
         print(
             f"  {run['label']:<36} {run['fetched']:>7,} candles ({run['markets']} series) in "

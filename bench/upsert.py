@@ -8,16 +8,14 @@ In one run, on a fresh Postgres database (CRYPTOBOTS_TEST_PG_URL's server):
   (d) the same candles through DataFrame.to_sql(method="multi", chunksize=10_000)
 Floors (issue 2): (b) >= 60% of (a), (c) >= 75% of (a), (b) >= 15x (d).
 
-    python bench/upsert.py [--rows 1000000]
+    python -m bench.upsert [--rows 1000000]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import os
 import time
-import uuid
 from collections.abc import Callable
 
 import numpy as np
@@ -26,10 +24,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
 
-from pipeline.db.engine import create_engine
-from pipeline.db.migrate import upgrade
+from bench.common import scratch_database
 from pipeline.db.upsert import _PGCOPY_HEADER, _PGCOPY_TRAILER, upsert_ohlcv
-from pipeline.settings import normalize_db_url
 
 COLUMNS = ["exchange", "symbol", "timeframe", "ts", "open", "high", "low", "close", "volume"]
 
@@ -137,21 +133,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     args = parser.parse_args()
 
-    server_url = normalize_db_url(
-        os.environ.get("CRYPTOBOTS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    )
-    server = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    name = f"cb_bench_upsert_{uuid.uuid4().hex[:8]}"
-    with server.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine = create_engine(
-        sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    )
-    try:
-        upgrade(engine)
+    with scratch_database("cb_bench_upsert") as engine:
         frame = candles(args.rows)
         n = len(frame)
-        print(f"bench/upsert.py: {n:,} candles, {frame['symbol'].nunique()} markets, db {name}")
+        print(f"bench/upsert.py: {n:,} candles, {frame['symbol'].nunique()} markets")
         csv, binary = csv_payload(frame), binary_copy_payload(frame)
 
         def copy_into(table: str, payload: bytes, options: str) -> Callable[[], None]:
@@ -200,11 +185,6 @@ def main() -> None:
         print(f"   (c)/(a) = {ceiling / again:5.2f}  floor 0.75")
         print(f"  (d) to_sql                      {n / to_sql:>10,.0f} rows/s", end="")
         print(f"   (b)/(d) = {to_sql / first:5.1f}x  floor 15x")
-    finally:
-        engine.dispose()
-        with server.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        server.dispose()
 
 
 if __name__ == "__main__":

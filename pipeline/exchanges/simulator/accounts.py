@@ -30,8 +30,8 @@ MAKER_FEE = 0.001
 DEFAULT_BALANCES = {"USDT": 10_000.0}
 
 
-class SignedError(Exception):
-    """An error answered like Binance: HTTP status, code, message."""
+class BinanceError(Exception):
+    """An error answered the way Binance does: HTTP status and {"code", "msg"}."""
 
     def __init__(self, status: int, code: int, msg: str) -> None:
         super().__init__(msg)
@@ -98,23 +98,25 @@ class Accounts:
             self._load(state_file)
 
     def authenticate(self, api_key: str | None, payload: str, now: int) -> dict[str, str]:
-        """The signed parameters of a request, or SignedError as Binance would answer."""
+        """The signed parameters of a request, or BinanceError as Binance would answer."""
         if not api_key or api_key not in self.keys:
-            raise SignedError(401, -2015, "Invalid API-key, IP, or permissions for action.")
+            raise BinanceError(401, -2015, "Invalid API-key, IP, or permissions for action.")
         unsigned, marker, signature = payload.rpartition("&signature=")
         if not marker:
             unsigned, signature = payload, ""
         expected = hmac.new(self.keys[api_key].encode(), unsigned.encode(), hashlib.sha256)
         if not hmac.compare_digest(expected.hexdigest(), signature):
-            raise SignedError(400, -1022, "Signature for this request is not valid.")
+            raise BinanceError(400, -1022, "Signature for this request is not valid.")
         params = dict(parse_qsl(unsigned, keep_blank_values=True))
         try:
             timestamp = int(params["timestamp"])
             window = int(params.get("recvWindow", 5000))
         except (KeyError, ValueError):
-            raise SignedError(400, -1102, "Mandatory parameter 'timestamp' was not sent.") from None
+            raise BinanceError(
+                400, -1102, "Mandatory parameter 'timestamp' was not sent."
+            ) from None
         if not (timestamp - 1000 <= now and now - timestamp <= window):
-            raise SignedError(
+            raise BinanceError(
                 400, -1021, "Timestamp for this request is outside of the recvWindow."
             )
         return params
@@ -139,17 +141,17 @@ class Accounts:
             side = params.get("side", "").upper()
             kind = params.get("type", "").upper()
             if side not in ("BUY", "SELL") or kind not in ("MARKET", "LIMIT", "LIMIT_MAKER"):
-                raise SignedError(400, -1116, "Invalid orderType or side.")
+                raise BinanceError(400, -1116, "Invalid orderType or side.")
             client_id = params.get("newClientOrderId") or f"sim-{self.next_id}"
             if any(
                 o.client_order_id == client_id and o.status in ("NEW", "PARTIALLY_FILLED")
                 for o in account.orders
             ):
-                raise SignedError(400, -2010, "Duplicate order sent.")
+                raise BinanceError(400, -2010, "Duplicate order sent.")
             qty = _qty(params, market)
             price = float(params.get("price") or 0)
             if kind != "MARKET" and price <= 0:
-                raise SignedError(400, -1013, "Invalid price.")
+                raise BinanceError(400, -1013, "Invalid price.")
             order = Order(
                 symbol=params["symbol"],
                 order_id=self.next_id,
@@ -170,7 +172,7 @@ class Accounts:
                 if kind == "MARKET" or (float(p) <= price if side == "BUY" else float(p) >= price)
             ]
             if kind == "LIMIT_MAKER" and crosses:
-                raise SignedError(400, -2010, "Order would immediately match and take.")
+                raise BinanceError(400, -2010, "Order would immediately match and take.")
             self._check_funds(account, order, market, crosses)
             fills = self._fill_levels(account, order, market, crosses, TAKER_FEE, now)
             if order.executed_qty < order.orig_qty - 1e-15:
@@ -203,7 +205,7 @@ class Accounts:
             need += left * order.price  # the resting part of a limit order is locked
             asset = quote
         if account.balances.get(asset, 0.0) + 1e-12 < need:
-            raise SignedError(400, -2010, "Account has insufficient balance for requested action.")
+            raise BinanceError(400, -2010, "Account has insufficient balance for requested action.")
 
     def _fill_levels(
         self,
@@ -225,7 +227,7 @@ class Accounts:
             if order.side == "BUY":
                 if account.balances.get(quote, 0.0) + 1e-12 < cost:
                     if not fills:
-                        raise SignedError(
+                        raise BinanceError(
                             400, -2010, "Account has insufficient balance for requested action."
                         )
                     break
@@ -235,7 +237,7 @@ class Accounts:
             else:
                 if account.balances.get(base, 0.0) + 1e-12 < take:
                     if not fills:
-                        raise SignedError(
+                        raise BinanceError(
                             400, -2010, "Account has insufficient balance for requested action."
                         )
                     break
@@ -269,21 +271,17 @@ class Accounts:
             )
         return fills
 
-    def _lock_rest(self, account: Account, order: Order, market: Any) -> None:
-        base, quote = market.recording.base, market.recording.quote
+    def _lock_rest(self, account: Account, order: Order, market: Any, sign: float = 1.0) -> None:
+        """Move the unfilled part's funds from free to locked (sign -1: back to free)."""
         rest = order.orig_qty - order.executed_qty
-        asset, amount = (quote, rest * order.price) if order.side == "BUY" else (base, rest)
-        if account.balances.get(asset, 0.0) + 1e-12 < amount:
-            raise SignedError(400, -2010, "Account has insufficient balance for requested action.")
-        account.balances[asset] -= amount
-        account.locked[asset] = account.locked.get(asset, 0.0) + amount
-
-    def _unlock_rest(self, account: Account, order: Order, market: Any) -> None:
-        base, quote = market.recording.base, market.recording.quote
-        rest = order.orig_qty - order.executed_qty
-        asset, amount = (quote, rest * order.price) if order.side == "BUY" else (base, rest)
-        account.locked[asset] = account.locked.get(asset, 0.0) - amount
-        account.balances[asset] = account.balances.get(asset, 0.0) + amount
+        if order.side == "BUY":
+            asset, amount = market.recording.quote, rest * order.price
+        else:
+            asset, amount = market.recording.base, rest
+        if sign > 0 and account.balances.get(asset, 0.0) + 1e-12 < amount:
+            raise BinanceError(400, -2010, "Account has insufficient balance for requested action.")
+        account.balances[asset] = account.balances.get(asset, 0.0) - sign * amount
+        account.locked[asset] = account.locked.get(asset, 0.0) + sign * amount
 
     def match_resting(self, api_key: str, markets: dict[str, Any], books: Any, now: int) -> None:
         """Fill resting limit orders the book now crosses, at their price, as maker."""
@@ -301,7 +299,7 @@ class Accounts:
                 crossed = best <= order.price if order.side == "BUY" else best >= order.price
                 if not crossed:
                     continue
-                self._unlock_rest(account, order, market)
+                self._lock_rest(account, order, market, sign=-1.0)
                 rest = order.orig_qty - order.executed_qty
                 self._fill_levels(
                     account, order, market, [(order.price, rest)], MAKER_FEE, now, maker=True
@@ -320,17 +318,17 @@ class Accounts:
                     order.client_order_id == params.get("origClientOrderId")
                 ):
                     return order
-        raise SignedError(400, -2013, "Order does not exist.")
+        raise BinanceError(400, -2013, "Order does not exist.")
 
     def cancel(self, api_key: str, params: dict[str, str], market: Any, now: int) -> dict:
         with self.lock:
             try:
                 order = self.find(api_key, params)
-            except SignedError:
-                raise SignedError(400, -2011, "Unknown order sent.") from None
+            except BinanceError:
+                raise BinanceError(400, -2011, "Unknown order sent.") from None
             if order.status not in ("NEW", "PARTIALLY_FILLED"):
-                raise SignedError(400, -2011, "Unknown order sent.")
-            self._unlock_rest(self.account(api_key), order, market)
+                raise BinanceError(400, -2011, "Unknown order sent.")
+            self._lock_rest(self.account(api_key), order, market, sign=-1.0)
             order.status, order.update_time = "CANCELED", now
             self._save()
             return order_json(order)
@@ -448,15 +446,15 @@ def _qty(params: dict[str, str], market: Any) -> float:
     try:
         qty = float(params["quantity"])
     except (KeyError, ValueError):
-        raise SignedError(400, -1102, "Mandatory parameter 'quantity' was not sent.") from None
+        raise BinanceError(400, -1102, "Mandatory parameter 'quantity' was not sent.") from None
     step = market.filters["step"]
     if qty <= 0 or not math.isfinite(qty):
-        raise SignedError(400, -1013, "Invalid quantity.")
+        raise BinanceError(400, -1013, "Invalid quantity.")
     if qty < market.filters["min_qty"] - 1e-15:
-        raise SignedError(400, -1013, "Filter failure: LOT_SIZE")
+        raise BinanceError(400, -1013, "Filter failure: LOT_SIZE")
     rounded = float(Decimal(str(qty)).quantize(Decimal(str(step)), rounding=ROUND_DOWN))
     if abs(rounded - qty) > 1e-12:
-        raise SignedError(400, -1013, "Filter failure: LOT_SIZE")
+        raise BinanceError(400, -1013, "Filter failure: LOT_SIZE")
     return qty
 
 

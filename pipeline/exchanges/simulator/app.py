@@ -22,7 +22,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from pipeline.exchanges.simulator.accounts import Accounts, SignedError, order_json
+from pipeline.exchanges.simulator.accounts import Accounts, BinanceError, order_json
 from pipeline.exchanges.simulator.faults import (
     FAULT_KINDS,
     FaultPlan,
@@ -56,14 +56,6 @@ class SimulatorConfig:
     api_keys: tuple[tuple[str, str], ...] = ()  # (key, secret) pairs accepted on signed calls
     state_file: Path | None = None  # balances, orders and trades survive restarts here
     initial_balances: tuple[tuple[str, float], ...] = (("USDT", 10_000.0),)
-
-
-class BinanceError(Exception):
-    """An error answered the way Binance does: HTTP status and {"code", "msg"}."""
-
-    def __init__(self, status: int, code: int, msg: str) -> None:
-        super().__init__(msg)
-        self.status, self.code, self.msg = status, code, msg
 
 
 @dataclass
@@ -241,10 +233,6 @@ def create_app(config: SimulatorConfig) -> FastAPI:
         api_key, params, _ = await signed(request)
         _market(exchange, params.get("symbol", ""))
         return exchange.accounts.trades_json(api_key, params["symbol"])
-
-    @app.exception_handler(SignedError)
-    async def _signed_error(_request: Request, error: SignedError) -> JSONResponse:
-        return JSONResponse({"code": error.code, "msg": error.msg}, status_code=error.status)
 
     @app.get("/sim/stats")
     async def stats() -> dict:
