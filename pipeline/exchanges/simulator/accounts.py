@@ -225,25 +225,13 @@ class Accounts:
                 break
             cost = take * price
             if order.side == "BUY":
-                if account.balances.get(quote, 0.0) + 1e-12 < cost:
-                    if not fills:
-                        raise BinanceError(
-                            400, -2010, "Account has insufficient balance for requested action."
-                        )
-                    break
-                commission, asset = take * fee, base
-                account.balances[quote] = account.balances.get(quote, 0.0) - cost
-                account.balances[base] = account.balances.get(base, 0.0) + take - commission
+                pay, paid, asset, received, commission = quote, cost, base, take, take * fee
             else:
-                if account.balances.get(base, 0.0) + 1e-12 < take:
-                    if not fills:
-                        raise BinanceError(
-                            400, -2010, "Account has insufficient balance for requested action."
-                        )
-                    break
-                commission, asset = cost * fee, quote
-                account.balances[base] = account.balances.get(base, 0.0) - take
-                account.balances[quote] = account.balances.get(quote, 0.0) + cost - commission
+                pay, paid, asset, received, commission = base, take, quote, cost, cost * fee
+            if account.balances.get(pay, 0.0) + 1e-12 < paid:
+                break  # new orders were checked whole in _check_funds; this guards the rest
+            account.balances[pay] = account.balances.get(pay, 0.0) - paid
+            account.balances[asset] = account.balances.get(asset, 0.0) + received - commission
             order.executed_qty += take
             order.quote_qty += cost
             order.update_time = now
