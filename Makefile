@@ -27,8 +27,17 @@ setup: ## create .venv with the pinned requirements and the project (quick when 
 	echo "$$want" > $(SETUP_STAMP); \
 	echo "setup: $(VENV) ready"
 
-run: setup ## the main job (for now: migrate the embedded database, then the doctor report)
+# Airflow's own state stays under ./var like everything else the main job writes.
+AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/var/airflow AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins \
+	PYTHONPATH=$(CURDIR)/plugins
+
+run: setup ## the main job (for now: migrate both databases, create the pools, doctor report)
 	$(PY) -m pipeline db upgrade
+	@mkdir -p var/airflow
+	$(AIRFLOW_ENV) $(VENV)/bin/airflow db migrate > var/airflow/migrate.log 2>&1 \
+		|| { tail -20 var/airflow/migrate.log; exit 1; }
+	$(AIRFLOW_ENV) $(PY) -m pipeline airflow-pools
 	$(PY) -m pipeline doctor
 
 test: setup lint ## lint, then the whole test suite (real Postgres: CRYPTOBOTS_TEST_PG_URL)
