@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ExchangeRejected, TemporaryExchangeError
-from pipeline.exchanges.client import RetryPolicy, create_ccxt
+from pipeline.exchanges.client import ExchangeClient, RetryPolicy, create_ccxt
 from pipeline.exchanges.simulator.faults import GENERIC_FAULTS, FaultPlan, WeightLimiter
 from pipeline.settings import ExchangeConfig
 from tests.conftest import exchange_client
@@ -176,3 +176,14 @@ def test_the_book_sits_around_the_last_close_with_the_documented_spread(simulato
     assert [level[0] for level in book["bids"]] == sorted(
         (lv[0] for lv in book["bids"]), reverse=True
     )
+
+
+def test_a_malformed_market_list_is_retried_not_taken_as_no_markets(simulator) -> None:
+    with simulator(fault_rate=1.0, fault_kinds=("malformed",)) as sim:
+        client = create_ccxt("binance", ExchangeConfig(url=sim.url), timeout_ms=1000)
+        exchange = ExchangeClient("binance", client, RetryPolicy(attempts=1))
+        with pytest.raises(TemporaryExchangeError, match="malformed or empty market list"):
+            exchange.load_markets()
+    with simulator(fault_rate=0.5, fault_kinds=("malformed",), seed=1) as sim:
+        exchange = exchange_client(sim.url)
+        assert "ETH/BTC" in exchange.client.markets

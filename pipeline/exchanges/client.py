@@ -249,7 +249,15 @@ class ExchangeClient:
         return self.pacer.budget
 
     def load_markets(self) -> dict[str, Any]:
-        markets = self.call("load markets", self.client.load_markets, kind="exchangeInfo")
+        """(Re)load the markets; a malformed answer is a temporary error, not "no markets"."""
+
+        def load() -> dict[str, Any]:
+            markets = self.client.load_markets(reload=True)
+            if self.client.last_json_response is None or not markets:
+                raise TemporaryExchangeError(f"{self.name}: malformed or empty market list")
+            return markets
+
+        markets = self.call("load markets", load, kind="exchangeInfo")
         self._learn_budget(self.client.last_json_response)
         return markets
 
