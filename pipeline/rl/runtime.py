@@ -1,0 +1,118 @@
+"""What every training run shares: the device, the chunked loop, checkpoints, summaries.
+
+A run advances in chunks: one compiled call per chunk, then TensorBoard scalars,
+a checkpoint and the progress bar. Chunk boundaries are fixed multiples of the
+chunk size, and every piece of state (networks, optimizer, environment, replay
+buffer, random generator, counters) lives in variables of one
+`tf.train.Checkpoint`; so a run interrupted anywhere resumes from its last chunk
+and ends with exactly the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+from pipeline.errors import ConfigurationError
+
+
+def training_device(require_gpu: bool = False) -> str:
+    """The device TensorFlow trains on, in words ('GPU:0 NVIDIA H100 ...' or 'CPU')."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return f"GPU:0 {details.get('device_name', gpus[0].name)}".strip()
+    if require_gpu:
+        raise ConfigurationError(
+            "require_gpu is set but TensorFlow sees no GPU: install requirements-gpu.txt on a "
+            "machine with an NVIDIA driver (python -m pipeline doctor shows why), or unset "
+            "CRYPTOBOTS_REQUIRE_GPU to train on the CPU"
+        )
+    return "CPU"
+
+
+def uses_gpu(device: str) -> bool:
+    """Whether `training_device` named a GPU (mixed precision pays off there only)."""
+    return device.startswith("GPU")
+
+
+@dataclass
+class TrainResult:
+    """What a finished run hands on: the greedy policy network and how it got there."""
+
+    algorithm: str
+    model: Any
+    env_steps: int
+    updates: int
+    device: str
+    seconds: float
+    params: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def run_chunks(
+    *,
+    total: int,
+    chunk: int,
+    advance: Callable[[tf.Tensor], Mapping[str, tf.Tensor]],
+    done: tf.Variable,
+    checkpoint: tf.train.Checkpoint,
+    run_dir: Path,
+    params: Mapping[str, Any],
+    unit_steps: int,
+    progress: bool = False,
+    on_chunk: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[list[dict[str, float]], float]:
+    """Advance `done` to `total` iterations, `chunk` per compiled call; resume if checkpointed.
+
+    `unit_steps` converts iterations into environment steps for summaries and the
+    progress bar. Returns the per-chunk metrics and the seconds spent in this call.
+    """
+    from tqdm.auto import tqdm
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manager = tf.train.CheckpointManager(checkpoint, str(run_dir / "checkpoints"), max_to_keep=2)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    else:
+        (run_dir / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+    writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
+    with writer.as_default():
+        tf.summary.text("hyperparameters", json.dumps(params, sort_keys=True), step=0)
+    history: list[dict[str, float]] = []
+    started = time.perf_counter()
+    bar = tqdm(
+        total=total * unit_steps,
+        initial=int(done.numpy()) * unit_steps,
+        disable=not progress,
+        unit="step",
+        unit_scale=True,
+        desc=str(params.get("algorithm", "train")),
+    )
+    try:
+        while int(done.numpy()) < total:
+            n = min(chunk, total - int(done.numpy()))
+            metrics = advance(tf.constant(n, tf.int64))
+            done.assign_add(n)
+            record = {name: float(value) for name, value in metrics.items()}
+            steps = int(done.numpy()) * unit_steps
+            record["env_steps"] = float(steps)
+            with writer.as_default():
+                for name, value in record.items():
+                    tf.summary.scalar(name, value, step=steps)
+            manager.save(checkpoint_number=int(done.numpy()))
+            bar.update(n * unit_steps)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "env_steps"})
+            history.append(record)
+            if on_chunk is not None:
+                on_chunk(record)
+    finally:
+        bar.close()
+        writer.flush()
+    return history, time.perf_counter() - started
