@@ -14,7 +14,8 @@ Semantics (the cost model of `pipeline.evaluate`, tested against it):
   |target - old|, then the target is held over candle t+1.
 - reward = log of the equity growth over that step, net of costs.
 - Episodes start at a uniformly random index of the window (position flat) and
-  last `episode_length` steps; the last step is *truncated* (a time limit, not
+  last `episode_length` steps, ending no later than the last decision row (whose
+  observation is the final one); the last step is *truncated* (a time limit, not
   an end of the world): learners bootstrap from `final_obs`, the observation the
   episode would have continued from. The env then resets that episode by itself.
   There is no natural termination (`terminated` is always False); it exists so
@@ -157,7 +158,7 @@ class TradingEnv:
         self.bar = tf.constant(data.bar)
         self.action_positions = tf.constant(config.action_map, dtype=tf.float32)
         self.cost_rate = tf.constant(config.cost.rate, dtype=tf.float32)
-        self.num_starts = len(data) - config.episode_length + 1
+        self.num_starts = len(data) - config.episode_length
         self.observation_spec = Spec((data.features.shape[1] + 1,), tf.float32)
         self.action_spec = Spec((), tf.int32, 0, len(config.action_map) - 1)
 
@@ -286,7 +287,7 @@ class TradingGymEnv(gym.Env):
         self.config = config
         self.positions = np.asarray(config.action_map, dtype=np.float32)
         self.rate = np.float32(config.cost.rate)
-        self.num_starts = len(data) - config.episode_length + 1
+        self.num_starts = len(data) - config.episode_length
         dim = data.features.shape[1] + 1
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
         self.action_space = gym.spaces.Discrete(len(config.action_map))
