@@ -87,6 +87,28 @@ def _parser() -> argparse.ArgumentParser:
     fill.add_argument("--end", required=True, help="ISO date or datetime (UTC), exclusive")
     fill.set_defaults(handler=_backfill)
 
+    train = commands.add_parser(
+        "train", help="train agents on stored candles, print validation metrics vs baselines"
+    )
+    train.add_argument(
+        "--algo",
+        action="append",
+        choices=("dqn", "a2c"),
+        help="algorithm (repeatable; default: training.algorithms of the settings)",
+    )
+    train.add_argument("--market", help="exchange:BASE/QUOTE:timeframe (default: first market)")
+    train.add_argument("--train-start", help="ISO date (UTC), inclusive")
+    train.add_argument("--train-end", help="ISO date (UTC), exclusive")
+    train.add_argument("--valid-start", help="ISO date (UTC), inclusive (default: --train-end)")
+    train.add_argument("--valid-end", help="ISO date (UTC), exclusive")
+    train.add_argument("--steps", type=int, help="environment steps (default per algorithm)")
+    train.add_argument("--envs", type=int, help="parallel episodes (default per algorithm)")
+    train.add_argument("--episode-length", type=int, help="decisions per episode")
+    train.add_argument("--seed", type=int, help="seed of weights, exploration and episodes")
+    train.add_argument("--shorting", action="store_true", help="allow short positions")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(handler=_train)
+
     pools = commands.add_parser("airflow-pools", help="create the pool of each exchange in Airflow")
     pools.set_defaults(handler=_airflow_pools)
 
@@ -211,6 +233,99 @@ def _airflow_pools(settings: Settings, args: argparse.Namespace) -> int:
     for name in ensure_pools(settings):
         print(f"airflow pool {name}: {slots} slots")
     return 0
+
+
+def _train(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.db.engine import create_engine
+    from pipeline.settings import Market
+    from pipeline.training import (
+        TrainRequest,
+        Window,
+        evaluate_run,
+        select_best,
+        snapshot_window,
+        train_candidate,
+    )
+    from pipeline.training_runs import get_run
+
+    try:
+        market = Market.model_validate(args.market) if args.market else settings.markets[0]
+    except ValueError as error:
+        raise ConfigurationError(f"--market {args.market!r}: {error}") from None
+    engine = create_engine(settings.db_url)
+    t = settings.training
+    day = 86_400_000
+    end = _optional_time("--valid-end", args.valid_end) or _latest_candle_end(engine, market)
+    end -= end % market.timeframe_ms
+    given_train_end = _optional_time("--train-end", args.train_end)
+    valid_start = (
+        _optional_time("--valid-start", args.valid_start)
+        or given_train_end
+        or end - t.valid_days * day
+    )
+    train_end = given_train_end or valid_start
+    train_start = (
+        _optional_time("--train-start", args.train_start) or train_end - t.train_days * day
+    )
+    train, valid = Window(train_start, train_end), Window(valid_start, end)
+    snapshot = snapshot_window(settings, engine, market, train, valid)
+    print(f"{market}: training {train}, validation {valid}")
+    run_ids = []
+    for algorithm in args.algo or list(t.algorithms):
+        request = TrainRequest.from_settings(
+            settings,
+            algorithm,
+            market,
+            train,
+            valid,
+            steps=args.steps,
+            num_envs=args.envs,
+            episode_length=args.episode_length,
+            seed=args.seed,
+            shorting=args.shorting or None,
+        )
+        run_id = train_candidate(settings, engine, request, snapshot, progress=not args.quiet)
+        evaluation = evaluate_run(settings, engine, run_id)
+        run_ids.append(run_id)
+        run = get_run(engine, run_id)
+        print(
+            f"\n{algorithm} run {run_id}: {run['env_steps']:,} steps, {run['updates']:,} updates "
+            f"in {run['train_seconds']:.1f} s on {run['device']}"
+        )
+        print(evaluation.table())
+        print(f"equity plot: {evaluation.plot}")
+    best = select_best(engine, run_ids)
+    verdict = "beats every baseline" if best["beats_baselines"] else "does NOT beat every baseline"
+    print(
+        f"\nbest by validation Sharpe: {best['run_id']} ({best['algorithm']}, "
+        f"Sharpe {best['sharpe']:.2f}; {verdict})"
+    )
+    return 0
+
+
+def _latest_candle_end(engine, market) -> int:  # type: ignore[no-untyped-def]
+    import sqlalchemy as sa
+
+    from pipeline.db.schema import ohlcv
+
+    with engine.connect() as conn:
+        latest = conn.execute(
+            sa.select(sa.func.max(ohlcv.c.ts)).where(
+                ohlcv.c.exchange == market.exchange,
+                ohlcv.c.symbol == market.symbol,
+                ohlcv.c.timeframe == market.timeframe,
+            )
+        ).scalar()
+    if latest is None:
+        raise ConfigurationError(
+            f"no stored candles of {market}: backfill first (python -m pipeline backfill "
+            f"--market {market} --start ... --end ...) or give --valid-end"
+        )
+    return int(latest) + market.timeframe_ms
+
+
+def _optional_time(option: str, text: str | None) -> int | None:
+    return None if text is None else _parse_time(option, text)
 
 
 def _parse_time(option: str, text: str) -> int:

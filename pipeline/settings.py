@@ -228,6 +228,30 @@ class AirflowSettings(BaseModel):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+class TrainingSettings(BaseModel):
+    """What the nightly retraining does by default (the train DAG's params start here)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    algorithms: tuple[Literal["dqn", "a2c"], ...] = Field(
+        default=("dqn", "a2c"), description="agents trained each night"
+    )
+    markets: tuple[Market, ...] = Field(
+        default=(), description="markets trained each night; empty = the first of markets"
+    )
+    train_days: int = Field(default=730, ge=7, description="training window length")
+    valid_days: int = Field(default=90, ge=2, description="validation window after it")
+    dqn_steps: int = Field(default=300_000, ge=1, description="DQN environment steps")
+    a2c_steps: int = Field(default=5_000_000, ge=1, description="A2C environment steps")
+    dqn_envs: int = Field(default=8, ge=1, description="parallel episodes for DQN")
+    a2c_envs: int = Field(default=1024, ge=1, description="parallel episodes for A2C")
+    episode_length: int = Field(default=168, ge=2, description="decisions per episode")
+    shorting: bool = Field(default=False, description="allow short positions (action -1)")
+    fee_bps: float = Field(default=10.0, ge=0, description="taker fee, basis points")
+    slippage_bps: float = Field(default=5.0, ge=0, description="slippage, basis points")
+    seed: int = Field(default=0, ge=0, description="seed of weights, exploration, episodes")
+
+
 def _default_exchanges() -> dict[str, ExchangeConfig]:
     # Offline default: the exchange simulator on loopback speaks Binance's API.
     return {"binance": ExchangeConfig(ccxt_id="binance", url="http://127.0.0.1:8900")}
@@ -270,6 +294,7 @@ class Settings(BaseSettings):
     )
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
     require_gpu: bool = Field(
         default=False, description="fail (doctor, training) instead of falling back to CPU"
     )

@@ -13,7 +13,7 @@ from pipeline.db.migrate import current_revision, downgrade, head_revision, upgr
 from pipeline.db.schema import metadata
 from pipeline.errors import ConfigurationError
 
-CONTRACT_TABLES = {"ohlcv", "ohlcv_quarantine", "ohlcv_gaps"}
+CONTRACT_TABLES = {"ohlcv", "ohlcv_quarantine", "ohlcv_gaps", "training_runs"}
 
 
 def test_upgrade_creates_the_contract_tables(migrated_engine: Engine) -> None:

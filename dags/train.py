@@ -1,0 +1,117 @@
+"""
+# train
+
+Nightly retraining of the trading agents on the candles stored by `market_data`.
+
+For each market: **snapshot** the training window and the later validation
+window (relative to the run date, or to the `valid_end` param) into a file so
+every algorithm sees the same data -> **train** each algorithm (one mapped task
+per market and algorithm, routed to the `gpu` queue) -> **evaluate** the greedy
+policy on the validation window beside buy-and-hold, flat and momentum, with the
+same costs -> **select** the best run by validation Sharpe.
+
+Every run is a row of `training_runs` (hyperparameters, data windows, feature
+spec, device, metrics, artifacts). Edit the budget, windows, algorithms, markets
+and seed in the trigger form. A retried train task resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, task
+from airflow.timetables.trigger import CronTriggerTimetable
+
+from pipeline.settings import load_settings
+
+SETTINGS = load_settings()
+TRAINING = SETTINGS.training
+MARKETS = [str(m) for m in (TRAINING.markets or SETTINGS.markets[:1])]
+
+
+@dag(
+    dag_id="train",
+    schedule=CronTriggerTimetable("0 2 * * *", timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=2)},
+    params={
+        "algorithms": Param(list(TRAINING.algorithms), type="array", description="dqn, a2c"),
+        "markets": Param(MARKETS, type="array", description="exchange:BASE/QUOTE:timeframe"),
+        "train_days": Param(TRAINING.train_days, type="integer", minimum=7),
+        "valid_days": Param(TRAINING.valid_days, type="integer", minimum=2),
+        "valid_end": Param(
+            "",
+            type="string",
+            description="ISO date ending the validation window; empty = the run date",
+        ),
+        "dqn_steps": Param(TRAINING.dqn_steps, type="integer", minimum=1),
+        "a2c_steps": Param(TRAINING.a2c_steps, type="integer", minimum=1),
+        "seed": Param(TRAINING.seed, type="integer", minimum=0),
+        "shorting": Param(TRAINING.shorting, type="boolean"),
+    },
+    tags=["cryptobots", "training"],
+    doc_md=__doc__,
+)
+def train() -> None:
+    @task
+    def snapshot(**context: object) -> list[dict]:
+        from pipeline.training import snapshot_job
+
+        params: dict = context["params"]  # type: ignore[assignment]
+        if params["valid_end"]:
+            end = pendulum.parse(params["valid_end"]).in_timezone("UTC")  # type: ignore[union-attr]
+        else:
+            end = context.get("logical_date") or context["run_after"]  # type: ignore[attr-defined]
+        end_ms = int(end.timestamp() * 1000)  # type: ignore[attr-defined]
+        settings = load_settings()
+        return [
+            snapshot_job(settings, market, end_ms, params["train_days"], params["valid_days"])
+            for market in params["markets"]
+        ]
+
+    @task
+    def plan(snapshots: list[dict], **context: object) -> list[dict]:
+        params: dict = context["params"]  # type: ignore[assignment]
+        return [
+            {
+                "snapshot": snap,
+                "algorithm": algorithm,
+                "changes": {
+                    "steps": params[f"{algorithm}_steps"],
+                    "seed": params["seed"],
+                    "shorting": params["shorting"],
+                },
+            }
+            for snap in snapshots
+            for algorithm in params["algorithms"]
+        ]
+
+    @task(queue="gpu", execution_timeout=timedelta(hours=6))
+    def train_agent(job: dict, **context: object) -> str:
+        from pipeline.training import train_job
+
+        orchestrator_run = f"{context['run_id']}/{job['snapshot']['market']}/{job['algorithm']}"
+        return train_job(
+            load_settings(), job["snapshot"], job["algorithm"], job["changes"], orchestrator_run
+        )
+
+    @task
+    def evaluate(run_id: str) -> dict:
+        from pipeline.training import evaluate_job
+
+        return evaluate_job(load_settings(), run_id)
+
+    @task
+    def select(evaluations: list[dict]) -> dict:
+        from pipeline.training import select_job
+
+        return select_job(load_settings(), [e["run_id"] for e in evaluations])
+
+    runs = train_agent.expand(job=plan(snapshot()))
+    select(evaluate.expand(run_id=runs))
+
+
+dag_object = train()

@@ -1,0 +1,597 @@
+"""Train agents on stored candles and evaluate them out of sample: the train stage.
+
+Four steps, each a function the `train` DAG calls as one task and the CLI calls in
+a row: `snapshot_window` reads a market's candles for the training and validation
+windows from the database into a file (so every algorithm trains on the same
+data), `train_candidate` trains one algorithm on the training window and records
+a `training_runs` row, `evaluate_run` backtests the greedy policy on the later,
+disjoint validation window beside the baselines (same cost model) and saves the
+equity plot, and `select_best` picks the run with the best validation Sharpe.
+
+Normalization statistics are fitted on the training window only; features of the
+validation window use earlier candles as their look-back, never later ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import subprocess
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from pipeline.db.schema import ohlcv
+from pipeline.errors import ConfigurationError, DataValidationError
+from pipeline.evaluate import (
+    Backtest,
+    CostModel,
+    evaluate_policy,
+    metrics_table,
+    plot_equity,
+)
+from pipeline.features import (
+    Candles,
+    FeatureSpec,
+    compute_features,
+    fill_gaps,
+    fit_normalization,
+)
+from pipeline.settings import PROJECT_ROOT, Market, Settings
+from pipeline.training_runs import get_run, ms_to_datetime, start_run, update_run
+
+ALGORITHMS = ("dqn", "a2c")
+DAY_MS = 86_400_000
+DEFAULT_SPEC = FeatureSpec()
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open time window [start, end) in ms since the epoch, UTC."""
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise ConfigurationError(f"window {self} ends before it starts")
+
+    def __str__(self) -> str:
+        return f"[{_iso(self.start)}, {_iso(self.end)})"
+
+
+def windows_before(end_ms: int, train_days: int, valid_days: int, timeframe_ms: int) -> tuple:
+    """(train, valid) windows ending at `end_ms` (floored to the timeframe), valid last."""
+    end = end_ms - end_ms % timeframe_ms
+    valid = Window(end - valid_days * DAY_MS, end)
+    return Window(valid.start - train_days * DAY_MS, valid.start), valid
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """One agent to train: algorithm, market, windows, budget and environment."""
+
+    algorithm: str
+    market: Market
+    train: Window
+    valid: Window
+    steps: int
+    num_envs: int
+    episode_length: int = 168
+    shorting: bool = False
+    fee_bps: float = 10.0
+    slippage_bps: float = 5.0
+    seed: int = 0
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigurationError(
+                f"algorithm {self.algorithm!r} is not known: use one of {', '.join(ALGORITHMS)}"
+            )
+        if self.valid.start < self.train.end:
+            raise ConfigurationError(
+                f"validation window {self.valid} overlaps the training window {self.train}: "
+                "validate on a later, disjoint window"
+            )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        algorithm: str,
+        market: Market,
+        train: Window,
+        valid: Window,
+        **changes: Any,
+    ) -> TrainRequest:
+        """A request with the budget and environment of `settings.training`, then `changes`."""
+        t = settings.training
+        defaults: dict[str, Any] = {
+            "steps": t.dqn_steps if algorithm == "dqn" else t.a2c_steps,
+            "num_envs": t.dqn_envs if algorithm == "dqn" else t.a2c_envs,
+            "episode_length": t.episode_length,
+            "shorting": t.shorting,
+            "fee_bps": t.fee_bps,
+            "slippage_bps": t.slippage_bps,
+            "seed": t.seed,
+        }
+        chosen = {**defaults, **{k: v for k, v in changes.items() if v is not None}}
+        return cls(algorithm=algorithm, market=market, train=train, valid=valid, **chosen)
+
+    @property
+    def action_map(self) -> tuple[float, ...]:
+        """Flat/long, plus short when shorting is allowed."""
+        from pipeline.rl.env import LONG_FLAT, LONG_FLAT_SHORT
+
+        return LONG_FLAT_SHORT if self.shorting else LONG_FLAT
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The candles of one market covering a training window (with look-back) and a
+    validation window, frozen in a file so that every algorithm sees the same data."""
+
+    market: Market
+    train: Window
+    valid: Window
+    candles: Candles
+    filled: np.ndarray
+
+
+def load_candles(engine: Engine, market: Market, start: int, end: int) -> Candles:
+    """Stored candles of `market` with open time in [start, end), ascending."""
+    query = (
+        sa.select(
+            ohlcv.c.ts, ohlcv.c.open, ohlcv.c.high, ohlcv.c.low, ohlcv.c.close, ohlcv.c.volume
+        )
+        .where(
+            ohlcv.c.exchange == market.exchange,
+            ohlcv.c.symbol == market.symbol,
+            ohlcv.c.timeframe == market.timeframe,
+            ohlcv.c.ts >= start,
+            ohlcv.c.ts < end,
+        )
+        .order_by(ohlcv.c.ts)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return Candles.from_rows(rows)
+
+
+def snapshot_window(
+    settings: Settings,
+    engine: Engine,
+    market: Market,
+    train: Window,
+    valid: Window,
+    spec: FeatureSpec = DEFAULT_SPEC,
+) -> Path:
+    """Write the candles both windows need (plus the feature look-back) to a file."""
+    tf_ms = market.timeframe_ms
+    start = train.start - (spec.window - 1) * tf_ms
+    candles = load_candles(engine, market, start, valid.end)
+    hint = (
+        f"backfill it first: python -m pipeline backfill --market {market} "
+        f"--start {_iso(start)} --end {_iso(valid.end)}"
+    )
+    if len(candles) == 0:
+        raise DataValidationError(
+            f"no stored candles of {market} in {Window(start, valid.end)}: {hint}"
+        )
+    if candles.ts[0] > start + spec.window * tf_ms or candles.ts[-1] < valid.end - 2 * tf_ms:
+        raise DataValidationError(
+            f"stored candles of {market} cover only [{_iso(int(candles.ts[0]))}, "
+            f"{_iso(int(candles.ts[-1]) + tf_ms)}) of the needed {Window(start, valid.end)}: {hint}"
+        )
+    filled_candles, filled = fill_gaps(candles, tf_ms)
+    coverage = 1.0 - filled.mean()
+    if coverage < 0.9:
+        raise DataValidationError(
+            f"{market} has only {coverage:.0%} of its candles in {Window(start, valid.end)} "
+            f"(the rest are gaps): {hint}"
+        )
+    path = (
+        settings.var_dir
+        / "snapshots"
+        / (f"{_slug(str(market))}_{train.start}_{train.end}_{valid.start}_{valid.end}.npz")
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "market": str(market),
+        "train": [train.start, train.end],
+        "valid": [valid.start, valid.end],
+    }
+    temporary = path.with_suffix(".tmp.npz")
+    np.savez(
+        temporary,
+        meta=np.array(json.dumps(meta)),
+        filled=filled,
+        **{
+            name: getattr(filled_candles, name)
+            for name in ("ts", "open", "high", "low", "close", "volume")
+        },
+    )
+    temporary.replace(path)
+    return path
+
+
+def load_snapshot(path: Path | str) -> Snapshot:
+    """Read a snapshot written by `snapshot_window`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataValidationError(f"snapshot {path} does not exist: run snapshot_window again")
+    with np.load(path) as data:
+        meta = json.loads(str(data["meta"]))
+        candles = Candles(
+            *(data[name] for name in ("ts", "open", "high", "low", "close", "volume"))
+        )
+        filled = data["filled"]
+    return Snapshot(
+        market=Market.model_validate(meta["market"]),
+        train=Window(*meta["train"]),
+        valid=Window(*meta["valid"]),
+        candles=candles,
+        filled=filled,
+    )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Features and price arrays of both windows, normalization fitted on training."""
+
+    spec: FeatureSpec
+    train: Any
+    valid_features: np.ndarray
+    valid_ts: np.ndarray
+    valid_open: np.ndarray
+    valid_close: np.ndarray
+
+
+def prepare(snapshot: Snapshot, spec: FeatureSpec = DEFAULT_SPEC) -> Prepared:
+    """Compute features once, slice both windows, fit normalization on the training one."""
+    from pipeline.rl.env import MarketArrays
+
+    candles = snapshot.candles
+    matrix = compute_features(candles, spec)
+    train_rows = (candles.ts >= snapshot.train.start) & (candles.ts < snapshot.train.end)
+    valid_rows = (candles.ts >= snapshot.valid.start) & (candles.ts < snapshot.valid.end)
+    if train_rows.sum() < 2 or valid_rows.sum() < 2:
+        raise DataValidationError(
+            f"snapshot of {snapshot.market} has {int(train_rows.sum())} training and "
+            f"{int(valid_rows.sum())} validation candles: both windows need candles"
+        )
+    fitted = fit_normalization(spec, matrix[train_rows])
+    train = MarketArrays.from_candles(
+        candles.ts[train_rows],
+        candles.open[train_rows],
+        candles.close[train_rows],
+        matrix[train_rows],
+    )
+    return Prepared(
+        spec=fitted,
+        train=train,
+        valid_features=matrix[valid_rows][:-1],
+        valid_ts=candles.ts[valid_rows],
+        valid_open=candles.open[valid_rows],
+        valid_close=candles.close[valid_rows],
+    )
+
+
+def new_run_id(algorithm: str, market: Market, orchestrator_run: str | None = None) -> str:
+    """A readable id; the same Airflow run and algorithm always give the same id (retries
+    resume from the checkpoint), a CLI run gets a fresh one."""
+    stem = f"{algorithm}-{_slug(str(market))}"
+    if orchestrator_run:
+        return f"{stem}-{hashlib.sha256(orchestrator_run.encode()).hexdigest()[:12]}"
+    return f"{stem}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def run_dir(settings: Settings, run_id: str) -> Path:
+    """Where a run keeps its checkpoints, summaries, model and plots."""
+    return settings.var_dir / "runs" / run_id
+
+
+def train_candidate(
+    settings: Settings,
+    engine: Engine,
+    request: TrainRequest,
+    snapshot_path: Path | str,
+    *,
+    run_id: str | None = None,
+    orchestrator_run: str | None = None,
+    progress: bool = False,
+    on_chunk: Callable[[dict[str, float]], None] | None = None,
+) -> str:
+    """Train one agent on the snapshot's training window; record and return its run id."""
+    from pipeline.rl import actor_critic, dqn
+    from pipeline.rl.env import EnvConfig, TradingEnv
+
+    snapshot = load_snapshot(snapshot_path)
+    if (snapshot.market, snapshot.train, snapshot.valid) != (
+        request.market,
+        request.train,
+        request.valid,
+    ):
+        raise ConfigurationError(
+            f"snapshot {snapshot_path} holds {snapshot.market} {snapshot.train}/{snapshot.valid}, "
+            f"not the requested {request.market} {request.train}/{request.valid}"
+        )
+    run_id = run_id or new_run_id(request.algorithm, request.market, orchestrator_run)
+    directory = run_dir(settings, run_id)
+    prepared = prepare(snapshot)
+    env_config = EnvConfig(
+        num_envs=request.num_envs,
+        episode_length=request.episode_length,
+        action_map=request.action_map,
+        fee_bps=request.fee_bps,
+        slippage_bps=request.slippage_bps,
+    )
+    if request.algorithm == "dqn":
+        module: Any = dqn
+        config: Any = dqn.DQNConfig(
+            total_steps=request.steps, seed=request.seed, **request.overrides
+        )
+    else:
+        module = actor_critic
+        config = actor_critic.A2CConfig(
+            total_steps=request.steps, seed=request.seed, **request.overrides
+        )
+    params = {
+        "algorithm": request.algorithm,
+        "config": dataclasses.asdict(config),
+        "env": dataclasses.asdict(env_config),
+    }
+    start_run(
+        engine,
+        run_id,
+        {
+            "algorithm": request.algorithm,
+            "market": str(request.market),
+            "params": params,
+            "feature_spec": prepared.spec.to_dict(),
+            "action_map": list(request.action_map),
+            "train_start": ms_to_datetime(request.train.start),
+            "train_end": ms_to_datetime(request.train.end),
+            "valid_start": ms_to_datetime(request.valid.start),
+            "valid_end": ms_to_datetime(request.valid.end),
+            "seed": request.seed,
+            "code_version": code_version(),
+            "orchestrator_run": orchestrator_run,
+            "artifacts": {"run_dir": str(directory), "snapshot": str(snapshot_path)},
+        },
+    )
+    try:
+        env = TradingEnv(prepared.train, env_config)
+        result = module.train(
+            config,
+            env,
+            prepared.spec.mean,
+            prepared.spec.std,
+            directory,
+            require_gpu=settings.require_gpu,
+            progress=progress,
+            on_chunk=on_chunk,
+        )
+        model_path = directory / "model.keras"
+        result.model.save(model_path)
+        (directory / "feature_spec.json").write_text(prepared.spec.to_json() + "\n")
+    except BaseException as error:
+        update_run(engine, run_id, "failed", error=f"{type(error).__name__}: {error}"[:4000])
+        raise
+    update_run(
+        engine,
+        run_id,
+        "trained",
+        device=result.device,
+        env_steps=result.env_steps,
+        updates=result.updates,
+        train_seconds=result.seconds,
+        params={**params, "device": result.device},
+        artifacts={
+            "run_dir": str(directory),
+            "snapshot": str(snapshot_path),
+            "model": str(model_path),
+            "feature_spec": str(directory / "feature_spec.json"),
+            "tensorboard": str(directory / "tensorboard"),
+        },
+    )
+    return run_id
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Validation backtests of one run: the policy and the baselines, same window."""
+
+    run_id: str
+    backtests: dict[str, Backtest]
+    plot: Path
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The policy's metrics."""
+        return self.backtests["policy"].metrics
+
+    def table(self) -> str:
+        """Policy and baselines side by side."""
+        return metrics_table(self.backtests)
+
+
+def evaluate_run(settings: Settings, engine: Engine, run_id: str) -> Evaluation:
+    """Backtest a trained run's greedy policy on its validation window; record the metrics."""
+    import keras
+
+    run = get_run(engine, run_id)
+    if run["status"] not in ("trained", "evaluated"):
+        raise ConfigurationError(
+            f"training run {run_id} is {run['status']}, not trained: train it first"
+        )
+    artifacts = dict(run["artifacts"])
+    snapshot = load_snapshot(artifacts["snapshot"])
+    spec = FeatureSpec.from_dict(run["feature_spec"])
+    prepared = prepare(
+        snapshot, FeatureSpec(name=spec.name, version=spec.version, features=spec.features)
+    )
+    model = keras.models.load_model(artifacts["model"], compile=False)
+    env = run["params"]["env"]
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict_on_batch(np.asarray(obs, np.float32)))
+
+    backtests = evaluate_policy(
+        policy,
+        prepared.valid_features,
+        prepared.valid_ts,
+        prepared.valid_open,
+        prepared.valid_close,
+        tuple(run["action_map"]),
+        snapshot.market.timeframe_ms,
+        CostModel(fee_bps=env["fee_bps"], slippage_bps=env["slippage_bps"]),
+    )
+    directory = Path(artifacts["run_dir"])
+    plot = plot_equity(
+        backtests,
+        directory / "equity.png",
+        f"{run['algorithm']} {snapshot.market} validation {snapshot.valid} (run {run_id})",
+    )
+    (directory / "metrics.json").write_text(
+        json.dumps({name: b.metrics for name, b in backtests.items()}, indent=2) + "\n"
+    )
+    update_run(
+        engine,
+        run_id,
+        "evaluated",
+        metrics=backtests["policy"].metrics,
+        baselines={name: b.metrics for name, b in backtests.items() if name != "policy"},
+        artifacts={
+            **artifacts,
+            "equity_plot": str(plot),
+            "metrics": str(directory / "metrics.json"),
+        },
+    )
+    return Evaluation(run_id=run_id, backtests=backtests, plot=plot)
+
+
+def select_best(engine: Engine, run_ids: list[str]) -> dict[str, Any]:
+    """The evaluated run with the best validation Sharpe: id, algorithm, market, metrics."""
+    runs = [get_run(engine, run_id) for run_id in run_ids]
+    evaluated = [run for run in runs if run["status"] == "evaluated" and run["metrics"]]
+    if not evaluated:
+        raise DataValidationError(
+            f"none of the runs {run_ids} has been evaluated: nothing to select"
+        )
+    best = max(evaluated, key=lambda run: run["metrics"]["sharpe"])
+    return {
+        "run_id": best["id"],
+        "algorithm": best["algorithm"],
+        "market": best["market"],
+        "sharpe": best["metrics"]["sharpe"],
+        "beats_baselines": all(
+            best["metrics"]["sharpe"] > baseline["sharpe"]
+            for baseline in best["baselines"].values()
+        ),
+    }
+
+
+def code_version() -> str:
+    """The git commit of the checkout when there is one, else the package version."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import version
+
+        return f"cryptobots {version('cryptobots')}"
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def snapshot_job(
+    settings: Settings, market: str, end_ms: int, train_days: int, valid_days: int
+) -> dict[str, Any]:
+    """Snapshot one market's windows ending at `end_ms`; a plain dict for the next tasks."""
+    from pipeline.db.engine import create_engine
+
+    parsed = Market.model_validate(market)
+    train, valid = windows_before(end_ms, train_days, valid_days, parsed.timeframe_ms)
+    path = snapshot_window(settings, create_engine(settings.db_url), parsed, train, valid)
+    return {
+        "market": str(parsed),
+        "snapshot": str(path),
+        "train": [train.start, train.end],
+        "valid": [valid.start, valid.end],
+    }
+
+
+def train_job(
+    settings: Settings,
+    snapshot: Mapping[str, Any],
+    algorithm: str,
+    changes: Mapping[str, Any],
+    orchestrator_run: str | None = None,
+) -> str:
+    """Train one algorithm on a snapshot made by `snapshot_job`; returns the run id."""
+    from pipeline.db.engine import create_engine
+
+    request = TrainRequest.from_settings(
+        settings,
+        algorithm,
+        Market.model_validate(snapshot["market"]),
+        Window(*snapshot["train"]),
+        Window(*snapshot["valid"]),
+        **changes,
+    )
+    return train_candidate(
+        settings,
+        create_engine(settings.db_url),
+        request,
+        snapshot["snapshot"],
+        orchestrator_run=orchestrator_run,
+    )
+
+
+def evaluate_job(settings: Settings, run_id: str) -> dict[str, Any]:
+    """Evaluate one run; a plain summary (run id, policy and baseline Sharpe, plot path)."""
+    from pipeline.db.engine import create_engine
+
+    evaluation = evaluate_run(settings, create_engine(settings.db_url), run_id)
+    return {
+        "run_id": run_id,
+        "sharpe": evaluation.metrics["sharpe"],
+        "total_return": evaluation.metrics["total_return"],
+        "baseline_sharpe": {
+            name: b.metrics["sharpe"]
+            for name, b in evaluation.backtests.items()
+            if name != "policy"
+        },
+        "plot": str(evaluation.plot),
+    }
+
+
+def select_job(settings: Settings, run_ids: list[str]) -> dict[str, Any]:
+    """The best run by validation Sharpe among `run_ids` (see `select_best`)."""
+    from pipeline.db.engine import create_engine
+
+    return select_best(create_engine(settings.db_url), run_ids)

@@ -1,0 +1,170 @@
+"""The train stage: snapshot stored candles, train, evaluate beside baselines, record runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from pipeline.backfill import backfill
+from pipeline.db.engine import create_engine
+from pipeline.db.migrate import upgrade
+from pipeline.errors import ConfigurationError, DataValidationError
+from pipeline.features import compute_features
+from pipeline.settings import Market, Settings
+from pipeline.training import (
+    TrainRequest,
+    Window,
+    evaluate_run,
+    load_snapshot,
+    prepare,
+    select_best,
+    snapshot_window,
+    train_candidate,
+)
+from pipeline.training_runs import get_run
+from tests.conftest import exchange_client
+
+REPO = Path(__file__).resolve().parents[1]
+BTC = Market.model_validate("binance:BTC/USDT:1h")
+pytestmark = pytest.mark.postgres
+
+
+def ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+TRAIN = Window(ms("2019-10-01"), ms("2019-12-01"))
+VALID = Window(ms("2019-12-01"), ms("2020-01-01"))
+
+
+@pytest.fixture(scope="module")
+def engine(pg_url: str, data_dir: Path) -> Iterator[Engine]:
+    """A Postgres database holding BTC/USDT 1h candles stored by the market-data backfill."""
+    from pipeline.exchanges.simulator.app import SimulatorConfig, running
+
+    engine = create_engine(pg_url)
+    upgrade(engine)
+    with running(SimulatorConfig(data_dir=data_dir)) as sim:
+        backfill(exchange_client(sim.url), engine, BTC, ms("2019-09-20"), ms("2020-01-01"))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, engine: Engine) -> Settings:
+    return Settings(var_dir=tmp_path, db_url=engine.url.render_as_string(hide_password=False))
+
+
+def request(algorithm: str, **changes: object) -> TrainRequest:
+    options = {"steps": 4_000, "num_envs": 8, "episode_length": 48, "seed": 1}
+    if algorithm == "a2c":
+        options |= {"steps": 40_000, "num_envs": 64}
+    return TrainRequest(algorithm, BTC, TRAIN, VALID, **{**options, **changes})
+
+
+def test_snapshot_holds_the_windows_plus_the_feature_look_back(
+    settings: Settings, engine: Engine
+) -> None:
+    snapshot = load_snapshot(snapshot_window(settings, engine, BTC, TRAIN, VALID))
+    assert snapshot.candles.ts[0] <= TRAIN.start - 48 * 3_600_000
+    assert snapshot.candles.ts[-1] == VALID.end - 3_600_000
+    assert np.all(np.diff(snapshot.candles.ts) == 3_600_000)
+
+
+def test_normalization_is_fitted_on_the_training_window_only(
+    settings: Settings, engine: Engine
+) -> None:
+    snapshot = load_snapshot(snapshot_window(settings, engine, BTC, TRAIN, VALID))
+    prepared = prepare(snapshot)
+    train_rows = (snapshot.candles.ts >= TRAIN.start) & (snapshot.candles.ts < TRAIN.end)
+    expected = compute_features(snapshot.candles, prepared.spec)[train_rows].mean(axis=0)
+    np.testing.assert_allclose(prepared.spec.mean, expected, rtol=1e-9)
+    assert prepared.valid_ts[0] == VALID.start
+    assert len(prepared.valid_features) == len(prepared.valid_ts) - 1
+
+
+def test_a_window_without_stored_candles_names_the_backfill_command(
+    settings: Settings, engine: Engine
+) -> None:
+    early = Window(ms("2018-01-01"), ms("2018-02-01"))
+    with pytest.raises(DataValidationError, match="python -m pipeline backfill --market"):
+        snapshot_window(settings, engine, BTC, early, Window(early.end, ms("2018-02-10")))
+
+
+def test_validation_must_come_after_training() -> None:
+    with pytest.raises(ConfigurationError, match="disjoint"):
+        TrainRequest("dqn", BTC, TRAIN, Window(TRAIN.start, VALID.end), steps=1, num_envs=1)
+
+
+def test_trained_and_evaluated_runs_record_their_lineage_and_metrics(
+    settings: Settings, engine: Engine
+) -> None:
+    snapshot = snapshot_window(settings, engine, BTC, TRAIN, VALID)
+    run_ids = []
+    for algorithm in ("dqn", "a2c"):
+        run_id = train_candidate(settings, engine, request(algorithm), snapshot)
+        evaluation = evaluate_run(settings, engine, run_id)
+        run = get_run(engine, run_id)
+        assert run["status"] == "evaluated"
+        assert run["device"] == "CPU"
+        assert run["params"]["config"]["seed"] == 1
+        assert run["feature_spec"]["mean"] is not None
+        assert run["metrics"] == pytest.approx(evaluation.metrics)
+        assert set(run["baselines"]) == {"buy_and_hold", "flat", "momentum"}
+        assert run["valid_start"].timestamp() * 1000 == VALID.start
+        assert Path(run["artifacts"]["equity_plot"]).stat().st_size > 0
+        assert Path(run["artifacts"]["model"]).exists()
+        run_ids.append(run_id)
+    best = select_best(engine, run_ids)
+    sharpes = {rid: get_run(engine, rid)["metrics"]["sharpe"] for rid in run_ids}
+    assert best["run_id"] == max(sharpes, key=sharpes.get)
+
+
+def test_a_run_that_crashes_is_recorded_as_failed_with_the_error(
+    settings: Settings, engine: Engine
+) -> None:
+    snapshot = snapshot_window(settings, engine, BTC, TRAIN, VALID)
+
+    def crash(record: dict) -> None:
+        raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        train_candidate(settings, engine, request("dqn"), snapshot, run_id="doomed", on_chunk=crash)
+    run = get_run(engine, "doomed")
+    assert run["status"] == "failed"
+    assert "power cut" in run["error"]
+
+
+def test_train_command_prints_metrics_beside_the_baselines_and_saves_the_plot(
+    tmp_path: Path, engine: Engine
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
+    env |= {
+        "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
+        "CRYPTOBOTS_VAR_DIR": str(tmp_path),
+    }
+    command = [sys.executable, "-m", "pipeline", "train", "--market", str(BTC)]
+    command += ["--train-start", "2019-10-01", "--train-end", "2019-12-01"]
+    command += ["--valid-end", "2020-01-01", "--steps", "20000", "--envs", "16", "--quiet"]
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("policy", "buy_and_hold", "flat", "momentum", "best by validation Sharpe"):
+        assert name in done.stdout
+    plots = [line.split(": ", 1)[1] for line in done.stdout.splitlines() if "equity plot" in line]
+    assert len(plots) == 2
+    assert all(Path(plot).stat().st_size > 0 for plot in plots)
+    with engine.connect() as conn:
+        statuses = conn.execute(
+            sa.text("SELECT algorithm, status FROM training_runs WHERE params::text LIKE :p"),
+            {"p": '%"num_envs": 16%'},
+        ).all()
+    assert sorted(statuses) == [("a2c", "evaluated"), ("dqn", "evaluated")]
