@@ -99,10 +99,10 @@ def train() -> None:
         )
 
     @task
-    def evaluate(run_id: str) -> dict:
+    def evaluate(training_run: str) -> dict:
         from pipeline.training import evaluate_job
 
-        return evaluate_job(load_settings(), run_id)
+        return evaluate_job(load_settings(), training_run)
 
     @task
     def select(evaluations: list[dict]) -> dict:
@@ -111,7 +111,7 @@ def train() -> None:
         return select_job(load_settings(), [e["run_id"] for e in evaluations])
 
     runs = train_agent.expand(job=plan(snapshot()))
-    select(evaluate.expand(run_id=runs))
+    select(evaluate.expand(training_run=runs))
 
 
 dag_object = train()

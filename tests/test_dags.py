@@ -196,3 +196,55 @@ def test_the_readme_airflow_backfill_command_plans_one_run_per_hour(airflow_env:
     assert done.returncode == 0, done.stderr[-2000:]
     planned = [line for line in done.stdout.splitlines() if "2020-01-01" in line]
     assert len(planned) >= 3
+
+
+@pytest.mark.postgres
+def test_train_dag_snapshots_trains_evaluates_and_selects(
+    airflow_env: dict, simulator, fresh_pg
+) -> None:
+    from datetime import UTC, datetime
+
+    from pipeline.backfill import backfill
+    from pipeline.settings import Market
+    from tests.conftest import exchange_client
+
+    def ms(text: str) -> int:
+        return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
+
+    engine = fresh_pg()
+    btc = Market.model_validate("binance:BTC/USDT:1h")
+    with simulator() as sim:
+        backfill(exchange_client(sim.url), engine, btc, ms("2019-10-20"), ms("2020-01-01"))
+    env = airflow_env | {
+        "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
+        "CRYPTOBOTS_VAR_DIR": str(Path(airflow_env["AIRFLOW_HOME"]) / "var"),
+    }
+    report = run_python(
+        """
+        import json
+        from airflow.dag_processing.dagbag import DagBag
+        dag = DagBag(dag_folder="dags").dags["train"]
+        run = dag.test(run_conf={
+            "markets": ["binance:BTC/USDT:1h"], "valid_end": "2020-01-01",
+            "train_days": 30, "valid_days": 14, "dqn_steps": 2000, "a2c_steps": 20000,
+        })
+        select = [ti for ti in run.get_task_instances() if ti.task_id == "select"][0]
+        print(json.dumps({
+            "state": str(run.state),
+            "tasks": sorted((ti.task_id, ti.map_index, str(ti.state))
+                            for ti in run.get_task_instances()),
+            "best": select.xcom_pull(task_ids="select"),
+        }))
+        """,
+        env,
+    )
+    assert report["state"] == "success", report["tasks"]
+    states = {(task, index): state for task, index, state in report["tasks"]}
+    assert states[("train_agent", 0)] == states[("train_agent", 1)] == "success"
+    with engine.connect() as conn:
+        runs = conn.execute(
+            sa.text("SELECT id, algorithm, status, orchestrator_run FROM training_runs")
+        ).all()
+    assert sorted(run[1:3] for run in runs) == [("a2c", "evaluated"), ("dqn", "evaluated")]
+    assert all(run[3] for run in runs)
+    assert report["best"]["run_id"] in {run[0] for run in runs}
