@@ -106,6 +106,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--episode-length", type=int, help="decisions per episode")
     train.add_argument("--seed", type=int, help="seed of weights, exploration and episodes")
     train.add_argument("--shorting", action="store_true", help="allow short positions")
+    train.add_argument(
+        "--walk-forward",
+        type=int,
+        metavar="N",
+        help="N consecutive validation windows ending at --valid-end, each trained right "
+        "before it (training.train_days / valid_days); prints a summary",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
 
@@ -239,14 +246,13 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.db.engine import create_engine
     from pipeline.settings import Market
     from pipeline.training import (
-        TrainRequest,
+        WALK_FORWARD_HEADER,
         Window,
-        evaluate_run,
+        fold_summary,
         select_best,
-        snapshot_window,
-        train_candidate,
+        text_table,
+        walk_forward_folds,
     )
-    from pipeline.training_runs import get_run
 
     try:
         market = Market.model_validate(args.market) if args.market else settings.markets[0]
@@ -257,21 +263,46 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     day = 86_400_000
     end = _optional_time("--valid-end", args.valid_end) or _latest_candle_end(engine, market)
     end -= end % market.timeframe_ms
-    given_train_end = _optional_time("--train-end", args.train_end)
-    valid_start = (
-        _optional_time("--valid-start", args.valid_start)
-        or given_train_end
-        or end - t.valid_days * day
-    )
-    train_end = given_train_end or valid_start
-    train_start = (
-        _optional_time("--train-start", args.train_start) or train_end - t.train_days * day
-    )
-    train, valid = Window(train_start, train_end), Window(valid_start, end)
+    if args.walk_forward:
+        folds = walk_forward_folds(
+            end, args.walk_forward, t.train_days, t.valid_days, market.timeframe_ms
+        )
+    else:
+        given_train_end = _optional_time("--train-end", args.train_end)
+        valid_start = (
+            _optional_time("--valid-start", args.valid_start)
+            or given_train_end
+            or end - t.valid_days * day
+        )
+        train_end = given_train_end or valid_start
+        train_start = (
+            _optional_time("--train-start", args.train_start) or train_end - t.train_days * day
+        )
+        folds = [(Window(train_start, train_end), Window(valid_start, end))]
+    summary: list[list[str]] = []
+    for train, valid in folds:
+        evaluations = _train_fold(settings, engine, market, train, valid, args)
+        best = select_best(engine, [e.run_id for e in evaluations.values()])
+        verdict = "beats every baseline" if best["beats_baselines"] else "does NOT beat every"
+        print(
+            f"\nbest by validation Sharpe: {best['run_id']} ({best['algorithm']}, "
+            f"Sharpe {best['sharpe']:.2f}; {verdict} baseline)"
+        )
+        summary += fold_summary(evaluations, valid)
+    if len(folds) > 1:
+        print("\nwalk-forward summary (each row: trained before its validation window)")
+        print(text_table(WALK_FORWARD_HEADER, summary))
+    return 0
+
+
+def _train_fold(settings, engine, market, train, valid, args) -> dict:  # type: ignore[no-untyped-def]
+    from pipeline.training import TrainRequest, evaluate_run, snapshot_window, train_candidate
+    from pipeline.training_runs import get_run
+
     snapshot = snapshot_window(settings, engine, market, train, valid)
-    print(f"{market}: training {train}, validation {valid}")
-    run_ids = []
-    for algorithm in args.algo or list(t.algorithms):
+    print(f"\n{market}: training {train}, validation {valid}")
+    evaluations = {}
+    for algorithm in args.algo or list(settings.training.algorithms):
         request = TrainRequest.from_settings(
             settings,
             algorithm,
@@ -286,7 +317,6 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
         )
         run_id = train_candidate(settings, engine, request, snapshot, progress=not args.quiet)
         evaluation = evaluate_run(settings, engine, run_id)
-        run_ids.append(run_id)
         run = get_run(engine, run_id)
         print(
             f"\n{algorithm} run {run_id}: {run['env_steps']:,} steps, {run['updates']:,} updates "
@@ -294,13 +324,8 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
         )
         print(evaluation.table())
         print(f"equity plot: {evaluation.plot}")
-    best = select_best(engine, run_ids)
-    verdict = "beats every baseline" if best["beats_baselines"] else "does NOT beat every baseline"
-    print(
-        f"\nbest by validation Sharpe: {best['run_id']} ({best['algorithm']}, "
-        f"Sharpe {best['sharpe']:.2f}; {verdict})"
-    )
-    return 0
+        evaluations[algorithm] = evaluation
+    return evaluations
 
 
 def _latest_candle_end(engine, market) -> int:  # type: ignore[no-untyped-def]

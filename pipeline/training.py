@@ -595,3 +595,78 @@ def select_job(settings: Settings, run_ids: list[str]) -> dict[str, Any]:
     from pipeline.db.engine import create_engine
 
     return select_best(create_engine(settings.db_url), run_ids)
+
+
+def walk_forward_folds(
+    end_ms: int, folds: int, train_days: int, valid_days: int, timeframe_ms: int
+) -> list[tuple[Window, Window]]:
+    """`folds` consecutive validation windows ending at `end_ms`, each with the training
+    window right before it (chronological; validation windows never overlap)."""
+    if folds < 1:
+        raise ConfigurationError(f"walk-forward needs at least one fold, got {folds}")
+    end = end_ms - end_ms % timeframe_ms
+    result = []
+    for i in range(folds, 0, -1):
+        fold_end = end - (i - 1) * valid_days * DAY_MS
+        result.append(windows_before(fold_end, train_days, valid_days, timeframe_ms))
+    return result
+
+
+def verdict(metrics: Mapping[str, float], baselines: Mapping[str, Mapping[str, float]]) -> str:
+    """'wins' when the policy's Sharpe beats every baseline's and its drawdown is no deeper
+    than buy-and-hold's; otherwise what it lost to."""
+    lost = [name for name, b in baselines.items() if metrics["sharpe"] <= b["sharpe"]]
+    if "buy_and_hold" in baselines and (
+        metrics["max_drawdown"] > baselines["buy_and_hold"]["max_drawdown"]
+    ):
+        lost.append("drawdown")
+    return "wins" if not lost else "loses to " + ", ".join(lost)
+
+
+def fold_summary(evaluations: Mapping[str, Evaluation], valid: Window) -> list[list[str]]:
+    """Rows of a walk-forward summary: one per algorithm of one fold."""
+    rows = []
+    for algorithm, evaluation in evaluations.items():
+        tests = evaluation.backtests
+        baselines = {name: b.metrics for name, b in tests.items() if name != "policy"}
+        rows.append(
+            [
+                f"{_iso(valid.start)[:10]}..{_iso(valid.end)[:10]}",
+                algorithm,
+                f"{evaluation.metrics['sharpe']:.2f}",
+                f"{baselines['buy_and_hold']['sharpe']:.2f}",
+                f"{baselines['momentum']['sharpe']:.2f}",
+                f"{evaluation.metrics['total_return']:+.1%}",
+                f"{baselines['buy_and_hold']['total_return']:+.1%}",
+                f"{evaluation.metrics['max_drawdown']:.1%}",
+                f"{baselines['buy_and_hold']['max_drawdown']:.1%}",
+                verdict(evaluation.metrics, baselines),
+            ]
+        )
+    return rows
+
+
+WALK_FORWARD_HEADER = [
+    "validation",
+    "algo",
+    "sharpe",
+    "b&h sharpe",
+    "mom sharpe",
+    "return",
+    "b&h return",
+    "max dd",
+    "b&h dd",
+    "verdict",
+]
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned fixed-width columns."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
+    lines.append("-" * len(lines[0]))
+    lines += [
+        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    return "\n".join(lines)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ from pipeline.training import (
     select_best,
     snapshot_window,
     train_candidate,
+    verdict,
+    walk_forward_folds,
 )
 from pipeline.training_runs import get_run
 from tests.conftest import exchange_client
@@ -168,3 +171,27 @@ def test_train_command_prints_metrics_beside_the_baselines_and_saves_the_plot(
             {"p": '%"num_envs": 16%'},
         ).all()
     assert sorted(statuses) == [("a2c", "evaluated"), ("dqn", "evaluated")]
+
+
+def test_walk_forward_folds_are_consecutive_and_train_right_before_validating() -> None:
+    folds = walk_forward_folds(ms("2020-01-01T05:30"), 3, 60, 30, 3_600_000)
+    assert [valid.end for _, valid in folds] == [
+        ms("2019-11-02T05:00"),
+        ms("2019-12-02T05:00"),
+        ms("2020-01-01T05:00"),
+    ]
+    for train, valid in folds:
+        assert train.end == valid.start
+        assert valid.end - valid.start == 30 * 86_400_000
+    assert all(a[1].end == b[1].start for a, b in pairwise(folds))
+
+
+def test_verdict_wins_only_above_every_baseline_without_a_deeper_drawdown() -> None:
+    baselines = {
+        "buy_and_hold": {"sharpe": 1.0, "max_drawdown": 0.2},
+        "flat": {"sharpe": 0.0, "max_drawdown": 0.0},
+        "momentum": {"sharpe": 0.5, "max_drawdown": 0.1},
+    }
+    assert verdict({"sharpe": 1.5, "max_drawdown": 0.1}, baselines) == "wins"
+    assert verdict({"sharpe": 1.5, "max_drawdown": 0.3}, baselines) == "loses to drawdown"
+    assert verdict({"sharpe": 0.7, "max_drawdown": 0.1}, baselines) == "loses to buy_and_hold"
