@@ -49,6 +49,15 @@ MARKETS = [str(m) for m in (TRAINING.markets or SETTINGS.markets[:1])]
         ),
         "dqn_steps": Param(TRAINING.dqn_steps, type="integer", minimum=1),
         "a2c_steps": Param(TRAINING.a2c_steps, type="integer", minimum=1),
+        "decision_every": Param(
+            TRAINING.decision_every,
+            type="integer",
+            minimum=1,
+            description="candles between decisions",
+        ),
+        "episode_length": Param(
+            TRAINING.episode_length, type="integer", minimum=2, description="decisions per episode"
+        ),
         "seed": Param(TRAINING.seed, type="integer", minimum=0),
         "shorting": Param(TRAINING.shorting, type="boolean"),
     },
@@ -81,6 +90,8 @@ def train() -> None:
                 "algorithm": algorithm,
                 "changes": {
                     "steps": params[f"{algorithm}_steps"],
+                    "decision_every": params["decision_every"],
+                    "episode_length": params["episode_length"],
                     "seed": params["seed"],
                     "shorting": params["shorting"],
                 },

@@ -104,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, help="environment steps (default per algorithm)")
     train.add_argument("--envs", type=int, help="parallel episodes (default per algorithm)")
     train.add_argument("--episode-length", type=int, help="decisions per episode")
+    train.add_argument(
+        "--decision-every", type=int, help="candles between decisions (default 24: daily)"
+    )
     train.add_argument("--seed", type=int, help="seed of weights, exploration and episodes")
     train.add_argument("--shorting", action="store_true", help="allow short positions")
     train.add_argument(
@@ -296,10 +299,12 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _train_fold(settings, engine, market, train, valid, args) -> dict:  # type: ignore[no-untyped-def]
+    from pipeline.features import FeatureSpec
     from pipeline.training import TrainRequest, evaluate_run, snapshot_window, train_candidate
     from pipeline.training_runs import get_run
 
-    snapshot = snapshot_window(settings, engine, market, train, valid)
+    spec = FeatureSpec(features=settings.training.features)
+    snapshot = snapshot_window(settings, engine, market, train, valid, spec)
     print(f"\n{market}: training {train}, validation {valid}")
     evaluations = {}
     for algorithm in args.algo or list(settings.training.algorithms):
@@ -312,6 +317,7 @@ def _train_fold(settings, engine, market, train, valid, args) -> dict:  # type: 
             steps=args.steps,
             num_envs=args.envs,
             episode_length=args.episode_length,
+            decision_every=args.decision_every,
             seed=args.seed,
             shorting=args.shorting or None,
         )

@@ -18,8 +18,10 @@ Features need candles on a regular time grid: `fill_gaps` puts a market's candle
 on it first (a missing candle becomes a flat, zero-volume candle at the previous
 close). Definitions, with log returns r_t = log(close_t / close_{t-1}):
 
-- `ret_h` (h = 1, 4, 12, 24, 48): log(close_t / close_{t-h}).
-- `vol_24`: population standard deviation of r over the last 24 candles.
+- `ret_h` (h = 1, 4, 12, 24, 48, 168, 720): log(close_t / close_{t-h}).
+- `vol_w` (w = 24, 168): population standard deviation of r over the last w candles.
+- `trend_w` (w = 168, 720): log close_t minus the mean log close of the last w candles.
+- `drawdown_720`: log close_t minus the highest log close of the last 720 candles.
 - `range_1`: log(high_t / low_t); `range_24`: its mean over the last 24 candles.
 - `close_pos`: (close - low) / (high - low) clipped to [0, 1]; 0.5 when high == low.
 - `volume_z_24`: z-score (population std, floored) of log1p(volume_t / m) among
@@ -243,6 +245,22 @@ def _rsi(width: int) -> Callable[[Candles], np.ndarray]:
     return compute
 
 
+def _trend(width: int) -> Callable[[Candles], np.ndarray]:
+    def compute(candles: Candles) -> np.ndarray:
+        log_close = np.log(candles.close)
+        return log_close - _rolling(log_close, width).mean(axis=1)
+
+    return compute
+
+
+def _drawdown(width: int) -> Callable[[Candles], np.ndarray]:
+    def compute(candles: Candles) -> np.ndarray:
+        log_close = np.log(candles.close)
+        return log_close - _rolling(log_close, width).max(axis=1)
+
+    return compute
+
+
 def _cycle(
     period_ms: int, offset_ms: int, trig: Callable[[np.ndarray], np.ndarray]
 ) -> Callable[[Candles], np.ndarray]:
@@ -260,8 +278,12 @@ class _Definition:
 
 
 _DEFINITIONS: dict[str, _Definition] = {
-    **{f"ret_{h}": _Definition(h, _log_return(h)) for h in (1, 4, 12, 24, 48)},
+    **{f"ret_{h}": _Definition(h, _log_return(h)) for h in (1, 4, 12, 24, 48, 168, 720)},
     "vol_24": _Definition(24, _volatility(24)),
+    "vol_168": _Definition(168, _volatility(168)),
+    "trend_168": _Definition(167, _trend(168)),
+    "trend_720": _Definition(719, _trend(720)),
+    "drawdown_720": _Definition(719, _drawdown(720)),
     "range_1": _Definition(0, _range),
     "range_24": _Definition(23, _mean_range(24)),
     "close_pos": _Definition(0, _close_position),

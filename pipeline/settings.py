@@ -228,6 +228,27 @@ class AirflowSettings(BaseModel):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+TRAINING_FEATURES = (
+    "ret_1",
+    "ret_4",
+    "ret_12",
+    "ret_24",
+    "ret_48",
+    "ret_168",
+    "ret_720",
+    "vol_24",
+    "vol_168",
+    "trend_168",
+    "trend_720",
+    "drawdown_720",
+    "range_1",
+    "range_24",
+    "close_pos",
+    "volume_z_24",
+    "rsi_14",
+)
+
+
 class TrainingSettings(BaseModel):
     """What the nightly retraining does by default (the train DAG's params start here)."""
 
@@ -241,11 +262,20 @@ class TrainingSettings(BaseModel):
     )
     train_days: int = Field(default=730, ge=7, description="training window length")
     valid_days: int = Field(default=90, ge=2, description="validation window after it")
-    dqn_steps: int = Field(default=300_000, ge=1, description="DQN environment steps")
-    a2c_steps: int = Field(default=5_000_000, ge=1, description="A2C environment steps")
+    features: tuple[str, ...] = Field(
+        default=TRAINING_FEATURES, description="FeatureSpec feature names the agents observe"
+    )
+    decision_every: int = Field(
+        default=24,
+        ge=1,
+        description="candles between decisions (24 x 1h = daily, at 00:00 UTC); "
+        "fewer, slower decisions trade less noise",
+    )
+    dqn_steps: int = Field(default=100_000, ge=1, description="DQN environment steps")
+    a2c_steps: int = Field(default=2_000_000, ge=1, description="A2C environment steps")
     dqn_envs: int = Field(default=8, ge=1, description="parallel episodes for DQN")
-    a2c_envs: int = Field(default=1024, ge=1, description="parallel episodes for A2C")
-    episode_length: int = Field(default=168, ge=2, description="decisions per episode")
+    a2c_envs: int = Field(default=256, ge=1, description="parallel episodes for A2C")
+    episode_length: int = Field(default=60, ge=2, description="decisions per episode")
     shorting: bool = Field(default=False, description="allow short positions (action -1)")
     fee_bps: float = Field(default=10.0, ge=0, description="taker fee, basis points")
     slippage_bps: float = Field(default=5.0, ge=0, description="slippage, basis points")

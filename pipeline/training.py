@@ -86,7 +86,9 @@ class TrainRequest:
     valid: Window
     steps: int
     num_envs: int
-    episode_length: int = 168
+    episode_length: int = 60
+    decision_every: int = 1
+    features: tuple[str, ...] = DEFAULT_SPEC.features
     shorting: bool = False
     fee_bps: float = 10.0
     slippage_bps: float = 5.0
@@ -120,6 +122,8 @@ class TrainRequest:
             "steps": t.dqn_steps if algorithm == "dqn" else t.a2c_steps,
             "num_envs": t.dqn_envs if algorithm == "dqn" else t.a2c_envs,
             "episode_length": t.episode_length,
+            "decision_every": t.decision_every,
+            "features": t.features,
             "shorting": t.shorting,
             "fee_bps": t.fee_bps,
             "slippage_bps": t.slippage_bps,
@@ -127,6 +131,11 @@ class TrainRequest:
         }
         chosen = {**defaults, **{k: v for k, v in changes.items() if v is not None}}
         return cls(algorithm=algorithm, market=market, train=train, valid=valid, **chosen)
+
+    @property
+    def spec(self) -> FeatureSpec:
+        """The (unfitted) feature spec of this request."""
+        return FeatureSpec(features=tuple(self.features))
 
     @property
     def action_map(self) -> tuple[float, ...]:
@@ -176,7 +185,8 @@ def snapshot_window(
     valid: Window,
     spec: FeatureSpec = DEFAULT_SPEC,
 ) -> Path:
-    """Write the candles both windows need (plus the feature look-back) to a file."""
+    """Write the candles both windows need to a file: from `spec.window - 1` candles
+    before the training window (the features' look-back) to the validation end."""
     tf_ms = market.timeframe_ms
     start = train.start - (spec.window - 1) * tf_ms
     candles = load_candles(engine, market, start, valid.end)
@@ -188,7 +198,7 @@ def snapshot_window(
         raise DataValidationError(
             f"no stored candles of {market} in {Window(start, valid.end)}: {hint}"
         )
-    if candles.ts[0] > start + spec.window * tf_ms or candles.ts[-1] < valid.end - 2 * tf_ms:
+    if candles.ts[0] > start or candles.ts[-1] < valid.end - 2 * tf_ms:
         raise DataValidationError(
             f"stored candles of {market} cover only [{_iso(int(candles.ts[0]))}, "
             f"{_iso(int(candles.ts[-1]) + tf_ms)}) of the needed {Window(start, valid.end)}: {hint}"
@@ -247,7 +257,11 @@ def load_snapshot(path: Path | str) -> Snapshot:
 
 @dataclass(frozen=True)
 class Prepared:
-    """Features and price arrays of both windows, normalization fitted on training."""
+    """Features and price arrays of both windows, normalization fitted on training.
+
+    Decisions fall every `decision_every` candles; the validation arrays hold one row
+    per decision plus the candle that closes the last step.
+    """
 
     spec: FeatureSpec
     train: Any
@@ -255,35 +269,57 @@ class Prepared:
     valid_ts: np.ndarray
     valid_open: np.ndarray
     valid_close: np.ndarray
+    decision_every: int = 1
 
 
-def prepare(snapshot: Snapshot, spec: FeatureSpec = DEFAULT_SPEC) -> Prepared:
-    """Compute features once, slice both windows, fit normalization on the training one."""
+def decision_steps(
+    candles: Candles, features: np.ndarray, window: Window, timeframe_ms: int, every: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ts, open, close, features) of the decision candles of `window`, as one step each.
+
+    A decision is taken at the close of every candle whose close time is a multiple of
+    `every` candles since the epoch (1h x 24: daily at 00:00 UTC), so training,
+    evaluation and serving decide at the same moments. The open of step i is the open
+    of the candle after decision i-1 (the fill of the previous decision) and its close
+    the close at decision i: the backtest's fill-at-next-open rule, on coarser steps.
+    """
+    inside = np.flatnonzero((candles.ts >= window.start) & (candles.ts < window.end))
+    closes_at = candles.ts[inside] // timeframe_ms + 1
+    rows = inside[closes_at % every == 0]
+    if len(rows) < 2:
+        raise DataValidationError(
+            f"window {window} holds {len(rows)} decision candles (one every {every}): "
+            "widen the window or decide more often"
+        )
+    opens = np.r_[candles.open[rows[0]], candles.open[rows[:-1] + 1]]
+    return candles.ts[rows], opens, candles.close[rows], features[rows]
+
+
+def prepare(
+    snapshot: Snapshot, spec: FeatureSpec = DEFAULT_SPEC, decision_every: int = 1
+) -> Prepared:
+    """Compute features once, cut both windows into decision steps, fit normalization on
+    the training window's candles."""
     from pipeline.rl.env import MarketArrays
 
-    candles = snapshot.candles
+    candles, tf_ms = snapshot.candles, snapshot.market.timeframe_ms
     matrix = compute_features(candles, spec)
     train_rows = (candles.ts >= snapshot.train.start) & (candles.ts < snapshot.train.end)
-    valid_rows = (candles.ts >= snapshot.valid.start) & (candles.ts < snapshot.valid.end)
-    if train_rows.sum() < 2 or valid_rows.sum() < 2:
-        raise DataValidationError(
-            f"snapshot of {snapshot.market} has {int(train_rows.sum())} training and "
-            f"{int(valid_rows.sum())} validation candles: both windows need candles"
-        )
     fitted = fit_normalization(spec, matrix[train_rows])
     train = MarketArrays.from_candles(
-        candles.ts[train_rows],
-        candles.open[train_rows],
-        candles.close[train_rows],
-        matrix[train_rows],
+        *decision_steps(candles, matrix, snapshot.train, tf_ms, decision_every)
+    )
+    ts, opens, closes, features = decision_steps(
+        candles, matrix, snapshot.valid, tf_ms, decision_every
     )
     return Prepared(
         spec=fitted,
         train=train,
-        valid_features=matrix[valid_rows][:-1],
-        valid_ts=candles.ts[valid_rows],
-        valid_open=candles.open[valid_rows],
-        valid_close=candles.close[valid_rows],
+        valid_features=features[:-1],
+        valid_ts=ts,
+        valid_open=opens,
+        valid_close=closes,
+        decision_every=decision_every,
     )
 
 
@@ -328,7 +364,7 @@ def train_candidate(
         )
     run_id = run_id or new_run_id(request.algorithm, request.market, orchestrator_run)
     directory = run_dir(settings, run_id)
-    prepared = prepare(snapshot)
+    prepared = prepare(snapshot, request.spec, request.decision_every)
     env_config = EnvConfig(
         num_envs=request.num_envs,
         episode_length=request.episode_length,
@@ -350,6 +386,7 @@ def train_candidate(
         "algorithm": request.algorithm,
         "config": dataclasses.asdict(config),
         "env": dataclasses.asdict(env_config),
+        "decision_every": request.decision_every,
     }
     start_run(
         engine,
@@ -438,8 +475,9 @@ def evaluate_run(settings: Settings, engine: Engine, run_id: str) -> Evaluation:
     artifacts = dict(run["artifacts"])
     snapshot = load_snapshot(artifacts["snapshot"])
     spec = FeatureSpec.from_dict(run["feature_spec"])
+    every = int(run["params"].get("decision_every", 1))
     prepared = prepare(
-        snapshot, FeatureSpec(name=spec.name, version=spec.version, features=spec.features)
+        snapshot, FeatureSpec(name=spec.name, version=spec.version, features=spec.features), every
     )
     model = keras.models.load_model(artifacts["model"], compile=False)
     env = run["params"]["env"]
@@ -454,7 +492,7 @@ def evaluate_run(settings: Settings, engine: Engine, run_id: str) -> Evaluation:
         prepared.valid_open,
         prepared.valid_close,
         tuple(run["action_map"]),
-        snapshot.market.timeframe_ms,
+        snapshot.market.timeframe_ms * every,
         CostModel(fee_bps=env["fee_bps"], slippage_bps=env["slippage_bps"]),
     )
     directory = Path(artifacts["run_dir"])
@@ -536,7 +574,8 @@ def snapshot_job(
 
     parsed = Market.model_validate(market)
     train, valid = windows_before(end_ms, train_days, valid_days, parsed.timeframe_ms)
-    path = snapshot_window(settings, create_engine(settings.db_url), parsed, train, valid)
+    spec = FeatureSpec(features=settings.training.features)
+    path = snapshot_window(settings, create_engine(settings.db_url), parsed, train, valid, spec)
     return {
         "market": str(parsed),
         "snapshot": str(path),

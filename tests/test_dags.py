@@ -214,7 +214,7 @@ def test_train_dag_snapshots_trains_evaluates_and_selects(
     engine = fresh_pg()
     btc = Market.model_validate("binance:BTC/USDT:1h")
     with simulator() as sim:
-        backfill(exchange_client(sim.url), engine, btc, ms("2019-10-20"), ms("2020-01-01"))
+        backfill(exchange_client(sim.url), engine, btc, ms("2019-10-01"), ms("2020-01-01"))
     env = airflow_env | {
         "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
         "CRYPTOBOTS_VAR_DIR": str(Path(airflow_env["AIRFLOW_HOME"]) / "var"),
@@ -227,6 +227,7 @@ def test_train_dag_snapshots_trains_evaluates_and_selects(
         run = dag.test(run_conf={
             "markets": ["binance:BTC/USDT:1h"], "valid_end": "2020-01-01",
             "train_days": 30, "valid_days": 14, "dqn_steps": 2000, "a2c_steps": 20000,
+            "episode_length": 10,
         })
         select = [ti for ti in run.get_task_instances() if ti.task_id == "select"][0]
         print(json.dumps({

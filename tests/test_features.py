@@ -463,3 +463,31 @@ def test_context_without_a_candle_at_an_open_time_is_refused(real: Candles, eth:
     holed = Candles(*(np.delete(getattr(eth, name), 100) for name in ("ts", *PRICES, "volume")))
     with pytest.raises(DataValidationError, match=f"first {eth.ts[100]}"):
         compute_features(real, ETH_SPEC, context={"ETH/USDT": holed})
+
+
+ALL = FeatureSpec(features=KNOWN_FEATURES)
+
+
+def test_every_known_feature_serves_the_training_row_of_its_window(real: Candles) -> None:
+    matrix = compute_features(real, ALL)
+    for t in range(ALL.window - 1, len(real), 97):
+        served = latest_features(real.slice(t - ALL.window + 1, t + 1), ALL)
+        np.testing.assert_allclose(served, matrix[t], rtol=1e-10, atol=1e-12)
+
+
+@FAST
+@given(cut=st.integers(min_value=1, max_value=REAL_ROWS))
+def test_no_known_feature_looks_ahead(real: Candles, cut: int) -> None:
+    full = compute_features(real, ALL)
+    np.testing.assert_array_equal(compute_features(real.slice(0, cut), ALL), full[:cut])
+
+
+def test_long_horizon_features_by_hand() -> None:
+    n = 800
+    close = np.exp(0.001 * np.arange(n))
+    candles = Candles(
+        np.arange(n, dtype=np.int64) * 3_600_000, close, close, close, close, np.ones(n)
+    )
+    spec = FeatureSpec(features=("ret_720", "trend_168", "drawdown_720", "vol_168"))
+    row = compute_features(candles, spec)[-1]
+    np.testing.assert_allclose(row, [0.72, 0.001 * 83.5, 0.0, 0.0], atol=1e-12)

@@ -19,11 +19,12 @@ from pipeline.backfill import backfill
 from pipeline.db.engine import create_engine
 from pipeline.db.migrate import upgrade
 from pipeline.errors import ConfigurationError, DataValidationError
-from pipeline.features import compute_features
+from pipeline.features import Candles, compute_features
 from pipeline.settings import Market, Settings
 from pipeline.training import (
     TrainRequest,
     Window,
+    decision_steps,
     evaluate_run,
     load_snapshot,
     prepare,
@@ -57,7 +58,7 @@ def engine(pg_url: str, data_dir: Path) -> Iterator[Engine]:
     engine = create_engine(pg_url)
     upgrade(engine)
     with running(SimulatorConfig(data_dir=data_dir)) as sim:
-        backfill(exchange_client(sim.url), engine, BTC, ms("2019-09-20"), ms("2020-01-01"))
+        backfill(exchange_client(sim.url), engine, BTC, ms("2019-08-25"), ms("2020-01-01"))
     yield engine
     engine.dispose()
 
@@ -158,6 +159,7 @@ def test_train_command_prints_metrics_beside_the_baselines_and_saves_the_plot(
     command = [sys.executable, "-m", "pipeline", "train", "--market", str(BTC)]
     command += ["--train-start", "2019-10-01", "--train-end", "2019-12-01"]
     command += ["--valid-end", "2020-01-01", "--steps", "20000", "--envs", "16", "--quiet"]
+    command += ["--episode-length", "20"]
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("policy", "buy_and_hold", "flat", "momentum", "best by validation Sharpe"):
@@ -195,3 +197,17 @@ def test_verdict_wins_only_above_every_baseline_without_a_deeper_drawdown() -> N
     assert verdict({"sharpe": 1.5, "max_drawdown": 0.1}, baselines) == "wins"
     assert verdict({"sharpe": 1.5, "max_drawdown": 0.3}, baselines) == "loses to drawdown"
     assert verdict({"sharpe": 0.7, "max_drawdown": 0.1}, baselines) == "loses to buy_and_hold"
+
+
+def test_daily_decisions_fall_at_midnight_and_fill_at_the_next_open() -> None:
+    hours = 24 * 4
+    ts = ms("2020-01-01") + np.arange(hours, dtype=np.int64) * 3_600_000
+    price = 100.0 + np.arange(hours)
+    candles = Candles(ts, price, price + 1, price - 1, price + 0.5, np.ones(hours))
+    features = np.arange(hours, dtype=float)[:, None]
+    window = Window(ms("2020-01-01"), ms("2020-01-05"))
+    step_ts, opens, closes, rows = decision_steps(candles, features, window, 3_600_000, 24)
+    assert [datetime.fromtimestamp(t / 1000, UTC).hour for t in step_ts] == [23] * 4
+    np.testing.assert_array_equal(rows[:, 0], [23, 47, 71, 95])
+    np.testing.assert_array_equal(closes, price[[23, 47, 71, 95]] + 0.5)
+    np.testing.assert_array_equal(opens[1:], price[[24, 48, 72]])

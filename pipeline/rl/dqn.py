@@ -39,8 +39,8 @@ class DQNConfig:
     """Replay capacity in transitions (rounded down to a multiple of num_envs)."""
     batch_size: int = 64
     """Transitions per gradient update."""
-    gamma: float = 0.99
-    """Discount per step."""
+    gamma: float = 0.95
+    """Discount per decision (0.95: a horizon of about 20 decisions)."""
     n_step: int = 3
     """Rewards summed before bootstrapping."""
     updates_per_step: float = 0.25
