@@ -13,7 +13,6 @@ runs a whole chunk of updates.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import tensorflow as tf
 
 from pipeline.rl.env import EnvState, TradingEnv
 from pipeline.rl.networks import actor_critic_network, policy_of
-from pipeline.rl.runtime import TrainResult, run_chunks, training_device, uses_gpu
+from pipeline.rl.runtime import TrainResult, train_agent, training_device, uses_gpu
 
 
 @dataclass(frozen=True)
@@ -271,35 +270,17 @@ def train(
     """Train (or resume) an A2C agent in `run_dir`; returns its greedy policy (logits)."""
     device = training_device(require_gpu)
     agent = A2CAgent(config, env, mean, std, mixed_precision=uses_gpu(device))
-    per_update = config.n_steps * env.num_envs
-    total = max(config.total_steps // per_update, 1)
-    chunk = max(config.chunk_steps // per_update, 1)
-    advance = tf.function(agent.learn, jit_compile=config.jit_compile)
-    params = {
-        "algorithm": "a2c",
-        **dataclasses.asdict(config),
-        "env": dataclasses.asdict(env.config),
-        "device": device,
-    }
-    history, seconds = run_chunks(
-        total=total,
-        chunk=chunk,
-        advance=advance,
+    return train_agent(
+        "a2c",
+        config,
+        env,
+        agent,
+        step=agent.learn,
         done=agent.updates,
-        checkpoint=agent.checkpoint(),
+        per_iteration=config.n_steps * env.num_envs,
+        model=policy_of(agent.model),
+        device=device,
         run_dir=run_dir,
-        params=params,
-        unit_steps=per_update,
         progress=progress,
         on_chunk=on_chunk,
-    )
-    return TrainResult(
-        algorithm="a2c",
-        model=policy_of(agent.model),
-        env_steps=int(agent.env_steps.numpy()),
-        updates=int(agent.updates.numpy()),
-        device=device,
-        seconds=seconds,
-        params=params,
-        history=history,
     )

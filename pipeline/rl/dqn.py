@@ -13,18 +13,16 @@ does not. One compiled call runs a whole chunk of environment steps and updates.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from pipeline.rl.env import EnvState, TradingEnv
 from pipeline.rl.networks import q_network
-from pipeline.rl.runtime import TrainResult, run_chunks, training_device, uses_gpu
+from pipeline.rl.runtime import TrainResult, train_agent, training_device, uses_gpu
 
 
 @dataclass(frozen=True)
@@ -289,44 +287,17 @@ def train(
     """Train (or resume) a DQN agent in `run_dir`; returns its greedy Q network."""
     device = training_device(require_gpu)
     agent = DQNAgent(config, env, mean, std, mixed_precision=uses_gpu(device))
-    per_iteration = env.num_envs
-    total = max(config.total_steps // per_iteration, 1)
-    chunk = max(config.chunk_steps // per_iteration, 1)
-    advance = tf.function(agent.collect_and_learn, jit_compile=config.jit_compile)
-    params = {
-        "algorithm": "dqn",
-        **dataclasses.asdict(config),
-        "env": dataclasses.asdict(env.config),
-        "device": device,
-    }
-    history, seconds = run_chunks(
-        total=total,
-        chunk=chunk,
-        advance=advance,
+    return train_agent(
+        "dqn",
+        config,
+        env,
+        agent,
+        step=agent.collect_and_learn,
         done=agent.iterations,
-        checkpoint=agent.checkpoint(),
+        per_iteration=env.num_envs,
+        model=agent.q,
+        device=device,
         run_dir=run_dir,
-        params=params,
-        unit_steps=per_iteration,
         progress=progress,
         on_chunk=on_chunk,
     )
-    return TrainResult(
-        algorithm="dqn",
-        model=agent.q,
-        env_steps=int(agent.env_steps.numpy()),
-        updates=int(agent.updates.numpy()),
-        device=device,
-        seconds=seconds,
-        params=params,
-        history=history,
-    )
-
-
-def greedy_scores(model: keras.Model) -> Any:
-    """A numpy policy for backtests: obs batch -> Q values."""
-
-    def scores(obs: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict_on_batch(np.asarray(obs, np.float32)))
-
-    return scores

@@ -112,6 +112,15 @@ class MarketArrays:
         return len(self.ts)
 
 
+def _check_fits(data: MarketArrays, config: EnvConfig) -> None:
+    if len(data) < config.episode_length + 1:
+        raise DataValidationError(
+            f"the window has {len(data)} decision candles but an episode needs "
+            f"{config.episode_length + 1}: widen the window, decide more often or shorten "
+            "episode_length"
+        )
+
+
 @dataclass(frozen=True)
 class Spec:
     """Shape, dtype and bounds of an observation or action (TF-Agents style)."""
@@ -146,11 +155,7 @@ class TradingEnv:
     """N parallel trading episodes over one market window, stepped as tensors."""
 
     def __init__(self, data: MarketArrays, config: EnvConfig = EnvConfig()) -> None:
-        if len(data) < config.episode_length + 1:
-            raise DataValidationError(
-                f"the window has {len(data)} decision candles but an episode needs "
-                f"{config.episode_length + 1}: widen the window or shorten episode_length"
-            )
+        _check_fits(data, config)
         self.config = config
         self.data = data
         self.features = tf.constant(data.features)
@@ -278,11 +283,7 @@ class TradingGymEnv(gym.Env):
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
 
     def __init__(self, data: MarketArrays, config: EnvConfig = EnvConfig()) -> None:
-        if len(data) < config.episode_length + 1:
-            raise DataValidationError(
-                f"the window has {len(data)} decision candles but an episode needs "
-                f"{config.episode_length + 1}"
-            )
+        _check_fits(data, config)
         self.data = data
         self.config = config
         self.positions = np.asarray(config.action_map, dtype=np.float32)

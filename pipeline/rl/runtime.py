@@ -10,6 +10,7 @@ and ends with exactly the weights of an uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -116,3 +117,53 @@ def run_chunks(
         bar.close()
         writer.flush()
     return history, time.perf_counter() - started
+
+
+def train_agent(
+    algorithm: str,
+    config: Any,
+    env: Any,
+    agent: Any,
+    *,
+    step: Callable[[tf.Tensor], Mapping[str, tf.Tensor]],
+    done: tf.Variable,
+    per_iteration: int,
+    model: Any,
+    device: str,
+    run_dir: Path,
+    progress: bool = False,
+    on_chunk: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Run `step` (one compiled call per chunk) until `config.total_steps` env steps.
+
+    `done` counts iterations of `per_iteration` environment steps; the agent exposes
+    `env_steps` and `updates` counters; `model` is the greedy policy network returned.
+    """
+    params = {
+        "algorithm": algorithm,
+        **dataclasses.asdict(config),
+        "env": dataclasses.asdict(env.config),
+        "device": device,
+    }
+    history, seconds = run_chunks(
+        total=max(config.total_steps // per_iteration, 1),
+        chunk=max(config.chunk_steps // per_iteration, 1),
+        advance=tf.function(step, jit_compile=config.jit_compile),
+        done=done,
+        checkpoint=agent.checkpoint(),
+        run_dir=run_dir,
+        params=params,
+        unit_steps=per_iteration,
+        progress=progress,
+        on_chunk=on_chunk,
+    )
+    return TrainResult(
+        algorithm=algorithm,
+        model=model,
+        env_steps=int(agent.env_steps.numpy()),
+        updates=int(agent.updates.numpy()),
+        device=device,
+        seconds=seconds,
+        params=params,
+        history=history,
+    )
