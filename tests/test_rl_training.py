@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from pipeline.errors import ConfigurationError
 from pipeline.evaluate import evaluate_policy
@@ -170,3 +171,26 @@ def test_mixed_precision_path_trains(tmp_path: Path) -> None:
 def test_training_that_requires_a_gpu_refuses_to_run_on_cpu() -> None:
     with pytest.raises(ConfigurationError, match="require_gpu"):
         training_device(require_gpu=True)
+
+
+def test_gae_bootstraps_a_truncated_step_from_its_final_value_not_the_next_episode() -> None:
+    train, _ = split(planted(600), 500)
+    env = TradingEnv(train, EnvConfig(num_envs=1, episode_length=2))
+    agent = actor_critic.A2CAgent(small_a2c(n_steps=2, gamma=0.5, gae_lambda=0.5), env, MEAN, STD)
+    advantages = agent.advantages(
+        values=tf.constant([[0.0], [0.0]]),
+        rewards=tf.constant([[1.0], [1.0]]),
+        ended=tf.constant([[0.0], [1.0]]),
+        terminated=tf.constant([[0.0], [0.0]]),
+        final_values=tf.constant([[10.0], [10.0]]),
+        last_value=tf.constant([5.0]),
+    ).numpy()[:, 0]
+    last = 1.0 + 0.5 * 10.0
+    np.testing.assert_allclose(advantages, [1.0 + 0.25 * last, last])
+
+
+def test_rollouts_longer_than_an_episode_are_refused() -> None:
+    train, _ = split(planted(600), 500)
+    env = TradingEnv(train, EnvConfig(num_envs=1, episode_length=4))
+    with pytest.raises(ValueError, match="at most once per rollout"):
+        actor_critic.A2CAgent(small_a2c(n_steps=8), env, MEAN, STD)

@@ -86,6 +86,13 @@ class A2CAgent:
             seed=config.seed,
             mixed_precision=mixed_precision,
         )
+        if config.n_steps > env.config.episode_length:
+            raise ValueError(
+                f"n_steps {config.n_steps} exceeds the episode length "
+                f"{env.config.episode_length}: an episode may end at most once per rollout"
+            )
+        self.policy = policy_of(self.model)
+        self.critic = keras.Model(self.model.inputs[0], self.model.outputs[1], name="critic")
         optimizer = keras.optimizers.Adam(
             config.learning_rate, global_clipnorm=config.max_grad_norm
         )
@@ -118,20 +125,22 @@ class A2CAgent:
         return tf.argmax(logits - tf.math.log(-tf.math.log(uniform)), axis=1, output_type=tf.int32)
 
     def rollout(self) -> tuple[tf.Tensor, ...]:
-        """n_steps of every episode: obs, actions, rewards, ended/terminated flags, final obs."""
+        """n_steps of every episode: obs, actions, rewards, ended/terminated flags, and per
+        episode the observation its truncated step would have continued from (an episode
+        ends at most once per rollout, so one row per episode holds it)."""
         n = self.config.n_steps
         obs_ta = tf.TensorArray(tf.float32, size=n)
         action_ta = tf.TensorArray(tf.int32, size=n)
         reward_ta = tf.TensorArray(tf.float32, size=n)
         ended_ta = tf.TensorArray(tf.float32, size=n)
         terminated_ta = tf.TensorArray(tf.float32, size=n)
-        final_ta = tf.TensorArray(tf.float32, size=n)
         return_sum = tf.constant(0.0)
         return_count = tf.constant(0.0)
         state = EnvState(*(v.value() for v in self.state))
         obs = self.obs.value()
+        truncated_obs = obs
         for t in tf.range(n):
-            logits, _ = self.model(obs)
+            logits = self.policy(obs)
             action = self.sample_actions(tf.cast(logits, tf.float32))
             out = self.env.step(state, action, self.rng)
             ended = tf.cast(out.terminated | out.truncated, tf.float32)
@@ -142,7 +151,7 @@ class A2CAgent:
             reward_ta = reward_ta.write(t, out.reward)
             ended_ta = ended_ta.write(t, ended)
             terminated_ta = terminated_ta.write(t, tf.cast(out.terminated, tf.float32))
-            final_ta = final_ta.write(t, out.final_obs)
+            truncated_obs = tf.where(out.truncated[:, None], out.final_obs, truncated_obs)
             state, obs = out.state, out.obs
         for var, value in zip(self.state, state, strict=True):
             var.assign(value)
@@ -154,7 +163,7 @@ class A2CAgent:
             reward_ta.stack(),
             ended_ta.stack(),
             terminated_ta.stack(),
-            final_ta.stack(),
+            truncated_obs,
             obs,
             return_sum,
             return_count,
@@ -187,12 +196,13 @@ class A2CAgent:
     def update(self) -> dict[str, tf.Tensor]:
         """One rollout and one gradient step."""
         c = self.config
-        (obs, actions, rewards, ended, terminated, final_obs, last_obs, ret_sum, ret_n) = (
+        (obs, actions, rewards, ended, terminated, truncated_obs, last_obs, ret_sum, ret_n) = (
             self.rollout()
         )
         n, envs, dim = c.n_steps, self.env.num_envs, self.env.observation_spec.shape[0]
-        _, final_values = self.model(tf.reshape(final_obs, [n * envs, dim]))
-        _, last_value = self.model(last_obs)
+        bootstrap = tf.cast(self.critic(tf.concat([truncated_obs, last_obs], axis=0)), tf.float32)
+        final_values = tf.broadcast_to(bootstrap[None, :envs], [n, envs])
+        last_value = bootstrap[envs:]
         flat_obs = tf.reshape(obs, [n * envs, dim])
         flat_actions = tf.reshape(actions, [n * envs])
         variables = self.model.trainable_variables
@@ -206,8 +216,8 @@ class A2CAgent:
                     rewards,
                     ended,
                     terminated,
-                    tf.reshape(tf.cast(final_values, tf.float32), [n, envs]),
-                    tf.cast(last_value, tf.float32),
+                    final_values,
+                    last_value,
                 )
             )
             returns = tf.reshape(advantages, [-1]) + tf.stop_gradient(values)
