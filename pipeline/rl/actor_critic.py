@@ -53,7 +53,7 @@ class A2CConfig:
     """One trunk for policy and value, or one each."""
     seed: int = 0
     """Seeds weights, actions and episode starts."""
-    chunk_steps: int = 200_000
+    chunk_steps: int = 1_000_000
     """Environment steps per compiled call, summary and checkpoint."""
     jit_compile: bool = True
     """Compile the chunk with XLA."""
