@@ -39,6 +39,7 @@ from pipeline.evaluate import (
     metrics_table,
     plot_equity,
 )
+from pipeline.export import Lineage, check_parity, export_onnx, parity_observations
 from pipeline.features import (
     Candles,
     FeatureSpec,
@@ -270,6 +271,9 @@ class Prepared:
     valid_open: np.ndarray
     valid_close: np.ndarray
     decision_every: int = 1
+    parity_features: np.ndarray | None = None
+    """Hourly feature rows for the ONNX parity check: the validation window's first,
+    then the training window's (so short windows still give enough)."""
 
 
 def decision_steps(
@@ -305,6 +309,7 @@ def prepare(
     candles, tf_ms = snapshot.candles, snapshot.market.timeframe_ms
     matrix = compute_features(candles, spec)
     train_rows = (candles.ts >= snapshot.train.start) & (candles.ts < snapshot.train.end)
+    valid_rows = (candles.ts >= snapshot.valid.start) & (candles.ts < snapshot.valid.end)
     fitted = fit_normalization(spec, matrix[train_rows])
     train = MarketArrays.from_candles(
         *decision_steps(candles, matrix, snapshot.train, tf_ms, decision_every)
@@ -320,6 +325,7 @@ def prepare(
         valid_open=opens,
         valid_close=closes,
         decision_every=decision_every,
+        parity_features=np.concatenate([matrix[valid_rows], matrix[train_rows]]),
     )
 
 
@@ -422,6 +428,28 @@ def train_candidate(
         model_path = directory / "model.keras"
         result.model.save(model_path)
         (directory / "feature_spec.json").write_text(prepared.spec.to_json() + "\n")
+        onnx_path = export_onnx(
+            result.model,
+            Lineage(
+                algorithm=request.algorithm,
+                feature_spec=prepared.spec,
+                action_map=request.action_map,
+                training_run=run_id,
+                data_window={
+                    "market": str(request.market),
+                    "train": [request.train.start, request.train.end],
+                    "valid": [request.valid.start, request.valid.end],
+                    "decision_every": request.decision_every,
+                },
+                code_version=code_version(),
+            ),
+            directory / "policy.onnx",
+        )
+        parity = check_parity(
+            result.model,
+            onnx_path,
+            parity_observations(prepared.parity_features, request.action_map),
+        )
     except BaseException as error:
         update_run(engine, run_id, "failed", error=f"{type(error).__name__}: {error}"[:4000])
         raise
@@ -438,9 +466,11 @@ def train_candidate(
             "run_dir": str(directory),
             "snapshot": str(snapshot_path),
             "model": str(model_path),
+            "onnx": str(onnx_path),
             "feature_spec": str(directory / "feature_spec.json"),
             "tensorboard": str(directory / "tensorboard"),
         },
+        metrics={"parity_max_abs_diff": parity.max_abs_diff, "parity_rows": parity.rows},
     )
     return run_id
 
@@ -464,8 +494,9 @@ class Evaluation:
 
 
 def evaluate_run(settings: Settings, engine: Engine, run_id: str) -> Evaluation:
-    """Backtest a trained run's greedy policy on its validation window; record the metrics."""
-    import keras
+    """Backtest a trained run's exported ONNX policy (the artifact that ships, run by ONNX
+    Runtime) on its validation window; record the metrics."""
+    import onnxruntime as ort
 
     run = get_run(engine, run_id)
     if run["status"] not in ("trained", "evaluated"):
@@ -479,11 +510,12 @@ def evaluate_run(settings: Settings, engine: Engine, run_id: str) -> Evaluation:
     prepared = prepare(
         snapshot, FeatureSpec(name=spec.name, version=spec.version, features=spec.features), every
     )
-    model = keras.models.load_model(artifacts["model"], compile=False)
+    session = ort.InferenceSession(artifacts["onnx"], providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
     env = run["params"]["env"]
 
     def policy(obs: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict_on_batch(np.asarray(obs, np.float32)))
+        return session.run(None, {input_name: np.asarray(obs, np.float32)})[0]
 
     backtests = evaluate_policy(
         policy,
@@ -508,7 +540,7 @@ def evaluate_run(settings: Settings, engine: Engine, run_id: str) -> Evaluation:
         engine,
         run_id,
         "evaluated",
-        metrics=backtests["policy"].metrics,
+        metrics={**(run["metrics"] or {}), **backtests["policy"].metrics},
         baselines={name: b.metrics for name, b in backtests.items() if name != "policy"},
         artifacts={
             **artifacts,

@@ -19,6 +19,7 @@ from pipeline.backfill import backfill
 from pipeline.db.engine import create_engine
 from pipeline.db.migrate import upgrade
 from pipeline.errors import ConfigurationError, DataValidationError
+from pipeline.export import read_lineage
 from pipeline.features import Candles, compute_features
 from pipeline.settings import Market, Settings
 from pipeline.training import (
@@ -122,7 +123,12 @@ def test_trained_and_evaluated_runs_record_their_lineage_and_metrics(
         assert run["device"] == "CPU"
         assert run["params"]["config"]["seed"] == 1
         assert run["feature_spec"]["mean"] is not None
-        assert run["metrics"] == pytest.approx(evaluation.metrics)
+        assert {k: run["metrics"][k] for k in evaluation.metrics} == pytest.approx(
+            evaluation.metrics
+        )
+        assert run["metrics"]["parity_max_abs_diff"] <= 1e-5
+        assert run["metrics"]["parity_rows"] >= 1000
+        assert read_lineage(run["artifacts"]["onnx"]).training_run == run_id
         assert set(run["baselines"]) == {"buy_and_hold", "flat", "momentum"}
         assert run["valid_start"].timestamp() * 1000 == VALID.start
         assert Path(run["artifacts"]["equity_plot"]).stat().st_size > 0
