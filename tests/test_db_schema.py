@@ -13,7 +13,15 @@ from pipeline.db.migrate import current_revision, downgrade, head_revision, upgr
 from pipeline.db.schema import metadata
 from pipeline.errors import ConfigurationError
 
-CONTRACT_TABLES = {"ohlcv", "ohlcv_quarantine", "ohlcv_gaps", "training_runs"}
+CONTRACT_TABLES = {
+    "ohlcv",
+    "ohlcv_quarantine",
+    "ohlcv_gaps",
+    "training_runs",
+    "model_versions",
+    "model_aliases",
+    "promotion_events",
+}
 
 
 def test_upgrade_creates_the_contract_tables(migrated_engine: Engine) -> None:

@@ -125,3 +125,58 @@ training_runs = sa.Table(
     sa.Index("ix_training_runs_market_started", "market", "started_at"),
     comment="one row per trained agent: lineage of every model",
 )
+
+model_versions = sa.Table(
+    "model_versions",
+    metadata,
+    sa.Column("name", sa.String(80), nullable=False, comment="model name (one per market)"),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("algorithm", sa.String(16), nullable=False),
+    sa.Column("artifact_uri", sa.Text, nullable=False, comment="content-addressed ONNX"),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("opset", sa.Integer, nullable=False),
+    sa.Column("feature_spec", sa.JSON, nullable=False),
+    sa.Column("action_map", sa.JSON, nullable=False),
+    sa.Column("metrics", sa.JSON, nullable=True),
+    sa.Column("training_run", sa.String(64), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False, comment="candidate or archived"),
+    sa.Column("created_at", Timestamp, nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("name", "version"),
+    comment="every registered ONNX policy",
+)
+
+model_aliases = sa.Table(
+    "model_aliases",
+    metadata,
+    sa.Column("name", sa.String(80), nullable=False),
+    sa.Column("alias", sa.String(32), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("generation", sa.Integer, nullable=False, comment="bumped by every move"),
+    sa.Column("updated_at", Timestamp, nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("name", "alias"),
+    sa.ForeignKeyConstraint(
+        ["name", "version"],
+        ["model_versions.name", "model_versions.version"],
+        name="fk_model_aliases_name_model_versions",
+    ),
+    comment="named pointers to versions; 'champion' is what serving trades",
+)
+
+promotion_events = sa.Table(
+    "promotion_events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(80), nullable=False),
+    sa.Column("alias", sa.String(32), nullable=False),
+    sa.Column("from_version", sa.Integer, nullable=True),
+    sa.Column("to_version", sa.Integer, nullable=False),
+    sa.Column("action", sa.String(16), nullable=False, comment="promote or rollback"),
+    sa.Column("who", sa.String(120), nullable=False),
+    sa.Column("at", Timestamp, nullable=False, server_default=sa.func.now()),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("gates", sa.JSON, nullable=True),
+    sa.Column("forced", sa.Boolean, nullable=False),
+    sa.Index("ix_promotion_events_name_at", "name", "at"),
+    comment="audit of every alias move",
+)
