@@ -119,6 +119,26 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
 
+    models = commands.add_parser("models", help="the model registry: list, show, promote, rollback")
+    models.add_argument(
+        "--name", help="model name (default: the first market's, e.g. binance-btc-usdt-1h)"
+    )
+    model_commands = models.add_subparsers(title="models commands")
+    listing = model_commands.add_parser("list", help="every version, newest first")
+    listing.set_defaults(handler=_models_list)
+    show_model = model_commands.add_parser("show", help="one version in full")
+    show_model.add_argument("version", type=int)
+    show_model.set_defaults(handler=_models_show)
+    promote = model_commands.add_parser("promote", help="gate a version and make it champion")
+    promote.add_argument("version", type=int)
+    promote.add_argument("--force", action="store_true", help="override failed gates")
+    promote.add_argument("--reason", help="why (required with --force)")
+    promote.add_argument("--end", help="end of the evaluation window (default: latest candle)")
+    promote.set_defaults(handler=_models_promote)
+    back = model_commands.add_parser("rollback", help="champion back to the previous one")
+    back.add_argument("--reason")
+    back.set_defaults(handler=_models_rollback)
+
     pools = commands.add_parser("airflow-pools", help="create the pool of each exchange in Airflow")
     pools.set_defaults(handler=_airflow_pools)
 
@@ -332,6 +352,114 @@ def _train_fold(settings, engine, market, train, valid, args) -> dict:  # type: 
         print(f"equity plot: {evaluation.plot}")
         evaluations[algorithm] = evaluation
     return evaluations
+
+
+def _model_name(settings: Settings, args: argparse.Namespace) -> str:
+    from pipeline.registry import model_name
+
+    return args.name or model_name(str(settings.markets[0]))
+
+
+def _who() -> str:
+    import getpass
+
+    try:
+        return f"{getpass.getuser()} (cli)"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _models_list(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.db.engine import create_engine
+    from pipeline.registry import list_versions
+    from pipeline.training import text_table
+
+    rows = []
+    for v in list_versions(create_engine(settings.db_url), args.name):
+        validation = (v["metrics"] or {}).get("validation", {})
+        rows.append(
+            [
+                v["name"],
+                str(v["version"]),
+                v["algorithm"],
+                v["status"],
+                ",".join(v["aliases"]) or "-",
+                f"{validation['sharpe']:.2f}" if "sharpe" in validation else "-",
+                f"{validation['max_drawdown']:.1%}" if "max_drawdown" in validation else "-",
+                v["training_run"] or "-",
+                f"{v['created_at']:%Y-%m-%d %H:%M}",
+            ]
+        )
+    header = [
+        "name",
+        "version",
+        "algo",
+        "status",
+        "aliases",
+        "val sharpe",
+        "val dd",
+        "run",
+        "created",
+    ]
+    print(text_table(header, rows) if rows else "no model versions registered yet")
+    return 0
+
+
+def _models_show(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.db.engine import create_engine
+    from pipeline.registry import get_version
+
+    row = get_version(create_engine(settings.db_url), _model_name(settings, args), args.version)
+    print(json.dumps(row, indent=2, default=str))
+    return 0
+
+
+def _models_promote(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.db.engine import create_engine
+    from pipeline.promotion import promote
+    from pipeline.registry import get_version
+    from pipeline.settings import Market
+
+    engine = create_engine(settings.db_url)
+    name = _model_name(settings, args)
+    get_version(engine, name, args.version)
+    market = Market.model_validate(_market_of(engine, name, args.version))
+    end = _optional_time("--end", args.end) or _latest_candle_end(engine, market)
+    event = promote(
+        settings,
+        engine,
+        name,
+        args.version,
+        who=_who(),
+        reason=args.reason,
+        force=args.force,
+        end_ms=end,
+    )
+    forced = " (FORCED)" if event["forced"] else ""
+    print(f"{name}: champion v{event['from_version'] or '-'} -> v{event['to_version']}{forced}")
+    for check, result in event["gates"]["checks"].items():
+        print(f"  {check:<20} {'pass' if result['passed'] else 'FAIL'}  {result}")
+    return 0
+
+
+def _market_of(engine, name: str, version: int) -> str:  # type: ignore[no-untyped-def]
+    import tempfile
+
+    from pipeline.registry import load_verified
+
+    with tempfile.TemporaryDirectory() as folder:
+        verified = load_verified(engine, name, version, Path(folder))
+    return str(verified.lineage.data_window["market"])
+
+
+def _models_rollback(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.db.engine import create_engine
+    from pipeline.registry import rollback
+
+    name = _model_name(settings, args)
+    event = rollback(create_engine(settings.db_url), name, who=_who(), reason=args.reason)
+    print(f"{name}: champion v{event['from_version']} -> v{event['to_version']} (rollback)")
+    return 0
 
 
 def _latest_candle_end(engine, market) -> int:  # type: ignore[no-untyped-def]

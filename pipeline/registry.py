@@ -370,6 +370,18 @@ def rollback(engine: Engine, name: str, *, who: str, reason: str | None = None) 
     )
 
 
+def set_metrics(engine: Engine, name: str, version: int, metrics: dict[str, Any]) -> None:
+    """Merge `metrics` into a version's recorded metrics."""
+    row = get_version(engine, name, version)
+    merged = {**(row["metrics"] or {}), **json.loads(json.dumps(metrics))}
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(model_versions)
+            .where(model_versions.c.name == name, model_versions.c.version == version)
+            .values(metrics=merged)
+        )
+
+
 def archive(engine: Engine, name: str, version: int) -> None:
     """Retire a version; the champion cannot be archived."""
     current = alias(engine, name)

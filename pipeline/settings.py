@@ -282,6 +282,22 @@ class TrainingSettings(BaseModel):
     seed: int = Field(default=0, ge=0, description="seed of weights, exploration, episodes")
 
 
+class PromotionSettings(BaseModel):
+    """The gates a candidate passes to become champion (unless forced with a reason)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    window_days: int = Field(
+        default=90, ge=2, description="the most recent window both models are re-evaluated on"
+    )
+    sharpe_margin: float = Field(
+        default=0.1, description="the candidate's Sharpe must beat the champion's by this"
+    )
+    max_drawdown: float = Field(
+        default=0.5, gt=0, le=1, description="the candidate's max drawdown must stay within this"
+    )
+
+
 def _default_exchanges() -> dict[str, ExchangeConfig]:
     # Offline default: the exchange simulator on loopback speaks Binance's API.
     return {"binance": ExchangeConfig(ccxt_id="binance", url="http://127.0.0.1:8900")}
@@ -325,6 +341,7 @@ class Settings(BaseSettings):
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    promotion: PromotionSettings = Field(default_factory=PromotionSettings)
     require_gpu: bool = Field(
         default=False, description="fail (doctor, training) instead of falling back to CPU"
     )

@@ -47,6 +47,7 @@ from pipeline.features import (
     fill_gaps,
     fit_normalization,
 )
+from pipeline.registry import model_name, register, set_metrics
 from pipeline.settings import PROJECT_ROOT, Market, Settings
 from pipeline.training_runs import get_run, ms_to_datetime, start_run, update_run
 
@@ -450,6 +451,15 @@ def train_candidate(
             onnx_path,
             parity_observations(prepared.parity_features, request.action_map),
         )
+        name = model_name(str(request.market))
+        version = register(
+            engine,
+            settings.artifact_root,
+            onnx_path,
+            name,
+            metrics={"parity_max_abs_diff": parity.max_abs_diff},
+            training_run=run_id,
+        )
     except BaseException as error:
         update_run(engine, run_id, "failed", error=f"{type(error).__name__}: {error}"[:4000])
         raise
@@ -467,6 +477,8 @@ def train_candidate(
             "snapshot": str(snapshot_path),
             "model": str(model_path),
             "onnx": str(onnx_path),
+            "model_name": name,
+            "model_version": version,
             "feature_spec": str(directory / "feature_spec.json"),
             "tensorboard": str(directory / "tensorboard"),
         },
@@ -548,6 +560,13 @@ def evaluate_run(settings: Settings, engine: Engine, run_id: str) -> Evaluation:
             "metrics": str(directory / "metrics.json"),
         },
     )
+    if artifacts.get("model_version"):
+        set_metrics(
+            engine,
+            artifacts["model_name"],
+            int(artifacts["model_version"]),
+            {"validation": backtests["policy"].metrics},
+        )
     return Evaluation(run_id=run_id, backtests=backtests, plot=plot)
 
 

@@ -1,0 +1,163 @@
+"""Promotion: re-evaluate a candidate and the champion from their ONNX files on the same
+most recent window, apply the gates, and move the `champion` alias.
+
+Gates (settings `promotion`): the candidate's Sharpe must beat the champion's by
+`sharpe_margin` and its max drawdown must stay within `max_drawdown`; the first
+model ever needs only its export parity, and whether it beats buy-and-hold is
+reported, not required. `force` with a reason overrides failed gates and is
+recorded as forced. Both models are run by ONNX Runtime from the verified
+artifacts, never from Keras: the file that will trade is the one judged.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy.engine import Engine
+
+from pipeline.errors import ConfigurationError, DataValidationError, ModelRejected
+from pipeline.evaluate import CostModel, evaluate_policy
+from pipeline.export import PARITY_TOLERANCE
+from pipeline.features import FeatureSpec, compute_features, fill_gaps
+from pipeline.registry import alias, get_version, load_verified, move_alias
+from pipeline.settings import Market, PromotionSettings, Settings
+from pipeline.training import DAY_MS, Window, decision_steps, load_candles
+
+
+def evaluate_version(
+    settings: Settings, engine: Engine, name: str, version: int, end_ms: int
+) -> dict[str, Any]:
+    """Backtest a registered version's ONNX file on the `window_days` before `end_ms`."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="cryptobots-eval-") as folder:
+        verified = load_verified(engine, name, version, Path(folder))
+        session = ort.InferenceSession(str(verified.path), providers=["CPUExecutionProvider"])
+    lineage = verified.lineage
+    market = Market.model_validate(lineage.data_window["market"])
+    every = int(lineage.data_window.get("decision_every", 1))
+    tf_ms = market.timeframe_ms
+    end = end_ms - end_ms % tf_ms
+    window = Window(end - settings.promotion.window_days * DAY_MS, end)
+    spec = FeatureSpec(features=lineage.feature_spec.features)
+    start = window.start - (spec.window - 1) * tf_ms
+    candles = load_candles(engine, market, start, window.end)
+    if len(candles) == 0 or candles.ts[0] > start:
+        raise DataValidationError(
+            f"{name} v{version}: the stored candles of {market} do not cover {window} and its "
+            f"feature look-back: backfill it (python -m pipeline backfill --market {market} ...)"
+        )
+    candles, _ = fill_gaps(candles, tf_ms)
+    matrix = compute_features(candles, spec)
+    ts, opens, closes, features = decision_steps(candles, matrix, window, tf_ms, every)
+    input_name = session.get_inputs()[0].name
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return session.run(None, {input_name: np.asarray(obs, np.float32)})[0]
+
+    t = settings.training
+    backtests = evaluate_policy(
+        policy,
+        features[:-1],
+        ts,
+        opens,
+        closes,
+        lineage.action_map,
+        tf_ms * every,
+        CostModel(fee_bps=t.fee_bps, slippage_bps=t.slippage_bps),
+    )
+    return {
+        "version": version,
+        "window": [window.start, window.end],
+        "policy": backtests["policy"].metrics,
+        "buy_and_hold": backtests["buy_and_hold"].metrics,
+    }
+
+
+def gates(
+    candidate: dict[str, Any],
+    champion: dict[str, Any] | None,
+    parity_max_abs_diff: float | None,
+    policy: PromotionSettings,
+) -> dict[str, Any]:
+    """Each gate's verdict and numbers; `passed` when every required gate passes."""
+    parity_ok = parity_max_abs_diff is not None and parity_max_abs_diff <= PARITY_TOLERANCE
+    checks: dict[str, Any] = {
+        "parity": {"passed": parity_ok, "max_abs_diff": parity_max_abs_diff},
+        "beats_buy_and_hold": {
+            "passed": candidate["policy"]["sharpe"] > candidate["buy_and_hold"]["sharpe"],
+            "required": False,
+            "sharpe": candidate["policy"]["sharpe"],
+            "buy_and_hold_sharpe": candidate["buy_and_hold"]["sharpe"],
+        },
+    }
+    if champion is not None:
+        need = champion["policy"]["sharpe"] + policy.sharpe_margin
+        checks["sharpe_margin"] = {
+            "passed": candidate["policy"]["sharpe"] >= need,
+            "candidate": candidate["policy"]["sharpe"],
+            "champion": champion["policy"]["sharpe"],
+            "needed": need,
+        }
+        checks["max_drawdown"] = {
+            "passed": candidate["policy"]["max_drawdown"] <= policy.max_drawdown,
+            "candidate": candidate["policy"]["max_drawdown"],
+            "limit": policy.max_drawdown,
+        }
+    required = [c["passed"] for c in checks.values() if c.get("required", True)]
+    return {"passed": all(required), "checks": checks, "window": candidate["window"]}
+
+
+def promote(
+    settings: Settings,
+    engine: Engine,
+    name: str,
+    version: int,
+    *,
+    who: str,
+    reason: str | None = None,
+    force: bool = False,
+    end_ms: int,
+) -> dict[str, Any]:
+    """Gate `version` against the current champion and make it champion; returns the audit
+    event with the gate results. Failed gates raise ModelRejected unless forced."""
+    if force and not (reason or "").strip():
+        raise ConfigurationError("a forced promotion needs a reason (--reason TEXT)")
+    current = alias(engine, name)
+    if current is not None and current["version"] == version:
+        raise ModelRejected(f"{name} v{version} is already the champion")
+    row = get_version(engine, name, version)
+    candidate = evaluate_version(settings, engine, name, version, end_ms)
+    champion = (
+        None
+        if current is None
+        else evaluate_version(settings, engine, name, current["version"], end_ms)
+    )
+    verdict = gates(
+        candidate,
+        champion,
+        (row["metrics"] or {}).get("parity_max_abs_diff"),
+        settings.promotion,
+    )
+    if not verdict["passed"] and not force:
+        failed = [
+            k for k, c in verdict["checks"].items() if c.get("required", True) and not c["passed"]
+        ]
+        raise ModelRejected(
+            f"{name} v{version} fails the promotion gates {failed}: {verdict['checks']}; "
+            "nothing changed (force it with --force --reason TEXT if you must)"
+        )
+    event = move_alias(
+        engine,
+        name,
+        version,
+        seen_generation=None if current is None else current["generation"],
+        who=who,
+        reason=reason,
+        gates=verdict,
+        forced=force and not verdict["passed"],
+    )
+    return event

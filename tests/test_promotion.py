@@ -1,0 +1,157 @@
+"""Promotion: gates on the ONNX files, the champion alias, forced overrides, the CLI."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from pipeline.backfill import backfill
+from pipeline.cli import main
+from pipeline.db.engine import create_engine
+from pipeline.db.migrate import upgrade
+from pipeline.errors import ConfigurationError, ModelRejected
+from pipeline.promotion import gates, promote
+from pipeline.registry import alias, get_version, promotion_history, register
+from pipeline.settings import Market, PromotionSettings, Settings
+from pipeline.training import TrainRequest, Window, snapshot_window, train_candidate
+from tests.conftest import exchange_client
+
+BTC = Market.model_validate("binance:BTC/USDT:1h")
+pytestmark = pytest.mark.postgres
+
+
+def ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+END = ms("2020-01-01")
+
+
+@pytest.fixture(scope="module")
+def world(pg_url: str, data_dir: Path, tmp_path_factory) -> Iterator[tuple[Engine, Settings, list]]:
+    """Stored BTC candles and two trained, exported candidates (their ONNX files)."""
+    from pipeline.exchanges.simulator.app import SimulatorConfig, running
+
+    engine = create_engine(pg_url)
+    upgrade(engine)
+    with running(SimulatorConfig(data_dir=data_dir)) as sim:
+        backfill(exchange_client(sim.url), engine, BTC, ms("2019-08-25"), END)
+    settings = Settings(var_dir=tmp_path_factory.mktemp("var"), db_url=pg_url)
+    train, valid = Window(ms("2019-09-01"), ms("2019-12-01")), Window(ms("2019-12-01"), END)
+    snapshot = snapshot_window(settings, engine, BTC, train, valid)
+    onnx_files = []
+    for seed in (1, 2):
+        request = TrainRequest("dqn", BTC, train, valid, steps=3_000, num_envs=8, seed=seed)
+        run_id = train_candidate(settings, engine, request, snapshot)
+        onnx_files.append(Path(settings.var_dir / "runs" / run_id / "policy.onnx"))
+    yield engine, settings, onnx_files
+    engine.dispose()
+
+
+def fresh_model(world) -> tuple[str, list[int]]:
+    """A model name of its own with both candidates registered (parity recorded)."""
+    engine, settings, files = world
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    versions = [
+        register(engine, settings.artifact_root, f, name, metrics={"parity_max_abs_diff": 1e-7})
+        for f in files
+    ]
+    return name, versions
+
+
+def with_gates(settings: Settings, **gates_: float) -> Settings:
+    return settings.model_copy(update={"promotion": PromotionSettings(**gates_)})
+
+
+def test_the_first_model_becomes_champion_on_parity_alone(world) -> None:
+    engine, settings, _ = world
+    name, (first, _) = fresh_model(world)
+    event = promote(settings, engine, name, first, who="t", reason="first", end_ms=END)
+    assert alias(engine, name)["version"] == first
+    assert event["from_version"] is None
+    assert event["gates"]["passed"]
+    assert set(event["gates"]["checks"]) == {"parity", "beats_buy_and_hold"}
+    assert event["gates"]["checks"]["beats_buy_and_hold"]["required"] is False
+
+
+def test_a_worse_candidate_is_refused_and_nothing_changes(world) -> None:
+    engine, settings, _ = world
+    name, (first, second) = fresh_model(world)
+    promote(settings, engine, name, first, who="t", end_ms=END)
+    strict = with_gates(settings, sharpe_margin=1000.0)
+    with pytest.raises(ModelRejected, match=r"fails the promotion gates \['sharpe_margin'\]"):
+        promote(strict, engine, name, second, who="t", end_ms=END)
+    assert alias(engine, name)["version"] == first
+    assert len(promotion_history(engine, name)) == 1
+
+
+def test_a_better_candidate_is_promoted_with_its_gate_results(world) -> None:
+    engine, settings, _ = world
+    name, (first, second) = fresh_model(world)
+    promote(settings, engine, name, first, who="t", end_ms=END)
+    lenient = with_gates(settings, sharpe_margin=-1000.0, max_drawdown=1.0)
+    event = promote(lenient, engine, name, second, who="t", reason="better", end_ms=END)
+    assert (event["from_version"], event["to_version"], event["forced"]) == (first, second, False)
+    assert event["gates"]["checks"]["sharpe_margin"]["passed"]
+    assert alias(engine, name)["version"] == second
+
+
+def test_a_forced_promotion_needs_a_reason_and_is_recorded_as_forced(world) -> None:
+    engine, settings, _ = world
+    name, (first, second) = fresh_model(world)
+    promote(settings, engine, name, first, who="t", end_ms=END)
+    strict = with_gates(settings, sharpe_margin=1000.0)
+    with pytest.raises(ConfigurationError, match="needs a reason"):
+        promote(strict, engine, name, second, who="t", force=True, end_ms=END)
+    event = promote(strict, engine, name, second, who="t", force=True, reason="ops", end_ms=END)
+    assert event["forced"] is True
+    assert promotion_history(engine, name)[0]["reason"] == "ops"
+    assert not event["gates"]["passed"]
+
+
+def test_a_candidate_without_export_parity_fails_the_parity_gate(world) -> None:
+    engine, settings, files = world
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    version = register(engine, settings.artifact_root, files[0], name)
+    with pytest.raises(ModelRejected, match=r"\['parity'\]"):
+        promote(settings, engine, name, version, who="t", end_ms=END)
+    assert alias(engine, name) is None
+
+
+def test_gates_compare_sharpe_with_a_margin_and_cap_the_drawdown() -> None:
+    def result(sharpe: float, drawdown: float) -> dict:
+        return {
+            "window": [0, 1],
+            "policy": {"sharpe": sharpe, "max_drawdown": drawdown},
+            "buy_and_hold": {"sharpe": 0.5, "max_drawdown": 0.3},
+        }
+
+    policy = PromotionSettings(sharpe_margin=0.2, max_drawdown=0.25)
+    assert gates(result(1.3, 0.1), result(1.0, 0.1), 0.0, policy)["passed"]
+    assert not gates(result(1.1, 0.1), result(1.0, 0.1), 0.0, policy)["passed"]
+    assert not gates(result(1.3, 0.3), result(1.0, 0.1), 0.0, policy)["passed"]
+    assert not gates(result(1.3, 0.1), None, 1e-3, policy)["passed"]
+
+
+def test_models_cli_lists_promotes_and_rolls_back(world, monkeypatch, capsys) -> None:
+    engine, settings, _ = world
+    monkeypatch.setenv("CRYPTOBOTS_DB_URL", settings.db_url)
+    monkeypatch.setenv("CRYPTOBOTS_VAR_DIR", str(settings.var_dir))
+    monkeypatch.setenv("CRYPTOBOTS_PROMOTION__SHARPE_MARGIN", "-1000")
+    name, (first, second) = fresh_model(world)
+    for version in (first, second):
+        assert main(["models", "--name", name, "promote", str(version), "--end", "2020-01-01"]) == 0
+    assert main(["models", "--name", name, "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "champion" in listing
+    assert name in listing
+    assert main(["models", "--name", name, "rollback", "--reason", "drill"]) == 0
+    assert f"v{second} -> v{first} (rollback)" in capsys.readouterr().out
+    assert alias(engine, name)["version"] == first
+    assert main(["models", "--name", name, "show", "99"]) == 2
+    assert get_version(engine, name, first)["status"] == "candidate"
