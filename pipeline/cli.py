@@ -306,10 +306,10 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     for train, valid in folds:
         evaluations = _train_fold(settings, engine, market, train, valid, args)
         best = select_best(engine, [e.run_id for e in evaluations.values()])
-        verdict = "beats every baseline" if best["beats_baselines"] else "does NOT beat every"
+        verdict = "beats" if best["beats_baselines"] else "does NOT beat"
         print(
             f"\nbest by validation Sharpe: {best['run_id']} ({best['algorithm']}, "
-            f"Sharpe {best['sharpe']:.2f}; {verdict} baseline)"
+            f"Sharpe {best['sharpe']:.2f}; {verdict} every baseline)"
         )
         summary += fold_summary(evaluations, valid)
     if len(folds) > 1:
