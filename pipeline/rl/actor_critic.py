@@ -22,7 +22,15 @@ import tensorflow as tf
 
 from pipeline.rl.env import EnvState, TradingEnv
 from pipeline.rl.networks import actor_critic_network, policy_of
-from pipeline.rl.runtime import TrainResult, train_agent, training_device, uses_gpu
+from pipeline.rl.runtime import (
+    TrainResult,
+    env_variables,
+    make_optimizer,
+    scaled,
+    train_agent,
+    training_device,
+    uses_gpu,
+)
 
 
 @dataclass(frozen=True)
@@ -93,17 +101,14 @@ class A2CAgent:
             )
         self.policy = policy_of(self.model)
         self.critic = keras.Model(self.model.inputs[0], self.model.outputs[1], name="critic")
-        optimizer = keras.optimizers.Adam(
-            config.learning_rate, global_clipnorm=config.max_grad_norm
+        self.optimizer = make_optimizer(
+            config.learning_rate,
+            config.max_grad_norm,
+            self.model.trainable_variables,
+            mixed_precision,
         )
-        if mixed_precision:
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        self.optimizer = optimizer
-        self.optimizer.build(self.model.trainable_variables)
         self.rng = tf.random.Generator.from_seed(config.seed)
-        state, obs = env.reset(self.rng)
-        self.state = EnvState(*(tf.Variable(x, trainable=False) for x in state))
-        self.obs = tf.Variable(obs, trainable=False)
+        self.state, self.obs = env_variables(env, self.rng)
         self.env_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.updates = tf.Variable(0, dtype=tf.int64, trainable=False)
         """Counted by the training loop, one per update."""
@@ -231,12 +236,8 @@ class A2CAgent:
             value_loss = tf.reduce_mean(tf.square(returns - values))
             entropy = -tf.reduce_mean(tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=1))
             loss = policy_loss + c.value_coef * value_loss - c.entropy_coef * entropy
-            scaled = (
-                self.optimizer.scale_loss(loss)
-                if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-                else loss
-            )
-        grads = tape.gradient(scaled, variables)
+            objective = scaled(self.optimizer, loss)
+        grads = tape.gradient(objective, variables)
         self.optimizer.apply(grads, variables)
         return {
             "policy_loss": policy_loss,

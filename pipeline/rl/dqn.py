@@ -22,7 +22,15 @@ import tensorflow as tf
 
 from pipeline.rl.env import EnvState, TradingEnv
 from pipeline.rl.networks import q_network
-from pipeline.rl.runtime import TrainResult, train_agent, training_device, uses_gpu
+from pipeline.rl.runtime import (
+    TrainResult,
+    env_variables,
+    make_optimizer,
+    scaled,
+    train_agent,
+    training_device,
+    uses_gpu,
+)
 
 
 @dataclass(frozen=True)
@@ -103,18 +111,12 @@ class DQNAgent:
         self.q = network("q_network")
         self.target = network("target_network")
         self.target.set_weights(self.q.get_weights())
-        optimizer = keras.optimizers.Adam(
-            config.learning_rate, global_clipnorm=config.max_grad_norm
+        self.optimizer = make_optimizer(
+            config.learning_rate, config.max_grad_norm, self.q.trainable_variables, mixed_precision
         )
-        if mixed_precision:
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        self.optimizer = optimizer
-        self.optimizer.build(self.q.trainable_variables)
 
         self.rng = tf.random.Generator.from_seed(config.seed)
-        state, obs = env.reset(self.rng)
-        self.state = EnvState(*(tf.Variable(x, trainable=False) for x in state))
-        self.obs = tf.Variable(obs, trainable=False)
+        self.state, self.obs = env_variables(env, self.rng)
 
         def ring(shape: tuple[int, ...], dtype: tf.DType) -> tf.Variable:
             return tf.Variable(tf.zeros((self.capacity, n, *shape), dtype), trainable=False)
@@ -197,12 +199,8 @@ class DQNAgent:
         with tf.GradientTape() as tape:
             q = tf.gather(self.q(obs, training=True), action, batch_dims=1)
             loss = tf.reduce_mean(tf.keras.losses.huber(target[:, None], q[:, None]))
-            scaled = (
-                self.optimizer.scale_loss(loss)
-                if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-                else loss
-            )
-        grads = tape.gradient(scaled, variables)
+            objective = scaled(self.optimizer, loss)
+        grads = tape.gradient(objective, variables)
         self.optimizer.apply(grads, variables)
         return loss
 

@@ -38,6 +38,32 @@ def training_device(require_gpu: bool = False) -> str:
     return "CPU"
 
 
+def make_optimizer(
+    learning_rate: float, max_grad_norm: float, variables: list, mixed_precision: bool
+) -> Any:
+    """Adam with a global norm clip, built for `variables`; loss-scaled in mixed precision
+    (the clip then applies to the unscaled gradients)."""
+    import keras
+
+    optimizer = keras.optimizers.Adam(learning_rate, global_clipnorm=max_grad_norm)
+    if mixed_precision:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(variables)
+    return optimizer
+
+
+def scaled(optimizer: Any, loss: tf.Tensor) -> tf.Tensor:
+    """The loss to differentiate: scaled when the optimizer scales losses."""
+    return optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
+
+
+def env_variables(env: Any, rng: tf.random.Generator) -> tuple[Any, tf.Variable]:
+    """Fresh episodes of `env` held in variables (state tuple, current observation)."""
+    state, obs = env.reset(rng)
+    variables = type(state)(*(tf.Variable(x, trainable=False) for x in state))
+    return variables, tf.Variable(obs, trainable=False)
+
+
 def uses_gpu(device: str) -> bool:
     """Whether `training_device` named a GPU (mixed precision pays off there only)."""
     return device.startswith("GPU")
