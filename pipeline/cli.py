@@ -416,15 +416,13 @@ def _models_show(settings: Settings, args: argparse.Namespace) -> int:
 
 def _models_promote(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.db.engine import create_engine
-    from pipeline.promotion import promote
+    from pipeline.promotion import evaluation_end, promote
     from pipeline.registry import get_version
-    from pipeline.settings import Market
 
     engine = create_engine(settings.db_url)
     name = _model_name(settings, args)
     get_version(engine, name, args.version)
-    market = Market.model_validate(_market_of(engine, name, args.version))
-    end = _optional_time("--end", args.end) or _latest_candle_end(engine, market)
+    end = _optional_time("--end", args.end) or evaluation_end(engine, name, args.version)
     event = promote(
         settings,
         engine,
@@ -440,16 +438,6 @@ def _models_promote(settings: Settings, args: argparse.Namespace) -> int:
     for check, result in event["gates"]["checks"].items():
         print(f"  {check:<20} {'pass' if result['passed'] else 'FAIL'}  {result}")
     return 0
-
-
-def _market_of(engine, name: str, version: int) -> str:  # type: ignore[no-untyped-def]
-    import tempfile
-
-    from pipeline.registry import load_verified
-
-    with tempfile.TemporaryDirectory() as folder:
-        verified = load_verified(engine, name, version, Path(folder))
-    return str(verified.lineage.data_window["market"])
 
 
 def _models_rollback(settings: Settings, args: argparse.Namespace) -> int:

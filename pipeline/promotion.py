@@ -111,6 +111,90 @@ def gates(
     return {"passed": all(required), "checks": checks, "window": candidate["window"]}
 
 
+def evaluation_end(engine: Engine, name: str, version: int) -> int:
+    """End of the most recent evaluation window: after the newest stored candle of the
+    version's market."""
+    import sqlalchemy as sa
+
+    from pipeline.db.schema import ohlcv
+
+    with tempfile.TemporaryDirectory(prefix="cryptobots-eval-") as folder:
+        market_text = load_verified(engine, name, version, Path(folder)).lineage.data_window[
+            "market"
+        ]
+    market = Market.model_validate(market_text)
+    with engine.connect() as conn:
+        latest = conn.execute(
+            sa.select(sa.func.max(ohlcv.c.ts)).where(
+                ohlcv.c.exchange == market.exchange,
+                ohlcv.c.symbol == market.symbol,
+                ohlcv.c.timeframe == market.timeframe,
+            )
+        ).scalar()
+    if latest is None:
+        raise DataValidationError(f"no stored candles of {market} to evaluate {name} on")
+    return int(latest) + market.timeframe_ms
+
+
+def evaluate_pair(
+    settings: Settings, engine: Engine, name: str, version: int, end_ms: int
+) -> dict[str, Any]:
+    """The candidate and the current champion (if any) on the same window, plus the alias
+    generation they were read at (the promotion only moves the alias if it is unchanged)."""
+    current = alias(engine, name)
+    if current is not None and current["version"] == version:
+        raise ModelRejected(f"{name} v{version} is already the champion")
+    return {
+        "candidate": evaluate_version(settings, engine, name, version, end_ms),
+        "champion": None
+        if current is None
+        else evaluate_version(settings, engine, name, current["version"], end_ms),
+        "generation": None if current is None else current["generation"],
+    }
+
+
+def gate_pair(
+    settings: Settings, engine: Engine, name: str, version: int, pair: dict[str, Any]
+) -> dict[str, Any]:
+    """The gates of an evaluated pair (see `gates`)."""
+    parity = (get_version(engine, name, version)["metrics"] or {}).get("parity_max_abs_diff")
+    return gates(pair["candidate"], pair["champion"], parity, settings.promotion)
+
+
+def apply_promotion(
+    engine: Engine,
+    name: str,
+    version: int,
+    verdict: dict[str, Any],
+    generation: int | None,
+    *,
+    who: str,
+    reason: str | None,
+    force: bool,
+) -> dict[str, Any]:
+    """Move the champion if the gates passed (or `force` with a reason); else refuse."""
+    if force and not (reason or "").strip():
+        raise ConfigurationError("a forced promotion needs a reason (--reason TEXT)")
+    if not verdict["passed"] and not force:
+        failed = [
+            k for k, c in verdict["checks"].items() if c.get("required", True) and not c["passed"]
+        ]
+        raise ModelRejected(
+            f"{name} v{version} fails the promotion gates {failed}: {verdict['checks']}; "
+            "nothing changed (force it with --force --reason TEXT if you must)"
+        )
+    return move_alias(
+        engine,
+        name,
+        version,
+        seen_generation=generation,
+        who=who,
+        reason=reason,
+        gates=verdict,
+        forced=force and not verdict["passed"],
+    )
+
+
 def promote(
     settings: Settings,
     engine: Engine,
@@ -122,42 +206,54 @@ def promote(
     force: bool = False,
     end_ms: int,
 ) -> dict[str, Any]:
-    """Gate `version` against the current champion and make it champion; returns the audit
-    event with the gate results. Failed gates raise ModelRejected unless forced."""
+    """Evaluate, gate and move the champion in one call (the CLI); returns the audit event
+    with the gate results. Failed gates raise ModelRejected unless forced with a reason."""
     if force and not (reason or "").strip():
         raise ConfigurationError("a forced promotion needs a reason (--reason TEXT)")
-    current = alias(engine, name)
-    if current is not None and current["version"] == version:
-        raise ModelRejected(f"{name} v{version} is already the champion")
-    row = get_version(engine, name, version)
-    candidate = evaluate_version(settings, engine, name, version, end_ms)
-    champion = (
-        None
-        if current is None
-        else evaluate_version(settings, engine, name, current["version"], end_ms)
+    pair = evaluate_pair(settings, engine, name, version, end_ms)
+    verdict = gate_pair(settings, engine, name, version, pair)
+    return apply_promotion(
+        engine, name, version, verdict, pair["generation"], who=who, reason=reason, force=force
     )
-    verdict = gates(
-        candidate,
-        champion,
-        (row["metrics"] or {}).get("parity_max_abs_diff"),
-        settings.promotion,
-    )
-    if not verdict["passed"] and not force:
-        failed = [
-            k for k, c in verdict["checks"].items() if c.get("required", True) and not c["passed"]
-        ]
-        raise ModelRejected(
-            f"{name} v{version} fails the promotion gates {failed}: {verdict['checks']}; "
-            "nothing changed (force it with --force --reason TEXT if you must)"
+
+
+def best_recent_candidate(engine: Engine, name: str) -> int:
+    """The candidate of the latest training batch (one Airflow run, or the newest CLI run)
+    with the best validation Sharpe."""
+    import sqlalchemy as sa
+
+    from pipeline.db.schema import model_versions, training_runs
+
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                model_versions.c.version,
+                model_versions.c.metrics,
+                model_versions.c.status,
+                training_runs.c.orchestrator_run,
+                training_runs.c.started_at,
+            )
+            .join(training_runs, training_runs.c.id == model_versions.c.training_run)
+            .where(model_versions.c.name == name)
+            .order_by(training_runs.c.started_at.desc())
+        ).all()
+    if not rows:
+        raise ModelRejected(f"{name} has no trained candidate: run the train DAG first")
+    newest = rows[0]
+    batch_of = (newest.orchestrator_run or "").split("/")[0]
+    batch = [
+        r
+        for r in rows
+        if r.status == "candidate"
+        and (
+            (batch_of and (r.orchestrator_run or "").split("/")[0] == batch_of)
+            or r.version == newest.version
         )
-    event = move_alias(
-        engine,
-        name,
-        version,
-        seen_generation=None if current is None else current["generation"],
-        who=who,
-        reason=reason,
-        gates=verdict,
-        forced=force and not verdict["passed"],
-    )
-    return event
+    ]
+    if not batch:
+        raise ModelRejected(f"{name}: the latest training batch has no candidate left")
+
+    def sharpe(row: Any) -> float:
+        return float(((row.metrics or {}).get("validation") or {}).get("sharpe", float("-inf")))
+
+    return int(max(batch, key=sharpe).version)

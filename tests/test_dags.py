@@ -199,7 +199,7 @@ def test_the_readme_airflow_backfill_command_plans_one_run_per_hour(airflow_env:
 
 
 @pytest.mark.postgres
-def test_train_dag_snapshots_trains_evaluates_and_selects(
+def test_train_dag_then_promote_dag_make_the_best_candidate_champion(
     airflow_env: dict, simulator, fresh_pg
 ) -> None:
     from datetime import UTC, datetime
@@ -218,6 +218,7 @@ def test_train_dag_snapshots_trains_evaluates_and_selects(
     env = airflow_env | {
         "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
         "CRYPTOBOTS_VAR_DIR": str(Path(airflow_env["AIRFLOW_HOME"]) / "var"),
+        "CRYPTOBOTS_PROMOTION__WINDOW_DAYS": "14",
     }
     report = run_python(
         """
@@ -249,3 +250,24 @@ def test_train_dag_snapshots_trains_evaluates_and_selects(
     assert sorted(run[1:3] for run in runs) == [("a2c", "evaluated"), ("dqn", "evaluated")]
     assert all(run[3] for run in runs)
     assert report["best"]["run_id"] in {run[0] for run in runs}
+
+    promoted = run_python(
+        """
+        import json
+        from airflow.dag_processing.dagbag import DagBag
+        dag = DagBag(dag_folder="dags").dags["promote"]
+        run = dag.test(run_conf={"version": 0})
+        report = [ti for ti in run.get_task_instances() if ti.task_id == "report"][0]
+        print(json.dumps({"state": str(run.state), "report": report.xcom_pull(task_ids="report")}))
+        """,
+        env,
+    )
+    assert promoted["state"] == "success"
+    with engine.connect() as conn:
+        champion = conn.execute(
+            sa.text("SELECT version FROM model_aliases WHERE alias = 'champion'")
+        ).scalar()
+        event = conn.execute(sa.text("SELECT who, forced FROM promotion_events")).one()
+    assert promoted["report"].endswith(f"-> v{champion}")
+    assert event[0].startswith("airflow:")
+    assert event[1] is False
