@@ -451,24 +451,15 @@ def _models_rollback(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _latest_candle_end(engine, market) -> int:  # type: ignore[no-untyped-def]
-    import sqlalchemy as sa
+    from pipeline.training import latest_candle_end
 
-    from pipeline.db.schema import ohlcv
-
-    with engine.connect() as conn:
-        latest = conn.execute(
-            sa.select(sa.func.max(ohlcv.c.ts)).where(
-                ohlcv.c.exchange == market.exchange,
-                ohlcv.c.symbol == market.symbol,
-                ohlcv.c.timeframe == market.timeframe,
-            )
-        ).scalar()
-    if latest is None:
+    end = latest_candle_end(engine, market)
+    if end is None:
         raise ConfigurationError(
             f"no stored candles of {market}: backfill first (python -m pipeline backfill "
             f"--market {market} --start ... --end ...) or give --valid-end"
         )
-    return int(latest) + market.timeframe_ms
+    return end
 
 
 def _optional_time(option: str, text: str | None) -> int | None:

@@ -24,7 +24,7 @@ from pipeline.export import PARITY_TOLERANCE
 from pipeline.features import FeatureSpec, compute_features, fill_gaps
 from pipeline.registry import alias, get_version, load_verified, move_alias
 from pipeline.settings import Market, PromotionSettings, Settings
-from pipeline.training import DAY_MS, Window, decision_steps, load_candles
+from pipeline.training import DAY_MS, Window, decision_steps, latest_candle_end, load_candles
 
 
 def evaluate_version(
@@ -114,26 +114,15 @@ def gates(
 def evaluation_end(engine: Engine, name: str, version: int) -> int:
     """End of the most recent evaluation window: after the newest stored candle of the
     version's market."""
-    import sqlalchemy as sa
-
-    from pipeline.db.schema import ohlcv
-
     with tempfile.TemporaryDirectory(prefix="cryptobots-eval-") as folder:
         market_text = load_verified(engine, name, version, Path(folder)).lineage.data_window[
             "market"
         ]
     market = Market.model_validate(market_text)
-    with engine.connect() as conn:
-        latest = conn.execute(
-            sa.select(sa.func.max(ohlcv.c.ts)).where(
-                ohlcv.c.exchange == market.exchange,
-                ohlcv.c.symbol == market.symbol,
-                ohlcv.c.timeframe == market.timeframe,
-            )
-        ).scalar()
-    if latest is None:
+    end = latest_candle_end(engine, market)
+    if end is None:
         raise DataValidationError(f"no stored candles of {market} to evaluate {name} on")
-    return int(latest) + market.timeframe_ms
+    return end
 
 
 def evaluate_pair(

@@ -179,6 +179,19 @@ def load_candles(engine: Engine, market: Market, start: int, end: int) -> Candle
     return Candles.from_rows(rows)
 
 
+def latest_candle_end(engine: Engine, market: Market) -> int | None:
+    """Close time (ms) of the newest stored candle of `market`, or None when none is."""
+    with engine.connect() as conn:
+        latest = conn.execute(
+            sa.select(sa.func.max(ohlcv.c.ts)).where(
+                ohlcv.c.exchange == market.exchange,
+                ohlcv.c.symbol == market.symbol,
+                ohlcv.c.timeframe == market.timeframe,
+            )
+        ).scalar()
+    return None if latest is None else int(latest) + market.timeframe_ms
+
+
 def snapshot_window(
     settings: Settings,
     engine: Engine,
