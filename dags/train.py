@@ -8,7 +8,8 @@ window (relative to the run date, or to the `valid_end` param) into a file so
 every algorithm sees the same data -> **train** each algorithm (one mapped task
 per market and algorithm, routed to the `gpu` queue) -> **evaluate** the greedy
 policy on the validation window beside buy-and-hold, flat and momentum, with the
-same costs -> **select** the best run by validation Sharpe.
+same costs -> **select** the best run by validation Sharpe -> **auto_promote** it
+through the promotion gates when the `auto_promote` param is on.
 
 Every run is a row of `training_runs` (hyperparameters, data windows, feature
 spec, device, metrics, artifacts). Edit the budget, windows, algorithms, markets
@@ -60,6 +61,9 @@ MARKETS = [str(m) for m in (TRAINING.markets or SETTINGS.markets[:1])]
         ),
         "seed": Param(TRAINING.seed, type="integer", minimum=0),
         "shorting": Param(TRAINING.shorting, type="boolean"),
+        "auto_promote": Param(
+            False, type="boolean", description="gate the best run and promote it if it passes"
+        ),
     },
     tags=["cryptobots", "training"],
     doc_md=__doc__,
@@ -121,8 +125,23 @@ def train() -> None:
 
         return select_job(load_settings(), [e["run_id"] for e in evaluations])
 
+    @task
+    def auto_promote(best: dict, **context: object) -> dict:
+        from pipeline.db.engine import create_engine
+        from pipeline.promotion import promote_run
+
+        if not context["params"]["auto_promote"]:  # type: ignore[index]
+            return {"promoted": False, "why": "auto_promote is off"}
+        settings = load_settings()
+        return promote_run(
+            settings,
+            create_engine(settings.db_url),
+            best["run_id"],
+            who=f"airflow:{context['run_id']}",
+        )
+
     runs = train_agent.expand(job=plan(snapshot()))
-    select(evaluate.expand(training_run=runs))
+    auto_promote(select(evaluate.expand(training_run=runs)))
 
 
 dag_object = train()

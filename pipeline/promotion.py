@@ -246,3 +246,27 @@ def best_recent_candidate(engine: Engine, name: str) -> int:
         return float(((row.metrics or {}).get("validation") or {}).get("sharpe", float("-inf")))
 
     return int(max(batch, key=sharpe).version)
+
+
+def promote_run(settings: Settings, engine: Engine, run_id: str, *, who: str) -> dict[str, Any]:
+    """Gate the model version a training run registered and promote it if the gates pass
+    (the train DAG's `auto_promote`); a refusal is reported, not raised."""
+    from pipeline.training_runs import get_run
+
+    artifacts = get_run(engine, run_id)["artifacts"] or {}
+    name, version = artifacts.get("model_name"), artifacts.get("model_version")
+    if not name or not version:
+        raise ModelRejected(f"training run {run_id} registered no model version")
+    try:
+        event = promote(
+            settings,
+            engine,
+            name,
+            int(version),
+            who=who,
+            reason=f"auto_promote after training run {run_id}",
+            end_ms=evaluation_end(engine, name, int(version)),
+        )
+    except ModelRejected as refusal:
+        return {"promoted": False, "name": name, "version": int(version), "why": str(refusal)}
+    return {"promoted": True, "name": name, "version": int(version), "event": event}

@@ -155,3 +155,18 @@ def test_models_cli_lists_promotes_and_rolls_back(world, monkeypatch, capsys) ->
     assert alias(engine, name)["version"] == first
     assert main(["models", "--name", name, "show", "99"]) == 2
     assert get_version(engine, name, first)["status"] == "candidate"
+
+
+def test_auto_promotion_of_a_training_run_promotes_then_reports_a_refusal(world) -> None:
+    engine, settings, _ = world
+    from pipeline.promotion import promote_run
+    from pipeline.training_runs import recent_runs
+
+    run = next(r for r in recent_runs(engine) if (r["artifacts"] or {}).get("model_version"))
+    name, version = run["artifacts"]["model_name"], run["artifacts"]["model_version"]
+    first = promote_run(settings, engine, run["id"], who="t")
+    assert first["promoted"] is True
+    assert alias(engine, name)["version"] == version
+    again = promote_run(settings, engine, run["id"], who="t")
+    assert again["promoted"] is False
+    assert "already the champion" in again["why"]
