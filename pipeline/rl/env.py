@@ -24,7 +24,6 @@ Semantics (the cost model of `pipeline.evaluate`, tested against it):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -326,8 +325,3 @@ class TradingGymEnv(gym.Env):
         self._position = target
         truncated = self._step >= self.config.episode_length
         return self._obs(), reward, False, truncated, {"index": self._index}
-
-
-def positions_of(action_map: Sequence[float], actions: np.ndarray) -> np.ndarray:
-    """Target positions of action indices."""
-    return np.asarray(action_map, dtype=np.float64)[np.asarray(actions)]
