@@ -55,13 +55,15 @@ def sha256_of(path: Path | str) -> str:
     return digest.hexdigest()
 
 
-def store_artifact(root: str, local: Path) -> tuple[str, str, int]:
-    """Copy `local` under `root` by content hash, atomically; (uri, sha256, size)."""
+def store_artifact(
+    root: str, local: Path, kind: str = "onnx", suffix: str = ".onnx"
+) -> tuple[str, str, int]:
+    """Copy `local` under `root`/`kind` by content hash, atomically; (uri, sha256, size)."""
     import fsspec
 
     digest, payload = sha256_of(local), Path(local).read_bytes()
     fs, base = fsspec.core.url_to_fs(root)
-    target = f"{base.rstrip('/')}/onnx/{digest[:2]}/{digest}.onnx"
+    target = f"{base.rstrip('/')}/{kind}/{digest[:2]}/{digest}{suffix}"
     if not fs.exists(target):
         fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
         temporary = f"{target}.tmp-{uuid.uuid4().hex}"

@@ -47,7 +47,7 @@ from pipeline.features import (
     fill_gaps,
     fit_normalization,
 )
-from pipeline.registry import model_name, register, set_metrics
+from pipeline.registry import model_name, register, set_metrics, store_artifact
 from pipeline.settings import PROJECT_ROOT, Market, Settings
 from pipeline.training_runs import get_run, ms_to_datetime, start_run, update_run
 
@@ -574,11 +574,12 @@ def evaluate_run(settings: Settings, engine: Engine, run_id: str) -> Evaluation:
         },
     )
     if artifacts.get("model_version"):
+        plot_uri, _, _ = store_artifact(settings.artifact_root, plot, kind="plots", suffix=".png")
         set_metrics(
             engine,
             artifacts["model_name"],
             int(artifacts["model_version"]),
-            {"validation": backtests["policy"].metrics},
+            {"validation": backtests["policy"].metrics, "validation_plot": plot_uri},
         )
     return Evaluation(run_id=run_id, backtests=backtests, plot=plot)
 

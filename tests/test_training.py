@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -21,6 +22,7 @@ from pipeline.db.migrate import upgrade
 from pipeline.errors import ConfigurationError, DataValidationError
 from pipeline.export import read_lineage
 from pipeline.features import Candles, compute_features
+from pipeline.registry import get_version
 from pipeline.settings import Market, Settings
 from pipeline.training import (
     TrainRequest,
@@ -133,6 +135,12 @@ def test_trained_and_evaluated_runs_record_their_lineage_and_metrics(
         assert run["valid_start"].timestamp() * 1000 == VALID.start
         assert Path(run["artifacts"]["equity_plot"]).stat().st_size > 0
         assert Path(run["artifacts"]["model"]).exists()
+        version = get_version(
+            engine, run["artifacts"]["model_name"], int(run["artifacts"]["model_version"])
+        )
+        assert version["metrics"]["validation"] == pytest.approx(evaluation.metrics)
+        with fsspec.open(version["metrics"]["validation_plot"], "rb") as stored:
+            assert stored.read() == Path(run["artifacts"]["equity_plot"]).read_bytes()
         run_ids.append(run_id)
     best = select_best(engine, run_ids)
     sharpes = {rid: get_run(engine, rid)["metrics"]["sharpe"] for rid in run_ids}

@@ -1,0 +1,152 @@
+"""The Models page: registered versions with their metrics and equity plots, the
+champion and its promotion history, as HTML for the Airflow UI and as JSON.
+
+A FastAPI app over `pipeline/registry.py`. The Airflow plugin
+(`plugins/cryptobots_models.py`) mounts it and passes Airflow's own authorization
+check as `guard`, so the page, its data and its plots are only served to a signed-in
+Airflow user allowed to read the `promote` DAG. The Promote button never promotes by
+itself: it triggers the `promote` DAG through Airflow's REST API with the user's own
+session, so every promotion runs the gates and leaves its audit row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.responses import HTMLResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy.engine import Engine
+
+from pipeline.errors import ConfigurationError
+from pipeline.registry import CHAMPION, get_version, list_versions, promotion_history
+
+PROMOTE_DAG_ID = "promote"
+SHOWN_METRICS = ("sharpe", "total_return", "max_drawdown", "trades", "exposure")
+
+
+def _plain(value: Any) -> Any:
+    """Datetimes as ISO text, everything else as is (JSON-ready)."""
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def model_summaries(engine: Engine, name: str | None = None) -> list[dict[str, Any]]:
+    """Every model name with its champion, versions (newest first) and promotion history."""
+    by_name: dict[str, dict[str, Any]] = {}
+    for row in list_versions(engine, name):
+        metrics = row["metrics"] or {}
+        model = by_name.setdefault(
+            row["name"], {"name": row["name"], "champion": None, "versions": [], "history": []}
+        )
+        if CHAMPION in row["aliases"]:
+            model["champion"] = row["version"]
+        model["versions"].append(
+            {
+                "version": row["version"],
+                "algorithm": row["algorithm"],
+                "status": row["status"],
+                "aliases": row["aliases"],
+                "created_at": _plain(row["created_at"]),
+                "sha256": row["sha256"],
+                "size": row["size"],
+                "opset": row["opset"],
+                "training_run": row["training_run"],
+                "validation": metrics.get("validation", {}),
+                "has_plot": bool(metrics.get("validation_plot")),
+            }
+        )
+    for model in by_name.values():
+        model["history"] = [
+            {key: _plain(value) for key, value in event.items()}
+            for event in promotion_history(engine, model["name"])
+        ]
+    return list(by_name.values())
+
+
+def plot_bytes(engine: Engine, name: str, version: int) -> bytes | None:
+    """The stored validation equity plot (PNG) of a version, or None when it has none."""
+    import fsspec
+
+    uri = (get_version(engine, name, version)["metrics"] or {}).get("validation_plot")
+    if not uri:
+        return None
+    with fsspec.open(uri, "rb") as handle:
+        return handle.read()
+
+
+@cache
+def _templates() -> Environment:
+    return Environment(
+        loader=PackageLoader("pipeline", "templates"),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def render_page(models: list[dict[str, Any]], promote_dag_id: str = PROMOTE_DAG_ID) -> str:
+    """The HTML page (every link relative, so it works under any base URL and proxy)."""
+    return (
+        _templates()
+        .get_template("models.html")
+        .render(models=models, dag_id=promote_dag_id, shown=SHOWN_METRICS)
+    )
+
+
+def create_app(
+    get_engine: Callable[[], Engine],
+    guard: Callable[..., Any] | None = None,
+    promote_dag_id: str = PROMOTE_DAG_ID,
+) -> FastAPI:
+    """The page (`/`), its data (`/api/models`) and the plots (`/plots/{name}/{version}.png`).
+
+    `guard` is a FastAPI dependency run before every route (Airflow's auth check in the
+    plugin); without one the app is open, which only tests and local tools should use.
+    """
+    dependencies = [Depends(guard)] if guard is not None else []
+    app = FastAPI(
+        title="cryptobots models",
+        dependencies=dependencies,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    def registry() -> Engine:
+        try:
+            engine = get_engine()
+            with engine.connect():
+                return engine
+        except (ConfigurationError, sa.exc.OperationalError) as error:
+            reason = getattr(error, "orig", None) or error
+            raise HTTPException(
+                503, f"the model registry's database is unreachable: {reason}"
+            ) from None
+
+    def summaries(name: str | None) -> list[dict[str, Any]]:
+        return model_summaries(registry(), name)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page(name: str | None = None) -> str:
+        return render_page(summaries(name), promote_dag_id)
+
+    @app.get("/api/models")
+    def models(name: str | None = None) -> list[dict[str, Any]]:
+        return summaries(name)
+
+    @app.get("/plots/{name}/{version}.png")
+    def plot(name: str, version: int) -> Response:
+        from pipeline.registry import VersionNotFound
+
+        try:
+            payload = plot_bytes(registry(), name, version)
+        except VersionNotFound as error:
+            raise HTTPException(404, str(error)) from None
+        if payload is None:
+            raise HTTPException(404, f"{name} v{version} has no validation plot")
+        return Response(payload, media_type="image/png")
+
+    return app

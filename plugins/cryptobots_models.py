@@ -1,0 +1,53 @@
+"""The Models page inside the Airflow UI (Airflow 3.1+ plugin).
+
+Mounts `pipeline.models_page` under `/cryptobots-models` and adds a "Models" entry to
+the UI's navigation that frames it. Every route of the page is guarded by Airflow's own
+auth: the signed-in user must be allowed to read the `promote` DAG. The data comes from
+`pipeline/registry.py`; nothing here but wiring.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any, ClassVar
+
+from airflow.api_fastapi.core_api.security import requires_access_dag
+from airflow.plugins_manager import AirflowPlugin
+from sqlalchemy.engine import Engine
+
+from pipeline.models_page import PROMOTE_DAG_ID, create_app
+
+URL_PREFIX = "/cryptobots-models"
+
+
+@cache
+def registry_engine() -> Engine:
+    """The registry's engine, from the cryptobots settings, made on first use."""
+    from pipeline.db.engine import create_engine
+    from pipeline.settings import load_settings
+
+    return create_engine(load_settings().db_url)
+
+
+class CryptobotsModelsPlugin(AirflowPlugin):
+    """Registered model versions, the champion and a Promote button."""
+
+    name = "cryptobots_models"
+    fastapi_apps: ClassVar[list[dict[str, Any]]] = [
+        {
+            "name": "cryptobots models",
+            "url_prefix": URL_PREFIX,
+            "app": create_app(
+                registry_engine,
+                guard=requires_access_dag("GET", param_dag_id=PROMOTE_DAG_ID),
+            ),
+        }
+    ]
+    external_views: ClassVar[list[dict[str, Any]]] = [
+        {
+            "name": "Models",
+            "href": f"{URL_PREFIX.lstrip('/')}/",
+            "destination": "nav",
+            "url_route": "models",
+        }
+    ]
