@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -298,6 +299,65 @@ class PromotionSettings(BaseModel):
     )
 
 
+class RiskSettings(BaseModel):
+    """Limits every order of the trader passes (a refusal is recorded, never raised)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_position_notional: float = Field(
+        default=5_000.0, gt=0, description="largest position per market, in its quote currency"
+    )
+    max_order_notional: float = Field(
+        default=2_500.0, gt=0, description="largest single order, in quote currency"
+    )
+    max_leverage: float = Field(
+        default=1.0, ge=0, description="gross exposure / equity cap (shorts borrow against it)"
+    )
+    max_orders_per_hour: int = Field(default=30, ge=1, description="per market")
+    daily_loss_limit: float = Field(
+        default=0.05, gt=0, le=1, description="HALT after losing this fraction of the day's start"
+    )
+    flatten_on_halt: bool = Field(default=False, description="close positions when halting")
+    flash_move: float = Field(
+        default=0.10, gt=0, description="a candle moving more than this pauses new entries"
+    )
+    flash_pause_candles: int = Field(default=6, ge=0, description="how long the pause lasts")
+    stale_after_timeframes: float = Field(
+        default=2.0, gt=0, description="no trade when the last closed candle is older than this"
+    )
+    breaker_errors: int = Field(
+        default=5, ge=1, description="consecutive exchange errors that open the circuit breaker"
+    )
+    breaker_cooldown_seconds: float = Field(
+        default=60.0, ge=0, description="how long the breaker stays open"
+    )
+
+
+class ServingSettings(BaseModel):
+    """The trader daemon (`python -m serving`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    markets: tuple[Market, ...] = Field(
+        default=(), description="markets traded; empty = the first of markets"
+    )
+    model_poll_seconds: float = Field(
+        default=10.0, gt=0, description="how often the registry is asked for a new champion"
+    )
+    loop_seconds: float = Field(
+        default=1.0, gt=0, description="how often exchange clocks are checked for a closed candle"
+    )
+    host: str = Field(default="127.0.0.1", description="health, readiness, metrics and control")
+    port: int = Field(default=8790, ge=0, le=65535, description="0 = any free port")
+    control_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token of the pause/resume/flatten endpoints; unset = they answer 401",
+    )
+    paper_cash: float = Field(default=10_000.0, gt=0, description="paper account's quote cash")
+    fee_bps: float = Field(default=10.0, ge=0, description="paper taker fee, basis points")
+    risk: RiskSettings = Field(default_factory=RiskSettings)
+
+
 def _default_exchanges() -> dict[str, ExchangeConfig]:
     # Offline default: the exchange simulator on loopback speaks Binance's API.
     return {"binance": ExchangeConfig(ccxt_id="binance", url="http://127.0.0.1:8900")}
@@ -342,6 +402,7 @@ class Settings(BaseSettings):
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
     require_gpu: bool = Field(
         default=False, description="fail (doctor, training) instead of falling back to CPU"
     )

@@ -20,6 +20,12 @@ CONTRACT_TABLES = {
     "training_runs",
     "model_versions",
     "model_aliases",
+    "decisions",
+    "orders",
+    "fills",
+    "positions",
+    "equity",
+    "risk_events",
     "promotion_events",
 }
 

@@ -180,3 +180,118 @@ promotion_events = sa.Table(
     sa.Index("ix_promotion_events_name_at", "name", "at"),
     comment="audit of every alias move",
 )
+
+# The trader's state (serving). `account` is "paper" or "live": they never mix.
+# `market` is the text form exchange:BASE/QUOTE:timeframe; candle times are open times
+# in ms like ohlcv.ts.
+
+decisions = sa.Table(
+    "decisions",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("account", sa.String(8), nullable=False),
+    sa.Column("market", sa.String(80), nullable=False),
+    sa.Column("candle_ts", sa.BigInteger, nullable=False, comment="open time of the candle"),
+    sa.Column("model_name", sa.String(80), nullable=False),
+    sa.Column("model_version", sa.Integer, nullable=False),
+    sa.Column("inputs_sha256", sa.String(64), nullable=False, comment="of the float32 obs"),
+    sa.Column("outputs", sa.JSON, nullable=False, comment="q_values or logits"),
+    sa.Column("action", sa.Integer, nullable=False),
+    sa.Column("target", Price, nullable=False, comment="target position, fraction of equity"),
+    sa.Column("price", Price, nullable=False, comment="close of the candle"),
+    sa.Column("latency_ms", Price, nullable=False, comment="candle available -> broker"),
+    sa.Column("outcome", sa.String(16), nullable=False, comment="order, hold or denied"),
+    sa.Column("reason", sa.Text, nullable=True, comment="why denied or held"),
+    sa.Column("client_order_id", sa.String(40), nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False, server_default=sa.func.now()),
+    sa.UniqueConstraint("account", "market", "candle_ts", name="uq_decisions_candle"),
+    comment="one decision per market and candle, whatever it led to",
+)
+
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("client_order_id", sa.String(40), nullable=False),
+    sa.Column("account", sa.String(8), nullable=False),
+    sa.Column("market", sa.String(80), nullable=False),
+    sa.Column("decision_id", sa.BigInteger, nullable=True),
+    sa.Column("side", sa.String(4), nullable=False),
+    sa.Column("type", sa.String(12), nullable=False),
+    sa.Column("amount", Price, nullable=False),
+    sa.Column("price", Price, nullable=True, comment="limit price; None for market orders"),
+    sa.Column(
+        "status",
+        sa.String(16),
+        nullable=False,
+        comment="pending (persisted, maybe not sent), open, filled, partial, canceled, "
+        "rejected, expired",
+    ),
+    sa.Column("exchange_order_id", sa.String(64), nullable=True),
+    sa.Column("filled", Price, nullable=False, server_default="0"),
+    sa.Column("average", Price, nullable=True),
+    sa.Column("fee", Price, nullable=False, server_default="0"),
+    sa.Column("fee_currency", sa.String(16), nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", Timestamp, nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("client_order_id"),
+    sa.Index("ix_orders_account_status", "account", "status"),
+    comment="every order, written before it is sent; the client order id is deterministic",
+)
+
+fills = sa.Table(
+    "fills",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("client_order_id", sa.String(40), nullable=False),
+    sa.Column("trade_id", sa.String(64), nullable=False),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("price", Price, nullable=False),
+    sa.Column("amount", Price, nullable=False),
+    sa.Column("fee", Price, nullable=False),
+    sa.Column("fee_currency", sa.String(16), nullable=True),
+    sa.UniqueConstraint("client_order_id", "trade_id", name="uq_fills_trade"),
+    comment="executions; a fill is applied to the position exactly once",
+)
+
+positions = sa.Table(
+    "positions",
+    metadata,
+    sa.Column("account", sa.String(8), nullable=False),
+    sa.Column("market", sa.String(80), nullable=False),
+    sa.Column("base", Price, nullable=False, comment="amount held (negative = short)"),
+    sa.Column("quote", Price, nullable=False, comment="cash of this market's sub-account"),
+    sa.Column("target", Price, nullable=False, comment="last target, fraction of equity"),
+    sa.Column("borrowed", Price, nullable=False, server_default="0", comment="short: base owed"),
+    sa.Column("updated_at", Timestamp, nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("account", "market"),
+    comment="the position and cash of each market the trader trades",
+)
+
+equity = sa.Table(
+    "equity",
+    metadata,
+    sa.Column("account", sa.String(8), nullable=False),
+    sa.Column("market", sa.String(80), nullable=False),
+    sa.Column("ts", sa.BigInteger, nullable=False, comment="candle open time"),
+    sa.Column("equity", Price, nullable=False, comment="quote + base x price"),
+    sa.Column("base", Price, nullable=False),
+    sa.Column("quote", Price, nullable=False),
+    sa.Column("price", Price, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("account", "market", "ts"),
+    comment="one equity point per market and decision candle",
+)
+
+risk_events = sa.Table(
+    "risk_events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("account", sa.String(8), nullable=False),
+    sa.Column("market", sa.String(80), nullable=True, comment="None: the whole trader"),
+    sa.Column("from_state", sa.String(16), nullable=False),
+    sa.Column("to_state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("at", Timestamp, nullable=False, server_default=sa.func.now()),
+    comment="every transition of the risk gate (ACTIVE, REDUCING, HALTED)",
+)

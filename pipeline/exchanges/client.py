@@ -294,12 +294,17 @@ class ExchangeClient:
         """The exchange's clock in ms (candles close on it, not on ours)."""
         return int(self.call("server time", self.client.fetch_time, kind="time"))
 
-    def call(self, what: str, function: Callable[[], T], kind: str = "other") -> T:
-        """Run `function` with errors translated, temporary ones retried, pace kept."""
+    def call(
+        self, what: str, function: Callable[[], T], kind: str = "other", retry: bool = True
+    ) -> T:
+        """Run `function` with errors translated, temporary ones retried, pace kept.
+
+        `retry=False` for requests that must not be repeated blindly (placing an order):
+        the caller finds out what happened before trying again."""
         retrying = Retrying(
             retry=retry_if_exception_type(TemporaryExchangeError),
             wait=self._wait,
-            stop=stop_after_attempt(self.retry.attempts)
+            stop=stop_after_attempt(self.retry.attempts if retry else 1)
             | stop_after_delay(self.retry.total_seconds),
             before_sleep=self._count_retry,
             reraise=True,

@@ -1,0 +1,199 @@
+"""Brokers: where the trader's orders go.
+
+`PaperBroker` (the default) fills a market order against the exchange's current
+order book, walking its levels, with the taker fee; nothing is sent. `ExchangeBroker`
+sends it through ccxt (`--live`, or the simulator's signed endpoints) with a client
+order id derived from the decision, and never re-sends an id without first asking
+the exchange whether it already has it: a timeout after the exchange accepted an
+order must not become a second order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Protocol
+
+from pipeline.errors import ExchangeRejected, TemporaryExchangeError
+from pipeline.exchanges.client import ExchangeClient
+from serving.store import Execution, Fill
+
+CLIENT_ID_PREFIX = "cb"
+
+
+def client_order_id(model: str, version: int, market: str, candle_ts: int, intent: str) -> str:
+    """Deterministic id of the order a decision makes (Binance allows 36 of [A-Za-z0-9-_]),
+    so a restart that re-decides the same candle finds the same order."""
+    key = f"{model}|{version}|{market}|{candle_ts}|{intent}"
+    return f"{CLIENT_ID_PREFIX}{hashlib.sha256(key.encode()).hexdigest()[:30]}"
+
+
+class Broker(Protocol):
+    """Executes market orders; `lookup` finds an order by its client id."""
+
+    live: bool
+
+    def execute(
+        self, symbol: str, side: str, amount: float, client_id: str, now_ms: int
+    ) -> Execution: ...
+
+    def lookup(self, symbol: str, client_id: str) -> Execution | None: ...
+
+
+class PaperBroker:
+    """Fills against the exchange's public book with fees; the account lives in our DB."""
+
+    live = False
+
+    def __init__(self, exchange: ExchangeClient, fee_bps: float, depth: int = 100) -> None:
+        self.exchange, self.fee, self.depth = exchange, fee_bps / 10_000, depth
+
+    def execute(
+        self, symbol: str, side: str, amount: float, client_id: str, now_ms: int
+    ) -> Execution:
+        book = self.exchange.call(
+            f"{symbol} order book",
+            lambda: self.exchange.client.fetch_order_book(symbol, self.depth),
+            kind="depth",
+        )
+        levels = book["asks"] if side == "buy" else book["bids"]
+        fills, left, cost = [], amount, 0.0
+        for index, level in enumerate(levels):
+            price, available = float(level[0]), float(level[1])
+            take = min(left, available)
+            if take <= 0:
+                break
+            fee = take * self.fee if side == "buy" else take * price * self.fee
+            fills.append(
+                Fill(
+                    f"{client_id}-{index}",
+                    now_ms,
+                    price,
+                    take,
+                    fee,
+                    "base" if side == "buy" else "quote",
+                )
+            )
+            left -= take
+            cost += take * price
+        filled = amount - left
+        if not fills:
+            return Execution("expired", 0.0, 0.0, error=f"{symbol}: the book has no {side} side")
+        return Execution(
+            status="filled" if left <= amount * 1e-12 else "expired",
+            filled=filled,
+            cost=cost,
+            fee=sum(f.fee for f in fills),
+            fee_asset="base" if side == "buy" else "quote",
+            exchange_order_id=None,
+            fills=tuple(fills),
+            error=None if left <= amount * 1e-12 else f"book depth filled {filled} of {amount}",
+        )
+
+    def lookup(self, symbol: str, client_id: str) -> Execution | None:
+        """Paper orders are executed and stored in one transaction: nothing to find."""
+        return None
+
+
+class ExchangeBroker:
+    """Market orders through ccxt with deterministic client order ids."""
+
+    live = True
+
+    def __init__(self, exchange: ExchangeClient) -> None:
+        self.exchange = exchange
+
+    def execute(
+        self, symbol: str, side: str, amount: float, client_id: str, now_ms: int
+    ) -> Execution:
+        """Send once; on an ambiguous failure ask the exchange before anything else.
+
+        Returns the order's state; `pending` means the exchange did not answer and the
+        order could not be found either: reconciliation decides later."""
+        existing = self.lookup(symbol, client_id)
+        if existing is not None:
+            return existing
+        market = self.exchange.market(symbol)
+        try:
+            order = self.exchange.call(
+                f"{symbol} {side} order {client_id}",
+                lambda: self.exchange.client.create_order(
+                    symbol, "market", side, amount, None, {"newClientOrderId": client_id}
+                ),
+                kind="order",
+                retry=False,
+            )
+        except ExchangeRejected as error:
+            return Execution("rejected", 0.0, 0.0, error=str(error))
+        except TemporaryExchangeError as error:
+            found = self.lookup(symbol, client_id)
+            if found is not None:
+                return found
+            return Execution("pending", 0.0, 0.0, error=str(error))
+        return parse_order(order, market)
+
+    def lookup(self, symbol: str, client_id: str) -> Execution | None:
+        """The exchange's state of an order by client id; None when it has no such order."""
+        import ccxt
+
+        market = self.exchange.market(symbol)
+
+        def fetch() -> Any:
+            try:
+                return self.exchange.client.fetch_order(
+                    None, symbol, {"origClientOrderId": client_id}
+                )
+            except ccxt.OrderNotFound:
+                return None
+
+        order = self.exchange.call(f"{symbol} order {client_id}", fetch, kind="order_status")
+        if order is None:
+            return None
+        if order.get("filled") and not order.get("trades") and not order.get("fee"):
+            trades = self.exchange.call(
+                f"{symbol} trades of order {client_id}",
+                lambda: self.exchange.client.fetch_my_trades(symbol),
+                kind="my_trades",
+            )
+            order = {
+                **order,
+                "trades": [t for t in trades if str(t.get("order")) == str(order["id"])],
+            }
+            order["fees"] = [t["fee"] for t in order["trades"] if t.get("fee")]
+        return parse_order(order, market)
+
+
+STATUS = {"closed": "filled", "canceled": "canceled", "expired": "expired", "rejected": "rejected"}
+"""ccxt's order status -> ours; an open order is `open`, or `partial` once something filled."""
+
+
+def parse_order(order: dict[str, Any], market: dict[str, Any]) -> Execution:
+    """A ccxt order as an Execution; fees are summed per asset (base or quote)."""
+    filled = float(order.get("filled") or 0.0)
+    cost = float(order.get("cost") or 0.0)
+    status = STATUS.get(order.get("status") or "open", "partial" if filled else "open")
+    fees = order.get("fees") or ([order["fee"]] if order.get("fee") else [])
+    fee, fee_asset = 0.0, None
+    for item in fees:
+        if item and item.get("cost"):
+            fee += float(item["cost"])
+            fee_asset = "base" if item.get("currency") == market["base"] else "quote"
+    fills = tuple(
+        Fill(
+            str(trade.get("id") or f"{order.get('id')}-{index}"),
+            int(trade.get("timestamp") or order.get("timestamp") or 0),
+            float(trade["price"]),
+            float(trade["amount"]),
+            float((trade.get("fee") or {}).get("cost") or 0.0),
+            (trade.get("fee") or {}).get("currency"),
+        )
+        for index, trade in enumerate(order.get("trades") or [])
+    )
+    return Execution(
+        status=status,
+        filled=filled,
+        cost=cost,
+        fee=fee,
+        fee_asset=fee_asset,
+        exchange_order_id=str(order.get("id")) if order.get("id") else None,
+        fills=fills,
+    )

@@ -1,0 +1,166 @@
+"""`python -m serving`: the trader daemon.
+
+Paper trading unless `--live` is given; live trading also needs the exchange's keys
+through its settings reference (env:PREFIX or file:path; never in settings, never
+logged). Stops cleanly on SIGTERM/SIGINT: the current step finishes, exit code 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipeline.errors import ConfigurationError, CryptobotsError
+from pipeline.settings import Settings, load_settings
+
+log = logging.getLogger("serving")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and the exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info).splitlines()[-1]
+        return json.dumps(entry)
+
+
+def build(settings: Settings, *, live: bool, environ: Mapping[str, str]) -> Any:
+    """The trader for `settings`: exchanges, brokers, model watches, risk gate."""
+    import onnxruntime as ort
+
+    from pipeline.db.engine import create_engine
+    from pipeline.db.migrate import upgrade
+    from pipeline.exchanges.client import credentials_from_reference, open_exchange
+    from serving.broker import ExchangeBroker, PaperBroker
+    from serving.metrics import Metrics
+    from serving.model import ModelWatch, choose_providers
+    from serving.risk import RiskGate
+    from serving.trader import Trader, cache_dir, traded_markets
+
+    markets = traded_markets(settings)
+    engine = create_engine(settings.db_url)
+    upgrade(engine)
+    exchanges, brokers = {}, {}
+    for name in sorted({m.exchange for m in markets}):
+        credentials = None
+        if live:
+            reference = settings.exchanges[name].credentials
+            credentials = credentials_from_reference(reference, environ)
+            if credentials is None:
+                raise ConfigurationError(
+                    f"--live needs API keys for {name}: set CRYPTOBOTS_EXCHANGES__"
+                    f"{name.upper()}__CREDENTIALS=env:PREFIX (PREFIX_API_KEY, PREFIX_SECRET) "
+                    "or file:/path/to/keys.yaml"
+                )
+        exchanges[name] = open_exchange(settings, name, credentials)
+        brokers[name] = (
+            ExchangeBroker(exchanges[name])
+            if live
+            else PaperBroker(exchanges[name], settings.serving.fee_bps)
+        )
+    providers = choose_providers(ort.get_available_providers())
+    log.info("ONNX Runtime providers requested: %s", ", ".join(providers))
+    metrics = Metrics()
+    metrics.db_up.set(1)
+
+    def on_model_event(kind: str, info: dict[str, Any]) -> None:
+        if kind == "refused":
+            metrics.models_refused.labels(info["name"]).inc()
+
+    from pipeline.registry import model_name
+
+    watches = {
+        model_name(str(m)): ModelWatch(
+            engine, model_name(str(m)), cache_dir(settings), providers, on_model_event
+        )
+        for m in markets
+    }
+    return Trader(
+        settings=settings,
+        engine=engine,
+        exchanges=exchanges,
+        brokers=brokers,
+        watches=watches,
+        risk=RiskGate(settings.serving.risk, [str(m) for m in markets]),
+        metrics=metrics,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the trader until SIGTERM/SIGINT; 0 on a clean stop, 2 on a known error."""
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
+    parser.add_argument("--live", action="store_true", help="send real orders (needs keys)")
+    parser.add_argument(
+        "--market", action="append", help="trade this market (repeatable; default: settings)"
+    )
+    parser.add_argument("--port", type=int, help="HTTP port (health, readiness, metrics)")
+    parser.add_argument("--log-format", choices=("json", "text"), default="json")
+    args = parser.parse_args(argv)
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter()
+        if args.log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+    from serving.http import HttpServer, create_app
+
+    try:
+        settings = load_settings()
+        serving = settings.serving.model_dump()
+        if args.market:
+            serving["markets"] = args.market
+        if args.port is not None:
+            serving["port"] = args.port
+        settings = load_settings(serving=serving)
+        trader = build(settings, live=args.live, environ=os.environ)
+    except CryptobotsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    server = HttpServer(
+        create_app(trader, settings.serving.control_token),
+        settings.serving.host,
+        settings.serving.port,
+    )
+    port = server.start()
+    base = f"http://{settings.serving.host}:{port}"
+    log.info(
+        "trading %s (%s): health %s/healthz, readiness %s/readyz, metrics %s/metrics",
+        ", ".join(trader.markets),
+        trader.account,
+        base,
+        base,
+        base,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("%s: finishing the current step, then stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        trader.run(stop)
+    finally:
+        server.stop()
+        trader.engine.dispose()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,182 @@
+"""The champion policy in ONNX Runtime, and the watch that swaps it.
+
+A model is loaded only through `pipeline.registry.load_verified` (checksum, ONNX
+checker, signature against the feature spec), then warmed up with one inference
+before it can serve. The watcher polls the `champion` alias; a new version is
+loaded and verified off to the side and swapped in between two decisions (the
+trader takes `current()` once per decision), so no decision sees half a model. A
+refused artifact is logged and counted and the running model keeps trading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy.engine import Engine
+
+from pipeline.errors import ModelRejected
+from pipeline.features import FeatureSpec
+from pipeline.registry import CHAMPION, alias, load_verified
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def choose_providers(available: Sequence[str]) -> list[str]:
+    """CUDA first when ONNX Runtime offers it, CPU always as the fallback."""
+    return [CUDA, CPU] if CUDA in available else [CPU]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One verified, warmed-up model version: what a decision needs from it."""
+
+    name: str
+    version: int
+    sha256: str
+    spec: FeatureSpec
+    action_map: tuple[float, ...]
+    decision_every: int
+    algorithm: str
+    provider: str
+    session: Any = field(repr=False)
+    input_name: str = field(repr=False)
+
+    def scores(self, obs: np.ndarray) -> np.ndarray:
+        """[batch, actions] q-values or logits for float32 observations [batch, dim+1]."""
+        return self.session.run(None, {self.input_name: obs})[0]
+
+    def decide(self, features: np.ndarray, position: float) -> tuple[int, np.ndarray, str]:
+        """(greedy action, scores, sha256 of the observation) for one market."""
+        obs = np.append(features, np.float32(position)).astype(np.float32)[None, :]
+        scores = self.scores(obs)[0]
+        return int(np.argmax(scores)), scores, hashlib.sha256(obs.tobytes()).hexdigest()
+
+
+def load_policy(
+    engine: Engine, name: str, version: int, cache_dir: Path, providers: Sequence[str]
+) -> Policy:
+    """Fetch, verify and warm up a registered version; ModelRejected names what failed."""
+    import onnxruntime as ort
+
+    verified = load_verified(engine, name, version, cache_dir / name / str(version))
+    lineage = verified.lineage
+    label = f"{name} v{version}"
+    try:
+        session = ort.InferenceSession(str(verified.path), providers=list(providers))
+        input_name = session.get_inputs()[0].name
+        warm = np.zeros((1, lineage.feature_spec.dim + 1), np.float32)
+        out = session.run(None, {input_name: warm})[0]
+    except Exception as error:  # onnxruntime raises its own exception types per failure
+        raise ModelRejected(f"{label}: ONNX Runtime cannot run it: {error}") from error
+    if out.shape != (1, len(lineage.action_map)) or not np.all(np.isfinite(out)):
+        raise ModelRejected(
+            f"{label}: warm-up gave {out.shape} scores {out.tolist()}, expected "
+            f"{len(lineage.action_map)} finite ones"
+        )
+    if lineage.feature_spec.mean is None:
+        raise ModelRejected(f"{label}: the feature spec has no normalization")
+    context = [f for f in lineage.feature_spec.features if f.startswith("ctx:")]
+    if context:
+        raise ModelRejected(f"{label}: context features {context} are not served yet")
+    return Policy(
+        name=name,
+        version=version,
+        sha256=verified.sha256,
+        spec=lineage.feature_spec,
+        action_map=tuple(lineage.action_map),
+        decision_every=int(lineage.data_window.get("decision_every", 1)),
+        algorithm=lineage.algorithm,
+        provider=session.get_providers()[0],
+        session=session,
+        input_name=input_name,
+    )
+
+
+class ModelWatch:
+    """The champion of one model name, re-checked on `poll()`; swaps are atomic."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        name: str,
+        cache_dir: Path,
+        providers: Sequence[str],
+        on_event: Callable[[str, dict[str, Any]], None] = lambda kind, info: None,
+    ) -> None:
+        self.engine, self.name, self.cache_dir = engine, name, cache_dir
+        self.providers = list(providers)
+        self.on_event = on_event
+        self._policy: Policy | None = None
+        self._lock = threading.Lock()
+        self._refused: dict[int, str] = {}
+
+    def current(self) -> Policy | None:
+        """The model serving now (None until a champion has loaded)."""
+        with self._lock:
+            return self._policy
+
+    def poll(self) -> Policy | None:
+        """Load the champion when it changed; a bad artifact is refused and the old model
+        stays. Returns the model serving after the poll."""
+        champion = alias(self.engine, self.name, CHAMPION)
+        running = self.current()
+        if champion is None:
+            return running
+        version = int(champion["version"])
+        if running is not None and running.version == version:
+            return running
+        if version in self._refused:
+            return running
+        try:
+            policy = load_policy(self.engine, self.name, version, self.cache_dir, self.providers)
+        except ModelRejected as error:
+            self._refused[version] = str(error)
+            log.error("model refused, keeping %s: %s", _label(running), error)
+            self.on_event("refused", {"name": self.name, "version": version, "error": str(error)})
+            return running
+        if CUDA in self.providers and policy.provider != CUDA:
+            log.warning(
+                "%s v%d: the CUDA provider did not load (no GPU or CUDA libraries): on %s",
+                self.name,
+                version,
+                policy.provider,
+            )
+        with self._lock:
+            self._policy = policy
+        log.info(
+            "model swapped: %s -> %s v%d (%s, %s)",
+            _label(running),
+            self.name,
+            version,
+            policy.algorithm,
+            policy.provider,
+        )
+        self.on_event(
+            "loaded",
+            {
+                "name": self.name,
+                "version": version,
+                "from": None if running is None else running.version,
+                "provider": policy.provider,
+            },
+        )
+        return policy
+
+    @property
+    def refused(self) -> dict[int, str]:
+        """Versions refused so far, with why."""
+        return dict(self._refused)
+
+
+def _label(policy: Policy | None) -> str:
+    return "no model" if policy is None else f"{policy.name} v{policy.version}"

@@ -1,0 +1,698 @@
+"""The trader's risk gate: one state machine that every order passes.
+
+Each market has a state, and so does the whole trader (the global state):
+
+- `ACTIVE`: any order within the limits passes.
+- `REDUCING`: only orders that bring the absolute position toward zero pass, capped so
+  that they never flip past zero. A market enters it for a few candles after a flash
+  move (`on_candle`) and leaves it by itself.
+- `HALTED`: nothing passes except orders flagged `flatten=True` that reduce (the
+  operator's flatten, or `flatten_on_halt`). The global state halts on an operator
+  pause or on the daily loss limit; a market is halted while the circuit breaker of its
+  exchange is open.
+
+The effective state of a market is the worst (`HALTED` > `REDUCING` > `ACTIVE`) of its
+own state, of the global state, and `HALTED` while its exchange's breaker is open.
+
+A refusal is a `Verdict(allowed=False, ...)` that the caller records as denied; the gate
+never raises for an order it does not like. Time is always passed in as `now_ms` (the
+exchange clock in milliseconds), never read from the system clock: the gate is
+deterministic in tests and follows an accelerated simulator clock. The breaker
+cool-down is measured on that clock too, so on a simulator running at 60x a 60 s
+cool-down lasts one wall-clock second.
+
+Every change of state is queued as a `Transition` until `drain_transitions`. Global
+changes are recorded once with `market=None`; a market's transitions record its own
+layer (flash pause and breaker), not the global state it inherits.
+
+Stdlib only (no numpy, ccxt, DB or network): the trader calls it on every decision and
+tests drive it directly. Not thread-safe: one trader loop owns one gate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from pipeline.settings import RiskSettings
+
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+
+# ccxt's precision modes (ccxt.base.decimal_to_precision): what market["precision"] holds.
+DECIMAL_PLACES = 2
+TICK_SIZE = 4
+
+
+class RiskState(StrEnum):
+    """How much a market (or the whole trader) may trade; later members are worse."""
+
+    ACTIVE = "ACTIVE"
+    REDUCING = "REDUCING"
+    HALTED = "HALTED"
+
+
+_SEVERITY = {RiskState.ACTIVE: 0, RiskState.REDUCING: 1, RiskState.HALTED: 2}
+
+
+def _worst(*states: RiskState) -> RiskState:
+    return max(states, key=_SEVERITY.__getitem__)
+
+
+def _dec(value: float) -> Decimal:
+    """The shortest decimal that reads back as `value` (0.1 is 0.1, not 0.1000000000000000055)."""
+    return Decimal(repr(float(value)))
+
+
+def _step_from_precision(value: Any, precision_mode: int) -> float | None:
+    if value is None:
+        return None
+    if precision_mode == TICK_SIZE:
+        return float(value)
+    if precision_mode == DECIMAL_PLACES:
+        return float(Decimal(1).scaleb(-int(value)))
+    raise ValueError(
+        f"ccxt precision mode {precision_mode} is not supported: use TICK_SIZE ({TICK_SIZE}) "
+        f"or DECIMAL_PLACES ({DECIMAL_PLACES})"
+    )
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _base(x: float) -> str:
+    """A base amount for a reason: enough digits for 1e-8 steps, no float noise."""
+    return f"{x:.10g}"
+
+
+def _quote(x: float) -> str:
+    return f"{x:.2f}"
+
+
+@dataclass(frozen=True)
+class MarketRules:
+    """An exchange's precision and minimums for one market, from ccxt's market dict."""
+
+    amount_step: float | None
+    price_step: float | None
+    min_amount: float | None
+    min_cost: float | None
+
+    @classmethod
+    def from_ccxt(cls, market: Mapping[str, Any], precision_mode: int = TICK_SIZE) -> MarketRules:
+        """Read `precision` and `limits` of a ccxt market; missing entries mean no rule.
+
+        ccxt 4 loads binance (and most exchanges) with `precisionMode == TICK_SIZE`, where
+        `precision["amount"]` is the step itself (1e-05). Pass `precision_mode=DECIMAL_PLACES`
+        for an exchange whose precision is a number of decimals (5 -> step 1e-05).
+        """
+        precision = market.get("precision") or {}
+        limits = market.get("limits") or {}
+
+        def limit(kind: str) -> float | None:
+            value = (limits.get(kind) or {}).get("min")
+            return None if value is None else float(value)
+
+        return cls(
+            amount_step=_step_from_precision(precision.get("amount"), precision_mode),
+            price_step=_step_from_precision(precision.get("price"), precision_mode),
+            min_amount=limit("amount"),
+            min_cost=limit("cost"),
+        )
+
+    def round_amount(self, amount: float) -> float:
+        """Round down (toward zero) to the amount step, in decimal so no float dust is left.
+
+        Down, never up: a capped or reduce-only amount stays within its cap.
+        """
+        if not self.amount_step:
+            return float(amount)
+        step = _dec(self.amount_step)
+        steps = (_dec(amount) / step).to_integral_value(rounding=ROUND_DOWN)
+        return float(steps * step)
+
+    def round_price(self, price: float) -> float:
+        """Round to the nearest price tick (half up)."""
+        if not self.price_step:
+            return float(price)
+        step = _dec(self.price_step)
+        ticks = (_dec(price) / step).to_integral_value(rounding=ROUND_HALF_UP)
+        return float(ticks * step)
+
+
+@dataclass(frozen=True)
+class OrderIntent:
+    """An order the trader wants to send, with what the gate needs to judge it."""
+
+    market: str
+    side: Literal["buy", "sell"]
+    amount: float  # base amount, > 0, not yet rounded
+    price: float  # reference price in quote
+    position: float  # base held now (signed; negative = short)
+    equity: float  # equity of this market's account in quote
+    flatten: bool = False
+
+    @property
+    def reduces(self) -> bool:
+        """The order goes against the position (it reduces it, or flips it if too large)."""
+        if self.side == "buy":
+            return self.position < 0
+        return self.position > 0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's answer: the amount to send (rounded, maybe capped), or a denial."""
+
+    allowed: bool
+    amount: float  # 0 when denied
+    reason: str  # "ok", or which limit denied or capped the order and with which numbers
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One change of state, for the caller to persist."""
+
+    market: str | None  # None = global
+    from_state: RiskState
+    to_state: RiskState
+    reason: str
+    at_ms: int
+
+
+BreakerStatus = Literal["closed", "open", "half_open"]
+
+
+@dataclass
+class _Breaker:
+    status: BreakerStatus = "closed"
+    errors: int = 0  # consecutive
+    last_error: str | None = None
+    opened_at_ms: int | None = None
+    reason: str = ""
+
+
+@dataclass
+class _Book:
+    """What the gate keeps per market."""
+
+    pause_until_ts_ms: int | None = None  # REDUCING while the latest candle opened before it
+    pause_reason: str = ""
+    orders: deque[int] = field(default_factory=deque)  # send times, oldest first
+
+
+class RiskGate:
+    """Market, global and per-exchange risk state; judges every order (see the module doc)."""
+
+    def __init__(self, settings: RiskSettings, markets: Iterable[str]) -> None:
+        self.settings = settings
+        self._books: dict[str, _Book] = {}
+        self._breakers: dict[str, _Breaker] = {}
+        for market in markets:
+            self._book(str(market))
+        self._paused_reason: str | None = None
+        self._loss_reason: str | None = None
+        self._day: int | None = None
+        self._day_start_equity: float | None = None
+        self._last_equity: float | None = None
+        self._transitions: list[Transition] = []
+        self._last_now_ms = 0
+
+    # --- state -------------------------------------------------------------------------
+
+    def state(self, market: str | None = None) -> RiskState:
+        """The effective state of `market`, or the global state when `market` is None."""
+        global_state = self._global_state()
+        if market is None:
+            return global_state
+        return _worst(self._market_level(market), global_state)
+
+    def _global_state(self) -> RiskState:
+        if self._paused_reason is not None or self._loss_reason is not None:
+            return RiskState.HALTED
+        return RiskState.ACTIVE
+
+    def _global_reason(self) -> str:
+        reasons = [r for r in (self._paused_reason, self._loss_reason) if r is not None]
+        return "; ".join(reasons) or "ok"
+
+    def _market_level(self, market: str) -> RiskState:
+        """A market's own state (flash pause, breaker), without the global state."""
+        book = self._book(market)
+        state = RiskState.REDUCING if book.pause_until_ts_ms is not None else RiskState.ACTIVE
+        if self._breaker(_exchange_of(market)).status == "open":
+            state = RiskState.HALTED
+        return state
+
+    def _market_reason(self, market: str) -> str:
+        reasons = []
+        if self._global_state() is not RiskState.ACTIVE:
+            reasons.append(self._global_reason())
+        breaker = self._breaker(_exchange_of(market))
+        if breaker.status == "open":
+            reasons.append(breaker.reason)
+        book = self._book(market)
+        if book.pause_until_ts_ms is not None:
+            reasons.append(book.pause_reason)
+        return "; ".join(reasons) or "ok"
+
+    def _book(self, market: str) -> _Book:
+        """A market's book; a market not named at start is registered on first sight."""
+        book = self._books.get(market)
+        if book is None:
+            book = self._books[market] = _Book()
+            self._breaker(_exchange_of(market))
+        return book
+
+    def _breaker(self, exchange: str) -> _Breaker:
+        return self._breakers.setdefault(exchange, _Breaker())
+
+    def _markets_of(self, exchange: str) -> list[str]:
+        return [m for m in self._books if _exchange_of(m) == exchange]
+
+    def _seen(self, now_ms: int) -> None:
+        self._last_now_ms = max(self._last_now_ms, int(now_ms))
+
+    def _record_market_changes(
+        self, before: Mapping[str, RiskState], reason: str, now_ms: int
+    ) -> None:
+        for market, old in before.items():
+            new = self._market_level(market)
+            if new is not old:
+                self._transitions.append(Transition(market, old, new, reason, int(now_ms)))
+
+    def _record_global_change(self, old: RiskState, reason: str, now_ms: int) -> None:
+        new = self._global_state()
+        if new is not old:
+            self._transitions.append(Transition(None, old, new, reason, int(now_ms)))
+
+    # --- orders ------------------------------------------------------------------------
+
+    def check(self, intent: OrderIntent, rules: MarketRules, now_ms: int) -> Verdict:
+        """Judge one order; the limits apply in the order of the module's rules, first denial wins.
+
+        1. state: HALTED passes only reducing flatten orders, REDUCING only reducing ones;
+        2. reduce-only orders (REDUCING, HALTED, flatten) are capped at |position|;
+        3. max_order_notional caps; 4. max_position_notional and 5. max_leverage cap the
+        position after the order, and deny when there is no room at all; 6.
+        max_orders_per_hour denies; 7. rounding down to the step, then min amount and min
+        cost deny. Reducing orders (including flatten) skip 3-6. Caps are named in the
+        reason of an allowed verdict.
+        """
+        self._seen(now_ms)
+        market = intent.market
+        notes: list[str] = []
+
+        def deny(why: str) -> Verdict:
+            return Verdict(False, 0.0, "; ".join([*notes, why]))
+
+        numbers = (intent.amount, intent.price, intent.position, intent.equity)
+        if not all(math.isfinite(x) for x in numbers):
+            return deny(f"invalid order {intent}: amount, price, position, equity must be finite")
+        if intent.amount <= 0 or intent.price <= 0:
+            return deny(
+                f"invalid order: amount {_base(intent.amount)} and price "
+                f"{_base(intent.price)} must be > 0"
+            )
+
+        state = self.state(market)
+        reduces = intent.reduces
+        pos = intent.position
+        base, quote = _currencies(market)
+        if state is RiskState.HALTED and not (intent.flatten and reduces):
+            return deny(
+                f"{market} is HALTED ({self._market_reason(market)}): only flatten orders "
+                f"that reduce the position pass; {intent.side} {_base(intent.amount)} "
+                f"{base} with position {_base(pos)}"
+            )
+        if state is RiskState.REDUCING and not reduces:
+            return deny(
+                f"{market} is REDUCING ({self._market_reason(market)}): only orders that "
+                f"reduce the position pass; {intent.side} {_base(intent.amount)} {base} "
+                f"with position {_base(pos)}"
+            )
+        if intent.flatten and not reduces:
+            return deny(
+                f"flatten order must reduce the position: {intent.side} with position "
+                f"{_base(pos)} {base}"
+            )
+
+        amount = intent.amount
+        reduce_only = state is not RiskState.ACTIVE or intent.flatten
+        if reduce_only and amount > abs(pos):
+            notes.append(
+                f"reduce-only ({state}{', flatten' if intent.flatten else ''}): "
+                f"{_base(amount)} capped to |position| {_base(abs(pos))} {base}"
+            )
+            amount = abs(pos)
+
+        if not (reduces and amount <= abs(pos)):
+            price = intent.price
+            sign = 1 if intent.side == "buy" else -1
+            s = self.settings
+
+            cap = _headroom(s.max_order_notional, price, 0, pos)
+            if amount > cap:
+                notes.append(
+                    f"max_order_notional {_quote(s.max_order_notional)} {quote}: order "
+                    f"{_quote(amount * price)} {quote} capped to {_base(cap)} {base}"
+                )
+                amount = cap
+
+            cap = _headroom(s.max_position_notional, price, sign, pos)
+            if cap <= 0:
+                return deny(
+                    f"max_position_notional {_quote(s.max_position_notional)} {quote}: "
+                    f"position {_base(pos)} {base} ({_quote(abs(pos) * price)} {quote}) "
+                    f"leaves no room to {intent.side}"
+                )
+            if amount > cap:
+                notes.append(
+                    f"max_position_notional {_quote(s.max_position_notional)} {quote}: "
+                    f"{intent.side} {_base(amount)} from position {_base(pos)} {base} "
+                    f"capped to {_base(cap)}"
+                )
+                amount = cap
+
+            limit = float(_dec(s.max_leverage) * _dec(intent.equity))
+            cap = _headroom(limit, price, sign, pos)
+            if cap <= 0:
+                return deny(
+                    f"max_leverage {s.max_leverage:g}x of equity {_quote(intent.equity)} "
+                    f"{quote} = {_quote(limit)} {quote}: position {_base(pos)} {base} "
+                    f"({_quote(abs(pos) * price)} {quote}) leaves no room to {intent.side}"
+                )
+            if amount > cap:
+                notes.append(
+                    f"max_leverage {s.max_leverage:g}x of equity {_quote(intent.equity)} "
+                    f"{quote}: {intent.side} {_base(amount)} from position {_base(pos)} "
+                    f"{base} capped to {_base(cap)}"
+                )
+                amount = cap
+
+            sent = self._orders_last_hour(market, now_ms)
+            if sent >= s.max_orders_per_hour:
+                return deny(
+                    f"max_orders_per_hour {s.max_orders_per_hour}: {sent} orders sent on "
+                    f"{market} in the hour before {_iso(now_ms)}"
+                )
+
+        rounded = rules.round_amount(amount)
+        if rounded <= 0:
+            return deny(
+                f"amount {_base(amount)} {base} rounds down to 0 at step "
+                f"{_base(rules.amount_step or 0.0)}"
+            )
+        if rules.min_amount is not None and rounded < rules.min_amount:
+            return deny(
+                f"min amount {_base(rules.min_amount)} {base}: order rounds to {_base(rounded)}"
+            )
+        if rules.min_cost is not None and _dec(rounded) * _dec(intent.price) < _dec(rules.min_cost):
+            return deny(
+                f"min cost {_quote(rules.min_cost)} {quote}: {_base(rounded)} {base} at "
+                f"{_base(intent.price)} is {_quote(rounded * intent.price)} {quote}"
+            )
+        if rounded != amount and notes:
+            notes.append(f"rounded down to {_base(rounded)} {base}")
+        return Verdict(True, rounded, "; ".join(notes) or "ok")
+
+    def record_order(self, market: str, now_ms: int) -> None:
+        """Count one sent order toward max_orders_per_hour (a sliding hour before now_ms)."""
+        self._seen(now_ms)
+        self._book(market).orders.append(int(now_ms))
+
+    def _orders_last_hour(self, market: str, now_ms: int) -> int:
+        orders = self._book(market).orders
+        cutoff = now_ms - HOUR_MS
+        while orders and orders[0] <= cutoff:
+            orders.popleft()
+        return sum(1 for t in orders if cutoff < t <= now_ms)
+
+    # --- market data -------------------------------------------------------------------
+
+    def on_candle(
+        self,
+        market: str,
+        ts_ms: int,
+        open: float,
+        close: float,
+        timeframe_ms: int,
+        now_ms: int,
+    ) -> None:
+        """Watch each closed candle for a flash move, and end a flash pause when it is over.
+
+        A candle moving more than `flash_move` (|close/open - 1|) makes the market REDUCING
+        for `flash_pause_candles` candles counted by open time: the flash candle and the next
+        ones, until the first candle opening at `ts + flash_pause_candles * timeframe`, whose
+        `on_candle` lifts the pause by itself. A later flash extends the pause; 0 candles
+        disables it. Counting by timestamp makes repeated or missing calls harmless.
+        """
+        self._seen(now_ms)
+        book = self._book(market)
+        before = {market: self._market_level(market)}
+        reason = ""
+        if book.pause_until_ts_ms is not None and ts_ms >= book.pause_until_ts_ms:
+            reason = f"flash pause over: candle {_iso(ts_ms)} is past the pause"
+            book.pause_until_ts_ms = None
+            book.pause_reason = ""
+        s = self.settings
+        move = close / open - 1.0 if open > 0 else 0.0
+        if abs(move) > s.flash_move and s.flash_pause_candles > 0:
+            until = ts_ms + s.flash_pause_candles * timeframe_ms
+            if book.pause_until_ts_ms is None or until > book.pause_until_ts_ms:
+                book.pause_until_ts_ms = until
+                reason = book.pause_reason = (
+                    f"flash move: candle {_iso(ts_ms)} open {_base(open)} close {_base(close)} "
+                    f"moved {move:+.2%} (flash_move {s.flash_move:.2%}); reduce-only for "
+                    f"{s.flash_pause_candles} candles, until the candle at {_iso(until)}"
+                )
+        self._record_market_changes(before, reason, now_ms)
+
+    def data_fresh(
+        self, market: str, last_closed_ts_ms: int, timeframe_ms: int, now_ms: int
+    ) -> bool:
+        """Whether the latest closed candle is recent enough to decide on.
+
+        The candle opened at `last_closed_ts_ms` closed one timeframe later; it is stale
+        when it closed more than `stale_after_timeframes` timeframes before `now_ms`. The
+        trader skips the decision then; no state changes (a pure check).
+        """
+        closed_at = last_closed_ts_ms + timeframe_ms
+        return now_ms - closed_at <= self.settings.stale_after_timeframes * timeframe_ms
+
+    # --- circuit breaker ---------------------------------------------------------------
+
+    def on_exchange_error(self, exchange: str, now_ms: int, error: str) -> None:
+        """Count a consecutive error of `exchange`; at `breaker_errors` the breaker opens.
+
+        An open breaker halts every market of the exchange for `breaker_cooldown_seconds`
+        (on the passed clock). An error during the half-open trial re-opens it for another
+        cool-down. Errors while it is open are counted but do not extend the cool-down.
+        """
+        self._seen(now_ms)
+        breaker = self._breaker(exchange)
+        breaker.errors += 1
+        breaker.last_error = error
+        s = self.settings
+        if breaker.status == "half_open":
+            why = (
+                f"circuit breaker of {exchange} re-opened: error during the half-open trial "
+                f"({breaker.errors} consecutive errors), last: {error}"
+            )
+        elif breaker.status == "closed" and breaker.errors >= s.breaker_errors:
+            why = (
+                f"circuit breaker of {exchange} open: {breaker.errors} consecutive errors "
+                f"(breaker_errors {s.breaker_errors}), last: {error}"
+            )
+        else:
+            return
+        before = {m: self._market_level(m) for m in self._markets_of(exchange)}
+        breaker.status = "open"
+        breaker.opened_at_ms = int(now_ms)
+        breaker.reason = f"{why}; cool-down {s.breaker_cooldown_seconds:g}s"
+        self._record_market_changes(before, breaker.reason, now_ms)
+
+    def on_exchange_ok(self, exchange: str, now_ms: int) -> None:
+        """A call to `exchange` succeeded: reset the error count and close the breaker if it may.
+
+        Half-open -> closed. Open with the cool-down elapsed -> closed (the success is the
+        trial). Open within the cool-down stays open.
+        """
+        self._seen(now_ms)
+        breaker = self._breaker(exchange)
+        breaker.errors = 0
+        if breaker.status == "half_open" or (
+            breaker.status == "open" and self._cooled_down(breaker, now_ms)
+        ):
+            before = {m: self._market_level(m) for m in self._markets_of(exchange)}
+            breaker.status = "closed"
+            breaker.opened_at_ms = None
+            breaker.reason = ""
+            self._record_market_changes(
+                before, f"circuit breaker of {exchange} closed: a call succeeded", now_ms
+            )
+
+    def breaker_open(self, exchange: str, now_ms: int) -> bool:
+        """Whether calls to `exchange` must wait; after the cool-down the breaker goes half-open.
+
+        Half-open lets the trader try again (this returns False and its markets leave
+        HALTED); the next `on_exchange_ok` closes the breaker, the next `on_exchange_error`
+        re-opens it for another cool-down.
+        """
+        self._seen(now_ms)
+        breaker = self._breaker(exchange)
+        if breaker.status == "open" and self._cooled_down(breaker, now_ms):
+            before = {m: self._market_level(m) for m in self._markets_of(exchange)}
+            breaker.status = "half_open"
+            breaker.reason = ""
+            self._record_market_changes(
+                before,
+                f"circuit breaker of {exchange} half-open after the "
+                f"{self.settings.breaker_cooldown_seconds:g}s cool-down: trying again",
+                now_ms,
+            )
+        return breaker.status == "open"
+
+    def _cooled_down(self, breaker: _Breaker, now_ms: int) -> bool:
+        opened = breaker.opened_at_ms if breaker.opened_at_ms is not None else now_ms
+        return now_ms - opened >= self.settings.breaker_cooldown_seconds * 1000
+
+    # --- global ------------------------------------------------------------------------
+
+    def on_equity(self, total_equity: float, now_ms: int) -> None:
+        """Apply the daily loss limit to the total equity.
+
+        The first equity seen in a UTC day (of `now_ms`) is the day's start; equity below
+        `start * (1 - daily_loss_limit)` halts globally until the next UTC day (recovering
+        within the day does not lift it) or the operator's `resume`. A new day lifts a
+        daily-loss halt, though not an operator pause. Non-finite values are ignored.
+        """
+        self._seen(now_ms)
+        if not math.isfinite(total_equity):
+            return
+        before = self._global_state()
+        reason = ""
+        day = now_ms // DAY_MS
+        if day != self._day:
+            if self._loss_reason is not None:
+                reason = f"new UTC day {_iso(day * DAY_MS)[:10]}: daily loss halt lifted"
+                self._loss_reason = None
+            self._day = day
+            self._day_start_equity = total_equity
+        self._last_equity = total_equity
+        start = self._day_start_equity
+        limit = self.settings.daily_loss_limit
+        if start is not None and self._loss_reason is None:
+            floor = start * (1.0 - limit)
+            if total_equity < floor:
+                reason = self._loss_reason = (
+                    f"daily_loss_limit {limit:.2%}: equity {_quote(total_equity)} fell below "
+                    f"{_quote(floor)} ({_quote(start)} at the start of UTC day "
+                    f"{_iso(day * DAY_MS)[:10]})"
+                )
+        self._record_global_change(before, reason, now_ms)
+
+    def should_flatten(self) -> bool:
+        """Whether to close positions: halted by the daily loss limit and `flatten_on_halt`."""
+        return self._loss_reason is not None and self.settings.flatten_on_halt
+
+    def pause(self, now_ms: int, reason: str = "paused by operator") -> None:
+        """Halt everything (global HALTED) until `resume`."""
+        self._seen(now_ms)
+        before = self._global_state()
+        self._paused_reason = reason
+        self._record_global_change(before, reason, now_ms)
+
+    def resume(self, now_ms: int) -> None:
+        """Lift the operator pause and a daily-loss halt (the operator decided): global ACTIVE.
+
+        After lifting a daily-loss halt, the day's start becomes the last equity seen, so
+        the limit counts from here instead of halting again on the next `on_equity`.
+        """
+        self._seen(now_ms)
+        before = self._global_state()
+        if self._loss_reason is not None and self._last_equity is not None:
+            self._day_start_equity = self._last_equity
+        self._paused_reason = None
+        self._loss_reason = None
+        self._record_global_change(before, "resumed by operator", now_ms)
+
+    # --- reporting ---------------------------------------------------------------------
+
+    def drain_transitions(self) -> list[Transition]:
+        """Every transition since the last call, oldest first (the caller persists them)."""
+        drained, self._transitions = self._transitions, []
+        return drained
+
+    def snapshot(self, now_ms: int | None = None) -> dict[str, Any]:
+        """The gate's state as plain JSON-able values, for the trader's status page and DB.
+
+        Orders in the last hour count back from `now_ms`, by default the latest time the
+        gate was given.
+        """
+        now = self._last_now_ms if now_ms is None else int(now_ms)
+        markets = {}
+        for market, book in self._books.items():
+            markets[market] = {
+                "state": str(self.state(market)),
+                "own_state": str(self._market_level(market)),
+                "reason": self._market_reason(market),
+                "flash_pause_until_ts_ms": book.pause_until_ts_ms,
+                "orders_last_hour": self._orders_last_hour(market, now),
+            }
+        breakers = {}
+        cooldown_ms = self.settings.breaker_cooldown_seconds * 1000
+        for exchange, b in self._breakers.items():
+            breakers[exchange] = {
+                "status": b.status,
+                "consecutive_errors": b.errors,
+                "last_error": b.last_error,
+                "opened_at_ms": b.opened_at_ms,
+                "cooldown_ends_ms": (
+                    None if b.opened_at_ms is None else int(b.opened_at_ms + cooldown_ms)
+                ),
+            }
+        return {
+            "at_ms": now,
+            "global": {
+                "state": str(self._global_state()),
+                "reason": self._global_reason(),
+                "operator_paused": self._paused_reason is not None,
+                "daily_loss_halted": self._loss_reason is not None,
+                "day_start_equity": self._day_start_equity,
+                "last_equity": self._last_equity,
+                "should_flatten": self.should_flatten(),
+            },
+            "markets": markets,
+            "breakers": breakers,
+        }
+
+
+def _headroom(limit_quote: float, price: float, sign: int, position: float) -> float:
+    """The largest amount keeping |position + sign * amount| * price <= limit_quote.
+
+    That is limit / price - sign * position, computed in decimal: in floats 3000 / 50000 -
+    0.05 is 0.009999999999999995, which the step rounding would turn into 0.00999.
+    """
+    return float(_dec(limit_quote) / _dec(price) - sign * _dec(position))
+
+
+def _exchange_of(market: str) -> str:
+    """`binance` of `binance:BTC/USDT:1h`: the breaker is per exchange."""
+    return market.split(":", 1)[0]
+
+
+def _currencies(market: str) -> tuple[str, str]:
+    """(base, quote) of `exchange:BASE/QUOTE:timeframe`, for reasons; generic when unparsable."""
+    parts = market.split(":")
+    symbol = parts[1] if len(parts) >= 2 else ""
+    base, _, quote = symbol.partition("/")
+    return (base or "base", quote or "quote")

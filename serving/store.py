@@ -1,0 +1,281 @@
+"""The trader's state in the database: decisions, orders, fills, positions, equity and
+risk transitions.
+
+Every write that changes money is one transaction. An order row is written before
+the order is sent (status `pending`), so a crash leaves a trace to reconcile; a
+fill changes the position exactly once, because positions move by the change of an
+order's cumulative filled amount, recorded in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from pipeline.db.schema import decisions, equity, fills, orders, positions, risk_events
+
+OPEN_STATUSES = ("pending", "open", "partial")
+FINAL_STATUSES = ("filled", "canceled", "rejected", "expired")
+
+
+@dataclass(frozen=True)
+class Position:
+    """A market's sub-account: base held (negative = short), quote cash, last target."""
+
+    base: float
+    quote: float
+    target: float
+    borrowed: float = 0.0
+
+    def equity(self, price: float) -> float:
+        """Quote value at `price`."""
+        return self.quote + self.base * price
+
+
+@dataclass(frozen=True)
+class Fill:
+    """One execution of an order."""
+
+    trade_id: str
+    ts: int
+    price: float
+    amount: float
+    fee: float
+    fee_currency: str | None
+
+
+@dataclass(frozen=True)
+class Execution:
+    """What the broker (or the exchange) says about an order, cumulatively: amounts
+    filled, their quote cost and the fee, charged in the base or the quote asset."""
+
+    status: str
+    filled: float
+    cost: float
+    fee: float = 0.0
+    fee_asset: Literal["base", "quote"] | None = None
+    exchange_order_id: str | None = None
+    fills: tuple[Fill, ...] = field(default_factory=tuple)
+    error: str | None = None
+
+    @property
+    def average(self) -> float | None:
+        """Average fill price, None when nothing filled."""
+        return self.cost / self.filled if self.filled else None
+
+
+def ensure_position(engine: Engine, account: str, market: str, cash: float) -> Position:
+    """The stored position, created flat with `cash` the first time."""
+    with engine.begin() as conn:
+        found = _position(conn, account, market)
+        if found is not None:
+            return found
+        conn.execute(
+            sa.insert(positions).values(
+                account=account, market=market, base=0.0, quote=cash, target=0.0
+            )
+        )
+    return Position(0.0, cash, 0.0)
+
+
+def get_position(engine: Engine, account: str, market: str) -> Position | None:
+    """The stored position of a market."""
+    with engine.connect() as conn:
+        return _position(conn, account, market)
+
+
+def _position(conn: Connection, account: str, market: str) -> Position | None:
+    row = conn.execute(
+        sa.select(positions.c.base, positions.c.quote, positions.c.target, positions.c.borrowed)
+        .where(positions.c.account == account, positions.c.market == market)
+        .with_for_update()
+    ).first()
+    return None if row is None else Position(*map(float, row))
+
+
+def find_decision(engine: Engine, account: str, market: str, candle_ts: int) -> dict | None:
+    """The decision already taken for a candle (a restart must not decide it twice)."""
+    with engine.connect() as conn:
+        row = (
+            conn.execute(
+                sa.select(decisions).where(
+                    decisions.c.account == account,
+                    decisions.c.market == market,
+                    decisions.c.candle_ts == candle_ts,
+                )
+            )
+            .mappings()
+            .first()
+        )
+    return None if row is None else dict(row)
+
+
+def last_decided_candle(engine: Engine, account: str, market: str) -> int | None:
+    """Open time of the newest decided candle of a market."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(sa.func.max(decisions.c.candle_ts)).where(
+                decisions.c.account == account, decisions.c.market == market
+            )
+        ).scalar()
+
+
+def record_decision(
+    engine: Engine,
+    decision: dict[str, Any],
+    order: dict[str, Any] | None = None,
+    execution: Execution | None = None,
+) -> int:
+    """Write a decision, its order (if any) and, for paper fills known at once, the
+    execution, in one transaction; returns the decision id."""
+    with engine.begin() as conn:
+        decision_id = conn.execute(
+            sa.insert(decisions).values(**decision).returning(decisions.c.id)
+        ).scalar_one()
+        if order is not None:
+            conn.execute(
+                sa.insert(orders).values(
+                    **order, decision_id=decision_id, status="pending", filled=0.0, fee=0.0
+                )
+            )
+            if execution is not None:
+                _apply(conn, order["client_order_id"], execution)
+        if decision["outcome"] in ("order", "hold"):
+            conn.execute(
+                sa.update(positions)
+                .where(
+                    positions.c.account == decision["account"],
+                    positions.c.market == decision["market"],
+                )
+                .values(target=decision["target"])
+            )
+    return int(decision_id)
+
+
+def record_order(engine: Engine, order: dict[str, Any]) -> None:
+    """Write an order that no decision made (an operator's flatten) as `pending`."""
+    with engine.begin() as conn:
+        conn.execute(sa.insert(orders).values(**order, status="pending", filled=0.0, fee=0.0))
+
+
+def apply_execution(engine: Engine, client_order_id: str, execution: Execution) -> Position:
+    """Bring an order, its fills and its market's position up to `execution`; idempotent."""
+    with engine.begin() as conn:
+        return _apply(conn, client_order_id, execution)
+
+
+def _apply(conn: Connection, client_order_id: str, execution: Execution) -> Position:
+    order = (
+        conn.execute(
+            sa.select(orders).where(orders.c.client_order_id == client_order_id).with_for_update()
+        )
+        .mappings()
+        .one()
+    )
+    position = _position(conn, order["account"], order["market"])
+    assert position is not None, f"no position row for {order['market']}"
+    sign = 1.0 if order["side"] == "buy" else -1.0
+    filled = execution.filled - order["filled"]
+    cost = execution.cost - (order["average"] or 0.0) * order["filled"]
+    fee = execution.fee - order["fee"]
+    base = position.base + sign * filled - (fee if execution.fee_asset == "base" else 0.0)
+    quote = position.quote - sign * cost - (fee if execution.fee_asset == "quote" else 0.0)
+    if filled or fee:
+        conn.execute(
+            sa.update(positions)
+            .where(positions.c.account == order["account"], positions.c.market == order["market"])
+            .values(base=base, quote=quote, borrowed=max(-base, 0.0), updated_at=sa.func.now())
+        )
+    conn.execute(
+        sa.update(orders)
+        .where(orders.c.client_order_id == client_order_id)
+        .values(
+            status=execution.status,
+            filled=execution.filled,
+            average=execution.average,
+            fee=execution.fee,
+            fee_currency=execution.fee_asset or order["fee_currency"],
+            exchange_order_id=execution.exchange_order_id or order["exchange_order_id"],
+            error=execution.error,
+            updated_at=sa.func.now(),
+        )
+    )
+    known = set(
+        conn.execute(
+            sa.select(fills.c.trade_id).where(fills.c.client_order_id == client_order_id)
+        ).scalars()
+    )
+    new_fills = [f for f in execution.fills if f.trade_id not in known]
+    if new_fills:
+        conn.execute(
+            sa.insert(fills),
+            [
+                {
+                    "client_order_id": client_order_id,
+                    "trade_id": f.trade_id,
+                    "ts": f.ts,
+                    "price": f.price,
+                    "amount": f.amount,
+                    "fee": f.fee,
+                    "fee_currency": f.fee_currency,
+                }
+                for f in new_fills
+            ],
+        )
+    return Position(base, quote, position.target, max(-base, 0.0))
+
+
+def open_orders(engine: Engine, account: str) -> list[dict[str, Any]]:
+    """Orders not known to be final (pending ones may or may not have been sent)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(orders)
+            .where(orders.c.account == account, orders.c.status.in_(OPEN_STATUSES))
+            .order_by(orders.c.created_at)
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+def record_equity(
+    engine: Engine, account: str, market: str, ts: int, position: Position, price: float
+) -> None:
+    """One equity point per market and candle (a repeat of the same candle is ignored)."""
+    with engine.begin() as conn:
+        exists = conn.execute(
+            sa.select(equity.c.ts).where(
+                equity.c.account == account, equity.c.market == market, equity.c.ts == ts
+            )
+        ).first()
+        if exists is None:
+            conn.execute(
+                sa.insert(equity).values(
+                    account=account,
+                    market=market,
+                    ts=ts,
+                    equity=position.equity(price),
+                    base=position.base,
+                    quote=position.quote,
+                    price=price,
+                )
+            )
+
+
+def record_transitions(engine: Engine, account: str, transitions: Iterable[Any]) -> None:
+    """Persist risk-gate transitions (objects with market, from_state, to_state, reason)."""
+    rows = [
+        {
+            "account": account,
+            "market": t.market,
+            "from_state": str(t.from_state),
+            "to_state": str(t.to_state),
+            "reason": t.reason,
+        }
+        for t in transitions
+    ]
+    if rows:
+        with engine.begin() as conn:
+            conn.execute(sa.insert(risk_events), rows)

@@ -1,0 +1,479 @@
+"""The trader: on every newly closed candle of each market, decide with the champion,
+size, pass the risk gate, execute through the broker and persist everything.
+
+One `step()` is one pass over the markets; `run()` repeats it until told to stop.
+Time is the exchange's clock (its candles close on it, and the simulator's clock may
+run faster than ours). A decision is recorded once per market and candle, so a
+restart never decides a candle twice; a live order is written (`pending`) before it
+is sent and reconciled with the exchange after a crash or a database outage, before
+anything new is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from pipeline.errors import CryptobotsError, DataValidationError, TemporaryExchangeError
+from pipeline.exchanges.client import ExchangeClient
+from pipeline.features import Candles, fill_gaps, latest_features
+from pipeline.registry import model_name
+from pipeline.settings import Market, Settings
+from serving import store
+from serving.broker import Broker, client_order_id
+from serving.metrics import RISK_CODES, Metrics
+from serving.model import ModelWatch, Policy
+from serving.risk import MarketRules, OrderIntent, RiskGate
+
+log = logging.getLogger(__name__)
+
+DB_ERRORS = (sa.exc.OperationalError, sa.exc.InterfaceError)
+
+
+@dataclass
+class MarketState:
+    """What the trader remembers about one market between steps."""
+
+    market: Market
+    model: str
+    handled: int | None = None  # open time of the newest candle dealt with
+    last_closed: int | None = None
+    last_decision_ms: float | None = None  # latency of the last decision
+    last_price: float | None = None
+
+
+@dataclass
+class Trader:
+    """Trades `settings.serving.markets` (or the first market) with their champions."""
+
+    settings: Settings
+    engine: Engine
+    exchanges: Mapping[str, ExchangeClient]
+    brokers: Mapping[str, Broker]
+    watches: Mapping[str, ModelWatch]
+    risk: RiskGate
+    metrics: Metrics = field(default_factory=Metrics)
+    clock: Callable[[], float] = time.perf_counter
+    markets: dict[str, MarketState] = field(default_factory=dict)
+    db_ok: bool = True
+    reconciled: bool = False
+    flatten_requested: bool = False
+    pending_transitions: list[Any] = field(default_factory=list)
+    last_model_poll: float = float("-inf")
+    exchange_now: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        for market in traded_markets(self.settings):
+            self.markets[str(market)] = MarketState(market, model_name(str(market)))
+
+    @property
+    def account(self) -> str:
+        """`live` or `paper`: the two never share rows."""
+        return "live" if any(b.live for b in self.brokers.values()) else "paper"
+
+    # -- one pass ---------------------------------------------------------------------
+
+    def step(self) -> int:
+        """Poll models when due, reconcile when needed, then decide every market whose
+        candle closed; returns the number of decisions recorded."""
+        with self.lock:
+            if not self._database_ready():
+                return 0
+            try:
+                self._poll_models()
+                if not self.reconciled:
+                    self.reconcile()
+                decided = 0
+                for state in self.markets.values():
+                    decided += self._step_market(state)
+                if self.flatten_requested:
+                    self._flatten()
+                self._flush_transitions()
+                return decided
+            except DB_ERRORS as error:
+                self._database_lost(error)
+                return 0
+
+    def _database_ready(self) -> bool:
+        if self.db_ok:
+            return True
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except DB_ERRORS:
+            return False
+        log.warning("state database is back: reconciling before trading resumes")
+        self.db_ok, self.reconciled = True, False
+        self.metrics.db_up.set(1)
+        return True
+
+    def _database_lost(self, error: Exception) -> None:
+        log.error("state database unreachable, trading halted until it answers: %s", _first(error))
+        self.db_ok, self.reconciled = False, False
+        self.metrics.db_up.set(0)
+
+    def _poll_models(self) -> None:
+        now = self.clock()
+        if now - self.last_model_poll < self.settings.serving.model_poll_seconds:
+            return
+        self.last_model_poll = now
+        for name, watch in self.watches.items():
+            policy = watch.poll()
+            if policy is not None:
+                self.metrics.model_version.labels(name).set(policy.version)
+
+    def _step_market(self, state: MarketState) -> int:
+        market = state.market
+        exchange = self.exchanges[market.exchange]
+        tf = market.timeframe_ms
+        try:
+            now = exchange.server_time()
+        except CryptobotsError as error:
+            self._exchange_error(market.exchange, self.exchange_now.get(market.exchange), error)
+            return 0
+        self.exchange_now[market.exchange] = now
+        if self.risk.breaker_open(market.exchange, now):
+            return 0  # cooling down; after it, one half-open try decides
+        closed = now // tf * tf - tf  # open time of the newest closed candle
+        if state.handled is None:
+            state.handled = store.last_decided_candle(self.engine, self.account, str(market))
+        if state.handled is not None and closed <= state.handled:
+            return 0
+        policy = self.watches[state.model].current()
+        if policy is None:
+            return 0
+        return self._decide(state, policy, exchange, closed, now)
+
+    # -- a decision ---------------------------------------------------------------------
+
+    def _decide(
+        self, state: MarketState, policy: Policy, exchange: ExchangeClient, closed: int, now: int
+    ) -> int:
+        market, tf, key = state.market, state.market.timeframe_ms, str(state.market)
+        try:
+            candles = self._window(exchange, market, policy.spec.window, closed)
+        except CryptobotsError as error:
+            self._exchange_error(market.exchange, now, error)
+            return 0
+        self.risk.on_exchange_ok(market.exchange, now)
+        started = self.clock()
+        last = int(candles.ts[-1])
+        state.last_closed = last
+        if not self.risk.data_fresh(key, last, tf, now):
+            self.metrics.stale.labels(key).inc()
+            log.warning("%s: newest closed candle %d is stale at %d: no trade", key, last, now)
+            return 0
+        self.risk.on_candle(key, last, float(candles.open[-1]), float(candles.close[-1]), tf, now)
+        if (last // tf + 1) % policy.decision_every:
+            state.handled = last  # not a decision candle of this model
+            return 0
+        if store.find_decision(self.engine, self.account, key, last) is not None:
+            state.handled = last
+            return 0
+        position = store.ensure_position(
+            self.engine, self.account, key, self.settings.serving.paper_cash
+        )
+        price = float(candles.close[-1])
+        features = latest_features(candles, policy.spec)
+        equity = position.equity(price)
+        held = position.base * price / equity if equity > 0 else 0.0
+        snapped = min(policy.action_map, key=lambda p: abs(p - held))
+        action, scores, obs_hash = policy.decide(features, snapped)
+        target = policy.action_map[action]
+        decision: dict[str, Any] = {
+            "account": self.account,
+            "market": key,
+            "candle_ts": last,
+            "model_name": policy.name,
+            "model_version": policy.version,
+            "inputs_sha256": obs_hash,
+            "outputs": [float(x) for x in scores],
+            "action": action,
+            "target": target,
+            "price": price,
+            "reason": None,
+            "client_order_id": None,
+        }
+        broker = self.brokers[market.exchange]
+        if target < 0 and broker.live:
+            decision["reason"] = "short targets need a margin account, disabled live: held at 0"
+            target = 0.0
+        delta = target * equity / price - position.base if equity > 0 else -position.base
+        rules = MarketRules.from_ccxt(exchange.market(market.symbol))
+        order = execution = None
+        if rules.round_amount(abs(delta)) <= 0:
+            decision["outcome"] = "hold"
+        else:
+            side = "buy" if delta > 0 else "sell"
+            verdict = self.risk.check(
+                OrderIntent(key, side, abs(delta), price, position.base, equity), rules, now
+            )
+            if not verdict.allowed:
+                decision["outcome"], decision["reason"] = "denied", verdict.reason
+            else:
+                decision["outcome"] = "order"
+                if verdict.reason != "ok":
+                    decision["reason"] = verdict.reason
+                cid = client_order_id(policy.name, policy.version, key, last, side)
+                decision["client_order_id"] = cid
+                order = {
+                    "client_order_id": cid,
+                    "account": self.account,
+                    "market": key,
+                    "side": side,
+                    "type": "market",
+                    "amount": verdict.amount,
+                    "price": None,
+                }
+        decision["latency_ms"] = (self.clock() - started) * 1000
+        if order is not None and not broker.live:
+            execution = broker.execute(
+                market.symbol, order["side"], order["amount"], order["client_order_id"], now
+            )
+        store.record_decision(self.engine, decision, order, execution)
+        self.metrics.decisions.labels(key, decision["outcome"]).inc()
+        self.metrics.decision_latency.labels(key).observe(decision["latency_ms"] / 1000)
+        state.last_decision_ms = decision["latency_ms"]
+        if order is not None:
+            self.risk.record_order(key, now)
+            if broker.live:
+                execution = self._send(broker, market, order, now)
+            self._count(key, execution)
+        state.handled = last
+        self._mark(key, price, last)
+        return 1
+
+    def _window(
+        self, exchange: ExchangeClient, market: Market, window: int, closed: int
+    ) -> Candles:
+        """The newest `window` closed candles up to `closed`, gaps filled (flat, no volume)."""
+        tf = market.timeframe_ms
+        since = closed - (window + 2) * tf
+        rows = exchange.fetch_ohlcv(market.symbol, market.timeframe, since, window + 4)
+        rows = [r for r in rows if r[0] <= closed]
+        if not rows:
+            raise TemporaryExchangeError(f"{market}: no closed candle up to {closed} yet")
+        candles, _ = fill_gaps(Candles.from_rows(rows), tf)
+        if len(candles) < window:
+            raise DataValidationError(
+                f"{market}: the exchange gave {len(candles)} candles, the model needs {window}"
+            )
+        return candles.slice(len(candles) - window, len(candles))
+
+    def _send(self, broker: Broker, market: Market, order: dict, now: int) -> store.Execution:
+        try:
+            execution = broker.execute(
+                market.symbol, order["side"], order["amount"], order["client_order_id"], now
+            )
+        except CryptobotsError as error:
+            self._exchange_error(market.exchange, now, error)
+            return store.Execution("pending", 0.0, 0.0, error=str(error))
+        if execution.status == "pending":
+            self._exchange_error(market.exchange, now, execution.error or "no answer")
+            self.reconciled = False
+            return execution
+        store.apply_execution(self.engine, order["client_order_id"], execution)
+        return execution
+
+    def _count(self, key: str, execution: store.Execution | None) -> None:
+        if execution is None:
+            return
+        self.metrics.orders.labels(key, execution.status).inc()
+        if execution.fills:
+            self.metrics.fills.labels(key).inc(len(execution.fills))
+
+    def _mark(self, key: str, price: float, ts: int) -> None:
+        position = store.get_position(self.engine, self.account, key)
+        if position is None:
+            return
+        self.markets[key].last_price = price
+        store.record_equity(self.engine, self.account, key, ts, position, price)
+        self.metrics.equity.labels(key).set(position.equity(price))
+        self.metrics.position.labels(key).set(position.base)
+        self.risk.on_equity(self._total_equity(), ts)
+
+    def _total_equity(self) -> float:
+        total = 0.0
+        for key, state in self.markets.items():
+            position = store.get_position(self.engine, self.account, key)
+            if position is not None and state.last_price is not None:
+                total += position.equity(state.last_price)
+        return total
+
+    def _exchange_error(self, exchange: str, now: int | None, error: Any) -> None:
+        self.metrics.exchange_errors.labels(exchange).inc()
+        log.warning("%s: exchange call failed: %s", exchange, _first(error))
+        self.risk.on_exchange_error(exchange, now or 0, str(error))
+
+    # -- recovery and operations ---------------------------------------------------------
+
+    def reconcile(self) -> int:
+        """Settle every order not known to be final with what the exchange knows; an order
+        that never reached the exchange is expired, never sent late. Returns how many."""
+        settled = 0
+        for order in store.open_orders(self.engine, self.account):
+            state = self.markets.get(order["market"])
+            market = state.market if state else Market.model_validate(order["market"])
+            broker = self.brokers[market.exchange]
+            try:
+                found = broker.lookup(market.symbol, order["client_order_id"])
+            except CryptobotsError as error:
+                self._exchange_error(market.exchange, None, error)
+                return settled  # try again on the next step
+            if found is None:
+                found = store.Execution(
+                    "expired", 0.0, 0.0, error="never reached the exchange (found on restart)"
+                )
+            store.apply_execution(self.engine, order["client_order_id"], found)
+            self._count(order["market"], found)
+            settled += 1
+        self.reconciled = True
+        if settled:
+            log.info("reconciled %d order(s) with the exchange", settled)
+        return settled
+
+    def _flatten(self) -> None:
+        self.flatten_requested = False
+        for key, state in self.markets.items():
+            position = store.get_position(self.engine, self.account, key)
+            if position is None or position.base == 0:
+                continue
+            exchange = self.exchanges[state.market.exchange]
+            now = exchange.server_time()
+            rules = MarketRules.from_ccxt(exchange.market(state.market.symbol))
+            side = "sell" if position.base > 0 else "buy"
+            symbol = state.market.symbol
+            ticker = exchange.call(
+                f"{symbol} ticker", partial(exchange.client.fetch_ticker, symbol), kind="ticker"
+            )
+            price = float(ticker["last"])
+            verdict = self.risk.check(
+                OrderIntent(
+                    key,
+                    side,
+                    abs(position.base),
+                    price,
+                    position.base,
+                    position.equity(price),
+                    flatten=True,
+                ),
+                rules,
+                now,
+            )
+            if not verdict.allowed:
+                log.warning("%s: flatten refused: %s", key, verdict.reason)
+                continue
+            cid = client_order_id("flatten", 0, key, now, side)
+            order = {
+                "client_order_id": cid,
+                "account": self.account,
+                "market": key,
+                "side": side,
+                "type": "market",
+                "amount": verdict.amount,
+                "price": None,
+            }
+            broker = self.brokers[state.market.exchange]
+            store.record_order(self.engine, order)
+            execution = self._send(broker, state.market, order, now)
+            self._count(key, execution)
+            log.info("%s: flattened %s %s (%s)", key, side, verdict.amount, execution.status)
+
+    def _flush_transitions(self) -> None:
+        self.pending_transitions.extend(self.risk.drain_transitions())
+        for transition in self.pending_transitions:
+            self.metrics.risk_state.labels(transition.market or "*").set(
+                RISK_CODES[str(transition.to_state)]
+            )
+        store.record_transitions(self.engine, self.account, self.pending_transitions)
+        self.pending_transitions = []
+
+    def pause(self, reason: str = "paused by operator") -> None:
+        """HALT new orders (operator)."""
+        with self.lock:
+            self.risk.pause(self._now(), reason)
+
+    def resume(self) -> None:
+        """Lift the operator's pause."""
+        with self.lock:
+            self.risk.resume(self._now())
+
+    def flatten(self) -> None:
+        """Close every position on the next step (reducing orders pass a HALT)."""
+        self.flatten_requested = True
+
+    def _now(self) -> int:
+        exchange = next(iter(self.exchanges.values()))
+        try:
+            return exchange.server_time()
+        except CryptobotsError:
+            return int(time.time() * 1000)
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """(ready, reasons it is not): a model per market, fresh data, a database."""
+        reasons = []
+        if not self.db_ok:
+            reasons.append("state database unreachable")
+        for key, state in self.markets.items():
+            policy = self.watches[state.model].current()
+            if policy is None:
+                reasons.append(f"{key}: no champion model loaded")
+            if state.last_closed is None:
+                reasons.append(f"{key}: no candle seen yet")
+        return not reasons, reasons
+
+    def status(self) -> dict[str, Any]:
+        """What /readyz and the logs report."""
+        ready, reasons = self.readiness()
+        return {
+            "ready": ready,
+            "reasons": reasons,
+            "account": self.account,
+            "risk": self.risk.snapshot(),
+            "models": {
+                name: (
+                    None
+                    if (p := w.current()) is None
+                    else {"version": p.version, "provider": p.provider}
+                )
+                for name, w in self.watches.items()
+            },
+            "markets": {
+                key: {"last_closed": s.last_closed, "handled": s.handled}
+                for key, s in self.markets.items()
+            },
+        }
+
+    def run(self, stop: threading.Event) -> None:
+        """Step until `stop` is set; the current step always finishes."""
+        interval = self.settings.serving.loop_seconds
+        while not stop.is_set():
+            try:
+                self.step()
+            except Exception:  # a daemon logs what it did not foresee and goes on
+                log.exception("step failed, going on")
+            stop.wait(interval)
+
+
+def traded_markets(settings: Settings) -> tuple[Market, ...]:
+    """The markets the trader trades: serving.markets, else the first configured one."""
+    return settings.serving.markets or settings.markets[:1]
+
+
+def _first(error: Any) -> str:
+    return str(getattr(error, "orig", None) or error).strip().splitlines()[0][:300]
+
+
+def cache_dir(settings: Settings) -> Path:
+    """Where verified model files are kept locally."""
+    return settings.var_dir / "serving" / "models"

@@ -1,0 +1,280 @@
+"""The trader against the exchange simulator over HTTP, state in a real Postgres."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from pipeline.exchanges.simulator.app import Running
+from pipeline.export import Lineage, export_onnx
+from pipeline.features import FeatureSpec
+from pipeline.registry import alias, model_name, move_alias, register
+from pipeline.rl.networks import q_network
+from pipeline.settings import Settings
+from serving.broker import PaperBroker, client_order_id
+from serving.metrics import Metrics
+from serving.model import CPU, ModelWatch
+from serving.risk import RiskGate
+from serving.trader import Trader
+from tests.conftest import exchange_client
+
+REPO = Path(__file__).resolve().parents[1]
+MARKET = "binance:BTC/USDT:1h"
+NAME = model_name(MARKET)
+SPEC = FeatureSpec(
+    features=("ret_1", "ret_4", "ret_24", "rsi_14"), mean=(0.0,) * 4, std=(0.01, 0.02, 0.05, 20.0)
+)
+SPEED = 1800.0  # one simulated hour every two seconds
+
+
+def export(folder: Path, seed: int) -> Path:
+    """A small real DQN policy (long/flat) exported like training does."""
+    model = q_network(SPEC.dim + 1, 2, SPEC.mean, SPEC.std, seed=seed)
+    lineage = Lineage(
+        "dqn", SPEC, (0.0, 1.0), f"run-{seed}", {"valid": [1, 2], "decision_every": 1}, "test"
+    )
+    return export_onnx(model, lineage, folder / f"policy-{seed}.onnx")
+
+
+@pytest.fixture(scope="module")
+def policies(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("policies")
+    return [export(folder, seed) for seed in (3, 4)]
+
+
+@pytest.fixture
+def registry(fresh_pg, policies: list[Path], tmp_path: Path) -> tuple[Engine, str, list[int]]:
+    """A migrated Postgres with two registered versions; the first is champion."""
+    engine = fresh_pg()
+    root = f"file://{tmp_path / 'artifacts'}"
+    versions = [register(engine, root, path, NAME) for path in policies]
+    move_alias(engine, NAME, versions[0], seen_generation=None, who="test", reason="first")
+    return engine, root, versions
+
+
+@pytest.fixture
+def clock_sim(
+    simulator: Callable[..., AbstractContextManager[Running]],
+) -> Iterator[Running]:
+    with simulator(shift_to_now=True, speed=SPEED) as sim:
+        yield sim
+
+
+def settings_for(engine: Engine, sim: Running, tmp_path: Path, **serving: object) -> Settings:
+    return Settings(
+        var_dir=tmp_path / "var",
+        db_url=engine.url.render_as_string(hide_password=False),
+        exchanges={"binance": {"ccxt_id": "binance", "url": sim.url}},
+        markets=[MARKET],
+        serving={"loop_seconds": 0.05, "model_poll_seconds": 0.1, **serving},
+    )
+
+
+def paper_trader(settings: Settings, engine: Engine, sim: Running) -> Trader:
+    exchange = exchange_client(sim.url)
+    return Trader(
+        settings=settings,
+        engine=engine,
+        exchanges={"binance": exchange},
+        brokers={"binance": PaperBroker(exchange, settings.serving.fee_bps)},
+        watches={NAME: ModelWatch(engine, NAME, settings.var_dir / "models", [CPU])},
+        risk=RiskGate(settings.serving.risk, [MARKET]),
+        metrics=Metrics(),
+    )
+
+
+def rows(engine: Engine, sql: str) -> list:
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql)).all()
+
+
+def run_until(trader: Trader, condition: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        trader.step()
+        time.sleep(trader.settings.serving.loop_seconds)
+
+
+def decided(engine: Engine) -> int:
+    return rows(engine, "SELECT count(*) FROM decisions")[0][0]
+
+
+def test_paper_trading_decides_every_closed_candle_and_swaps_the_model_between_decisions(
+    registry: tuple[Engine, str, list[int]], clock_sim: Running, tmp_path: Path
+) -> None:
+    engine, _, (first, second) = registry
+    trader = paper_trader(settings_for(engine, clock_sim, tmp_path), engine, clock_sim)
+    run_until(trader, lambda: decided(engine) >= 4, 60)
+    generation = alias(engine, NAME)["generation"]
+    move_alias(engine, NAME, second, seen_generation=generation, who="test", reason="swap")
+    run_until(trader, lambda: decided(engine) >= 9, 60)
+
+    history = rows(
+        engine,
+        "SELECT candle_ts, model_version, outcome, client_order_id, latency_ms "
+        "FROM decisions ORDER BY candle_ts",
+    )
+    hour = 3_600_000
+    assert [b[0] - a[0] for a, b in itertools.pairwise(history)] == [hour] * (len(history) - 1), (
+        "a closed candle went undecided"
+    )
+    versions = [h[1] for h in history]
+    assert versions[0] == first
+    assert versions[-1] == second
+    assert versions == sorted(versions), "decisions after the swap used the old model"
+    for _candle_ts, _, outcome, cid, _ in history:
+        if outcome == "order":
+            [(status,)] = rows(engine, f"SELECT status FROM orders WHERE client_order_id = '{cid}'")
+            assert status == "filled"
+    [(base, quote)] = rows(engine, "SELECT base, quote FROM positions")
+    filled = rows(
+        engine,
+        "SELECT side, filled, average, fee, fee_currency FROM orders WHERE status = 'filled'",
+    )
+    expected_base = sum(
+        (f if s == "buy" else -f) - (fee if cur == "base" else 0) for s, f, _, fee, cur in filled
+    )
+    assert base == pytest.approx(expected_base, abs=1e-12)
+    expected_quote = 10_000 - sum(
+        (f * a if s == "buy" else -f * a) + (fee if cur == "quote" else 0)
+        for s, f, a, fee, cur in filled
+    )
+    assert quote == pytest.approx(expected_quote, rel=1e-12)
+    assert len(rows(engine, "SELECT ts FROM equity")) == len(history)
+
+
+def test_a_restart_never_decides_a_candle_twice(
+    registry: tuple[Engine, str, list[int]], clock_sim: Running, tmp_path: Path
+) -> None:
+    engine, _, _ = registry
+    settings = settings_for(engine, clock_sim, tmp_path)
+    first = paper_trader(settings, engine, clock_sim)
+    run_until(first, lambda: decided(engine) >= 2, 60)
+    again = paper_trader(settings, engine, clock_sim)
+    again.step()
+    run_until(again, lambda: decided(engine) >= 4, 60)
+    candles = [r[0] for r in rows(engine, "SELECT candle_ts FROM decisions")]
+    assert len(candles) == len(set(candles))
+
+
+def test_a_corrupt_champion_is_refused_and_the_running_model_keeps_trading(
+    registry: tuple[Engine, str, list[int]], clock_sim: Running, tmp_path: Path
+) -> None:
+    engine, _, (first, second) = registry
+    trader = paper_trader(settings_for(engine, clock_sim, tmp_path), engine, clock_sim)
+    run_until(trader, lambda: decided(engine) >= 1, 60)
+    [(uri,)] = rows(engine, f"SELECT artifact_uri FROM model_versions WHERE version = {second}")
+    path = Path(uri.removeprefix("file://"))
+    path.write_bytes(path.read_bytes()[:-64] + b"\0" * 64)
+    generation = alias(engine, NAME)["generation"]
+    move_alias(engine, NAME, second, seen_generation=generation, who="ops", reason="x", forced=True)
+    before = decided(engine)
+    run_until(trader, lambda: decided(engine) >= before + 2, 60)
+    assert trader.watches[NAME].current().version == first
+    assert "checksum mismatch" in trader.watches[NAME].refused[second]
+    assert {r[0] for r in rows(engine, "SELECT model_version FROM decisions")} == {first}
+
+
+def test_the_client_order_id_is_deterministic_and_fits_binance() -> None:
+    one = client_order_id(NAME, 3, MARKET, 1_700_000_000_000, "buy")
+    assert one == client_order_id(NAME, 3, MARKET, 1_700_000_000_000, "buy")
+    assert one != client_order_id(NAME, 4, MARKET, 1_700_000_000_000, "buy")
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,36}", one)
+
+
+BLOCKER = """
+import importlib.abc, runpy, sys
+BLOCKED = {"tensorflow", "keras", "tf2onnx", "airflow", "great_expectations", "pandas",
+           "matplotlib", "torch"}
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not in serving/requirements.txt")
+
+sys.meta_path.insert(0, Block())
+sys.argv = ["serving", "--log-format", "text"]
+runpy.run_module("serving", run_name="__main__")
+"""
+
+
+def test_the_daemon_runs_without_heavy_packages_serves_health_and_stops_on_sigterm(
+    registry: tuple[Engine, str, list[int]], clock_sim: Running, tmp_path: Path
+) -> None:
+    engine, _, _ = registry
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
+    env |= {
+        "CRYPTOBOTS_VAR_DIR": str(tmp_path / "var"),
+        "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
+        "CRYPTOBOTS_EXCHANGES__BINANCE__URL": clock_sim.url,
+        "CRYPTOBOTS_MARKETS": MARKET,
+        "CRYPTOBOTS_SERVING__PORT": "0",
+        "CRYPTOBOTS_SERVING__LOOP_SECONDS": "0.1",
+        "CRYPTOBOTS_SERVING__CONTROL_TOKEN": "s3cret-token",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-c", BLOCKER],
+        env=env,
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = None
+        lines = []
+        deadline = time.monotonic() + 120
+        while base is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            assert line or process.poll() is None, "".join(lines)
+            lines.append(line)
+            if match := re.search(r"health (http://\S+)/healthz", line):
+                base = match.group(1)
+        assert base, "".join(lines)
+        assert httpx.get(f"{base}/healthz").json() == {"status": "alive"}
+        ready = None
+        while time.monotonic() < deadline:
+            ready = httpx.get(f"{base}/readyz")
+            if ready.status_code == 200:
+                break
+            time.sleep(0.2)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["models"][NAME]["provider"] == "CPUExecutionProvider"
+        while "cryptobots_decisions_total{" not in httpx.get(f"{base}/metrics").text:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        metrics = httpx.get(f"{base}/metrics").text
+        assert f'cryptobots_model_version{{model="{NAME}"}}' in metrics
+        assert httpx.post(f"{base}/control/pause").status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert httpx.post(f"{base}/control/pause", headers=wrong).status_code == 401
+        right = {"Authorization": "Bearer s3cret-token"}
+        paused = httpx.post(f"{base}/control/pause", headers=right)
+        assert paused.status_code == 200
+        assert paused.json()["risk"]["global"]["state"] == "HALTED"
+        assert httpx.post(f"{base}/control/resume", headers=right).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        output = "".join(lines) + process.stderr.read()
+        assert "s3cret-token" not in output
+        assert re.search(
+            rf"model swapped: no model -> {NAME} v\d+ \(dqn, CPUExecutionProvider\)", output
+        )
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert decided(engine) >= 1
