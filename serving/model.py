@@ -146,11 +146,13 @@ class ModelWatch:
             return running
         if CUDA in self.providers and policy.provider != CUDA:
             log.warning(
-                "%s v%d: the CUDA provider did not load (no GPU or CUDA libraries): on %s",
+                "%s v%d: the CUDA provider did not load (no GPU or CUDA libraries): on %s; "
+                "later models go straight to the CPU",
                 self.name,
                 version,
                 policy.provider,
             )
+            self.providers = [CPU]
         with self._lock:
             self._policy = policy
         log.info(

@@ -68,18 +68,30 @@ class Execution:
         return self.cost / self.filled if self.filled else None
 
 
-def ensure_position(engine: Engine, account: str, market: str, cash: float) -> Position:
-    """The stored position, created flat with `cash` the first time."""
+def ensure_position(
+    engine: Engine, account: str, market: str, cash: float, base: float = 0.0
+) -> Position:
+    """The stored position, created with `base` and `cash` the first time."""
     with engine.begin() as conn:
         found = _position(conn, account, market)
         if found is not None:
             return found
         conn.execute(
             sa.insert(positions).values(
-                account=account, market=market, base=0.0, quote=cash, target=0.0
+                account=account, market=market, base=base, quote=cash, target=0.0
             )
         )
-    return Position(0.0, cash, 0.0)
+    return Position(base, cash, 0.0)
+
+
+def set_balances(engine: Engine, account: str, market: str, base: float, quote: float) -> None:
+    """Overwrite a position's balances with the exchange's (reconciliation)."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(positions)
+            .where(positions.c.account == account, positions.c.market == market)
+            .values(base=base, quote=quote, borrowed=max(-base, 0.0), updated_at=sa.func.now())
+        )
 
 
 def get_position(engine: Engine, account: str, market: str) -> Position | None:

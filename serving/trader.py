@@ -180,9 +180,7 @@ class Trader:
         if store.find_decision(self.engine, self.account, key, last) is not None:
             state.handled = last
             return 0
-        position = store.ensure_position(
-            self.engine, self.account, key, self.settings.serving.paper_cash
-        )
+        position = self._position(market, exchange)
         price = float(candles.close[-1])
         features = latest_features(candles, policy.spec)
         equity = position.equity(price)
@@ -252,6 +250,27 @@ class Trader:
         state.handled = last
         self._mark(key, price, last)
         return 1
+
+    def _position(self, market: Market, exchange: ExchangeClient) -> store.Position:
+        """The market's position; a live one starts from the exchange's balances."""
+        key = str(market)
+        found = store.get_position(self.engine, self.account, key)
+        if found is not None:
+            return found
+        if not self.brokers[market.exchange].live:
+            return store.ensure_position(
+                self.engine, self.account, key, self.settings.serving.paper_cash
+            )
+        info = exchange.market(market.symbol)
+        balance = exchange.call(f"{market.exchange} balances", exchange.client.fetch_balance)
+        total = balance.get("total") or {}
+        return store.ensure_position(
+            self.engine,
+            self.account,
+            key,
+            float(total.get(info["quote"]) or 0.0),
+            float(total.get(info["base"]) or 0.0),
+        )
 
     def _window(
         self, exchange: ExchangeClient, market: Market, window: int, closed: int
@@ -337,10 +356,34 @@ class Trader:
             store.apply_execution(self.engine, order["client_order_id"], found)
             self._count(order["market"], found)
             settled += 1
+        if self.account == "live":
+            for key, state in self.markets.items():
+                self._reconcile_balances(key, state.market)
         self.reconciled = True
         if settled:
             log.info("reconciled %d order(s) with the exchange", settled)
         return settled
+
+    def _reconcile_balances(self, key: str, market: Market) -> None:
+        """Take the exchange's balances when ours differ (a fill we missed, a manual trade)."""
+        position = store.get_position(self.engine, self.account, key)
+        if position is None:
+            return
+        exchange = self.exchanges[market.exchange]
+        info = exchange.market(market.symbol)
+        total = exchange.call(f"{market.exchange} balances", exchange.client.fetch_balance)["total"]
+        base, quote = float(total.get(info["base"]) or 0), float(total.get(info["quote"]) or 0)
+        if abs(base - position.base) > 1e-9 or abs(quote - position.quote) > 1e-6:
+            log.warning(
+                "%s: balances differ from the exchange's (base %s vs %s, quote %s vs %s): "
+                "taking the exchange's",
+                key,
+                position.base,
+                base,
+                position.quote,
+                quote,
+            )
+            store.set_balances(self.engine, self.account, key, base, quote)
 
     def _flatten(self) -> None:
         self.flatten_requested = False

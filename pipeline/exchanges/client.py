@@ -292,7 +292,14 @@ class ExchangeClient:
 
     def server_time(self) -> int:
         """The exchange's clock in ms (candles close on it, not on ours)."""
-        return int(self.call("server time", self.client.fetch_time, kind="time"))
+
+        def fetch() -> int:
+            value = self.client.fetch_time()
+            if not isinstance(value, int | float):
+                raise TemporaryExchangeError(f"{self.name}: server time answer {value!r}")
+            return int(value)
+
+        return self.call("server time", fetch, kind="time")
 
     def call(
         self, what: str, function: Callable[[], T], kind: str = "other", retry: bool = True

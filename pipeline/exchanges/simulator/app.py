@@ -197,7 +197,9 @@ def create_app(config: SimulatorConfig) -> FastAPI:
         if request.method == "POST":
             payload = (await request.body()).decode() or payload
         now = exchange.clock.now_ms()
-        params = exchange.accounts.authenticate(api_key, payload, now)
+        # recvWindow guards against replays in real time: it compares the client's wall
+        # clock with ours, even when the market clock runs faster than real time
+        params = exchange.accounts.authenticate(api_key, payload, int(time.time() * 1000))
         exchange.accounts.match_resting(api_key, exchange.markets(), _book_of(exchange), now)
         return api_key, params, now  # type: ignore[return-value]
 

@@ -1,0 +1,113 @@
+"""The trader killed with SIGKILL at random moments, again and again, trading through
+the simulator's signed endpoints under injected faults: nothing is sent twice and its
+books equal the exchange's."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from pipeline.exchanges.simulator.app import Running
+from pipeline.registry import move_alias, register
+from tests.test_serving import MARKET, NAME, export, rows
+
+REPO = Path(__file__).resolve().parents[1]
+RESTARTS = 20
+KEY, SECRET = "crash-test-key", "crash-test-secret"
+
+
+def start_trader(env: dict[str, str], log: Path) -> subprocess.Popen:
+    handle = log.open("a")
+    return subprocess.Popen(
+        [sys.executable, "-m", "serving", "--live", "--log-format", "text"],
+        env=env,
+        cwd=REPO,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def test_sigkill_at_random_points_never_doubles_an_order_and_books_match_the_exchange(
+    fresh_pg,
+    simulator: Callable[..., AbstractContextManager[Running]],
+    tmp_path: Path,
+) -> None:
+    engine: Engine = fresh_pg()
+    root = f"file://{tmp_path / 'artifacts'}"
+    version = register(engine, root, export(tmp_path, seed=3), NAME)
+    move_alias(engine, NAME, version, seen_generation=None, who="test", reason="crash test")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
+    rng = random.Random(7)
+    log = tmp_path / "trader.log"
+    with simulator(
+        shift_to_now=True,
+        speed=3600.0,
+        api_keys=((KEY, SECRET),),
+        fault_rate=0.05,
+        fault_kinds=("500", "503", "malformed", "drop", "latency"),
+        seed=11,
+    ) as sim:
+        env |= {
+            "CRYPTOBOTS_VAR_DIR": str(tmp_path / "var"),
+            "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
+            "CRYPTOBOTS_EXCHANGES__BINANCE__URL": sim.url,
+            "CRYPTOBOTS_EXCHANGES__BINANCE__CREDENTIALS": "env:SIMKEYS",
+            "SIMKEYS_API_KEY": KEY,
+            "SIMKEYS_SECRET": SECRET,
+            "CRYPTOBOTS_MARKETS": MARKET,
+            "CRYPTOBOTS_SERVING__PORT": "0",
+            "CRYPTOBOTS_SERVING__LOOP_SECONDS": "0.05",
+            "CRYPTOBOTS_SERVING__RISK__MAX_ORDERS_PER_HOUR": "1000",
+        }
+        for _ in range(RESTARTS):
+            process = start_trader(env, log)
+            time.sleep(rng.uniform(4.0, 10.0))  # startup takes ~5 s: some die in it
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+        sim.exchange.faults.rate = 0.0
+        process = start_trader(env, log)
+        before = rows(engine, "SELECT count(*) FROM decisions")[0][0]
+        deadline = time.monotonic() + 90
+        while rows(engine, "SELECT count(*) FROM decisions")[0][0] < before + 3:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        account = sim.exchange.accounts.account(KEY)
+        sent = [o.client_order_id for o in account.orders]
+        balances = dict(account.balances)
+
+    output = log.read_text()
+    assert output.count("health http://") >= RESTARTS // 2
+    assert len(sent) >= 5, "the trader hardly traded: the test would prove nothing"
+    assert len(sent) == len(set(sent)), "a client order id reached the exchange twice"
+    ours = {r[0]: r[1] for r in rows(engine, "SELECT client_order_id, status FROM orders")}
+    assert set(sent) <= set(ours), "the exchange has an order the trader does not know"
+    assert all(status in ("filled", "expired", "rejected") for status in ours.values()), ours
+    orphans = rows(
+        engine,
+        "SELECT d.candle_ts FROM decisions d LEFT JOIN orders o "
+        "ON o.client_order_id = d.client_order_id "
+        "WHERE (d.outcome = 'order' AND o.client_order_id IS NULL) "
+        "OR (d.outcome = 'denied' AND d.reason IS NULL)",
+    )
+    assert orphans == []
+    [(base, quote)] = rows(engine, "SELECT base, quote FROM positions WHERE account = 'live'")
+    assert base == pytest.approx(balances.get("BTC", 0.0), abs=1e-9)
+    assert quote == pytest.approx(balances["USDT"], abs=1e-6)
+    assert "balances differ" not in output, re.findall(r".*balances differ.*", output)[:3]
+    with engine.connect() as conn:
+        decided = conn.execute(sa.text("SELECT count(*) FROM decisions")).scalar()
+    assert decided >= RESTARTS // 2
