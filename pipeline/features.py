@@ -480,8 +480,24 @@ def latest_features(
             f"feature spec {spec.name!r} v{spec.version} needs {spec.window} candles for one "
             f"row, got {len(candles)}"
         )
-    window = candles.slice(len(candles) - spec.window, len(candles))
-    return compute_features(window, spec, context=context)[-1]
+    steps = np.unique(np.diff(candles.ts[-spec.window :]))
+    if len(steps) > 1:
+        raise DataValidationError(
+            f"candles are not evenly spaced (steps {steps[:5].tolist()} ms); fill_gaps first"
+        )
+    # each feature reads only its own lookback: a 1-candle return needs 2 candles, not 721
+    row = np.empty(spec.dim)
+    sources: dict[tuple[str | None, int], Candles] = {}
+    for column, name in enumerate(spec.features):
+        market, feature = _parse(name)
+        size = _DEFINITIONS[feature].lookback + 1
+        if (market, size) not in sources:
+            tail = candles.slice(len(candles) - size, len(candles))
+            sources[(market, size)] = (
+                tail if market is None else _aligned(context or {}, market, tail.ts)
+            )
+        row[column] = _DEFINITIONS[feature].compute(sources[(market, size)])[-1]
+    return row
 
 
 def fit_normalization(spec: FeatureSpec, matrix: np.ndarray) -> FeatureSpec:

@@ -72,7 +72,12 @@ def load_policy(
     lineage = verified.lineage
     label = f"{name} v{version}"
     try:
-        session = ort.InferenceSession(str(verified.path), providers=list(providers))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # batch-1 decisions: threads only add hand-offs
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(
+            str(verified.path), sess_options=options, providers=list(providers)
+        )
         input_name = session.get_inputs()[0].name
         warm = np.zeros((1, lineage.feature_spec.dim + 1), np.float32)
         out = session.run(None, {input_name: warm})[0]

@@ -141,31 +141,97 @@ def record_decision(
     decision: dict[str, Any],
     order: dict[str, Any] | None = None,
     execution: Execution | None = None,
+    *,
+    durable: bool = True,
 ) -> int:
     """Write a decision, its order (if any) and, for paper fills known at once, the
-    execution, in one transaction; returns the decision id."""
+    execution, in one transaction; returns the decision id.
+
+    A live order is written `pending` before it is sent, durably. A paper decision
+    (`durable=False`) commits without waiting for the WAL flush on Postgres: only a
+    crash of the database server itself could lose its last few, and a lost paper
+    decision is simply taken again; the trader's own crash loses nothing either way.
+    """
     with engine.begin() as conn:
+        if not durable and conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
         decision_id = conn.execute(
             sa.insert(decisions).values(**decision).returning(decisions.c.id)
         ).scalar_one()
-        if order is not None:
+        base_change = quote_change = 0.0
+        if order is not None and execution is None:
             conn.execute(
                 sa.insert(orders).values(
                     **order, decision_id=decision_id, status="pending", filled=0.0, fee=0.0
                 )
             )
-            if execution is not None:
-                _apply(conn, order["client_order_id"], execution)
-        if decision["outcome"] in ("order", "hold"):
+        elif order is not None and execution is not None:
+            conn.execute(
+                sa.insert(orders).values(
+                    **order,
+                    decision_id=decision_id,
+                    status=execution.status,
+                    filled=execution.filled,
+                    average=execution.average,
+                    fee=execution.fee,
+                    fee_currency=execution.fee_asset,
+                    exchange_order_id=execution.exchange_order_id,
+                    error=execution.error,
+                )
+            )
+            _insert_fills(conn, order["client_order_id"], execution.fills)
+            base_change, quote_change = _changes(order["side"], execution)
+        if decision["outcome"] in ("order", "hold") or base_change or quote_change:
+            target = decision["target"] if decision["outcome"] in ("order", "hold") else None
             conn.execute(
                 sa.update(positions)
                 .where(
                     positions.c.account == decision["account"],
                     positions.c.market == decision["market"],
                 )
-                .values(target=decision["target"])
+                .values(
+                    base=positions.c.base + base_change,
+                    quote=positions.c.quote + quote_change,
+                    target=positions.c.target if target is None else target,
+                    borrowed=sa.func.greatest(-(positions.c.base + base_change), 0.0)
+                    if conn.dialect.name == "postgresql"
+                    else sa.func.max(-(positions.c.base + base_change), 0.0),
+                    updated_at=sa.func.now(),
+                )
             )
     return int(decision_id)
+
+
+def moved(position: Position, side: str, execution: Execution) -> Position:
+    """The position after the whole execution of a new order (what record_decision wrote)."""
+    base, quote = _changes(side, execution)
+    new_base = position.base + base
+    return Position(new_base, position.quote + quote, position.target, max(-new_base, 0.0))
+
+
+def _changes(side: str, execution: Execution) -> tuple[float, float]:
+    """(base, quote) change of the account from a whole execution of a new order."""
+    sign = 1.0 if side == "buy" else -1.0
+    base = sign * execution.filled - (execution.fee if execution.fee_asset == "base" else 0.0)
+    quote = -sign * execution.cost - (execution.fee if execution.fee_asset == "quote" else 0.0)
+    return base, quote
+
+
+def _insert_fills(conn: Connection, client_order_id: str, new: Iterable[Fill]) -> None:
+    rows = [
+        {
+            "client_order_id": client_order_id,
+            "trade_id": f.trade_id,
+            "ts": f.ts,
+            "price": f.price,
+            "amount": f.amount,
+            "fee": f.fee,
+            "fee_currency": f.fee_currency,
+        }
+        for f in new
+    ]
+    if rows:
+        conn.execute(sa.insert(fills), rows)
 
 
 def record_order(engine: Engine, order: dict[str, Any]) -> None:
@@ -221,23 +287,7 @@ def _apply(conn: Connection, client_order_id: str, execution: Execution) -> Posi
             sa.select(fills.c.trade_id).where(fills.c.client_order_id == client_order_id)
         ).scalars()
     )
-    new_fills = [f for f in execution.fills if f.trade_id not in known]
-    if new_fills:
-        conn.execute(
-            sa.insert(fills),
-            [
-                {
-                    "client_order_id": client_order_id,
-                    "trade_id": f.trade_id,
-                    "ts": f.ts,
-                    "price": f.price,
-                    "amount": f.amount,
-                    "fee": f.fee,
-                    "fee_currency": f.fee_currency,
-                }
-                for f in new_fills
-            ],
-        )
+    _insert_fills(conn, client_order_id, [f for f in execution.fills if f.trade_id not in known])
     return Position(base, quote, position.target, max(-base, 0.0))
 
 

@@ -11,6 +11,7 @@ anything new is sent.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -49,6 +50,8 @@ class MarketState:
     last_closed: int | None = None
     last_decision_ms: float | None = None  # latency of the last decision
     last_price: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # ms per stage, last decision
+    position: store.Position | None = None  # cached: this process is the only writer
 
 
 @dataclass
@@ -177,17 +180,18 @@ class Trader:
         if (last // tf + 1) % policy.decision_every:
             state.handled = last  # not a decision candle of this model
             return 0
-        if store.find_decision(self.engine, self.account, key, last) is not None:
-            state.handled = last
-            return 0
         position = self._position(market, exchange)
+        lap = Laps(self.clock, started)
+        lap("state")
         price = float(candles.close[-1])
         features = latest_features(candles, policy.spec)
+        lap("features")
         equity = position.equity(price)
         held = position.base * price / equity if equity > 0 else 0.0
         snapped = min(policy.action_map, key=lambda p: abs(p - held))
         action, scores, obs_hash = policy.decide(features, snapped)
         target = policy.action_map[action]
+        lap("inference")
         decision: dict[str, Any] = {
             "account": self.account,
             "market": key,
@@ -233,29 +237,48 @@ class Trader:
                     "amount": verdict.amount,
                     "price": None,
                 }
-        decision["latency_ms"] = (self.clock() - started) * 1000
+        lap("risk")
+        decision["latency_ms"] = lap.total_ms()  # candle available -> broker (before the write)
         if order is not None and not broker.live:
             execution = broker.execute(
                 market.symbol, order["side"], order["amount"], order["client_order_id"], now
             )
-        store.record_decision(self.engine, decision, order, execution)
+        lap("broker")
+        try:
+            store.record_decision(self.engine, decision, order, execution, durable=broker.live)
+        except sa.exc.IntegrityError:
+            log.warning("%s: candle %d was already decided (another trader?): skipped", key, last)
+            state.handled, state.position = last, None
+            return 0
+        lap("persistence")
+        state.timings = dict(lap.ms)
+        state.last_decision_ms = sum(ms for stage, ms in lap.ms.items() if stage != "broker")
         self.metrics.decisions.labels(key, decision["outcome"]).inc()
-        self.metrics.decision_latency.labels(key).observe(decision["latency_ms"] / 1000)
-        state.last_decision_ms = decision["latency_ms"]
+        self.metrics.decision_latency.labels(key).observe(state.last_decision_ms / 1000)
+        after: store.Position | None = position
+        if decision["outcome"] in ("order", "hold"):
+            after = dataclasses.replace(position, target=target)
         if order is not None:
             self.risk.record_order(key, now)
             if broker.live:
                 execution = self._send(broker, market, order, now)
+                after = None  # the exchange's answer moved it: read it back
+            elif execution is not None:
+                after = store.moved(after or position, order["side"], execution)
             self._count(key, execution)
         state.handled = last
-        self._mark(key, price, last)
+        self._mark(key, price, last, after)
         return 1
 
     def _position(self, market: Market, exchange: ExchangeClient) -> store.Position:
         """The market's position; a live one starts from the exchange's balances."""
         key = str(market)
+        state = self.markets[key]
+        if state.position is not None:
+            return state.position
         found = store.get_position(self.engine, self.account, key)
         if found is not None:
+            state.position = found
             return found
         if not self.brokers[market.exchange].live:
             return store.ensure_position(
@@ -279,7 +302,8 @@ class Trader:
         tf = market.timeframe_ms
         since = closed - (window + 2) * tf
         rows = exchange.fetch_ohlcv(market.symbol, market.timeframe, since, window + 4)
-        rows = [r for r in rows if r[0] <= closed]
+        # one row per open time, the exchange's last word (recorded data repeats some hours)
+        rows = sorted({r[0]: r for r in rows if r[0] <= closed}.values(), key=lambda r: r[0])
         if not rows:
             raise TemporaryExchangeError(f"{market}: no closed candle up to {closed} yet")
         candles, _ = fill_gaps(Candles.from_rows(rows), tf)
@@ -311,11 +335,15 @@ class Trader:
         if execution.fills:
             self.metrics.fills.labels(key).inc(len(execution.fills))
 
-    def _mark(self, key: str, price: float, ts: int) -> None:
-        position = store.get_position(self.engine, self.account, key)
+    def _mark(
+        self, key: str, price: float, ts: int, position: store.Position | None = None
+    ) -> None:
+        """Record the equity point; `position` is the market's, when known without a read."""
+        position = position or store.get_position(self.engine, self.account, key)
         if position is None:
             return
         self.markets[key].last_price = price
+        self.markets[key].position = position
         store.record_equity(self.engine, self.account, key, ts, position, price)
         self.metrics.equity.labels(key).set(position.equity(price))
         self.metrics.position.labels(key).set(position.base)
@@ -324,7 +352,7 @@ class Trader:
     def _total_equity(self) -> float:
         total = 0.0
         for key, state in self.markets.items():
-            position = store.get_position(self.engine, self.account, key)
+            position = state.position or store.get_position(self.engine, self.account, key)
             if position is not None and state.last_price is not None:
                 total += position.equity(state.last_price)
         return total
@@ -340,6 +368,8 @@ class Trader:
         """Settle every order not known to be final with what the exchange knows; an order
         that never reached the exchange is expired, never sent late. Returns how many."""
         settled = 0
+        for state in self.markets.values():
+            state.position = None
         for order in store.open_orders(self.engine, self.account):
             state = self.markets.get(order["market"])
             market = state.market if state else Market.model_validate(order["market"])
@@ -388,6 +418,7 @@ class Trader:
     def _flatten(self) -> None:
         self.flatten_requested = False
         for key, state in self.markets.items():
+            state.position = None
             position = store.get_position(self.engine, self.account, key)
             if position is None or position.base == 0:
                 continue
@@ -506,6 +537,23 @@ class Trader:
             except Exception:  # a daemon logs what it did not foresee and goes on
                 log.exception("step failed, going on")
             stop.wait(interval)
+
+
+class Laps:
+    """Milliseconds per named stage since the previous lap."""
+
+    def __init__(self, clock: Callable[[], float], start: float) -> None:
+        self.clock, self.start, self.last = clock, start, start
+        self.ms: dict[str, float] = {}
+
+    def __call__(self, stage: str) -> None:
+        now = self.clock()
+        self.ms[stage] = (now - self.last) * 1000
+        self.last = now
+
+    def total_ms(self) -> float:
+        """Since the start."""
+        return (self.last - self.start) * 1000
 
 
 def traded_markets(settings: Settings) -> tuple[Market, ...]:
