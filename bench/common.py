@@ -1,4 +1,5 @@
-"""What the benchmarks share: a scratch Postgres database on the test server."""
+"""What the benchmarks share: a scratch Postgres database on the test server, and the
+policy network of the default size."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -35,3 +37,18 @@ def scratch_database(prefix: str) -> Iterator[sa.Engine]:
         with server.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         server.dispose()
+
+
+def default_policy() -> tuple[Any, Any, Any]:
+    """(feature spec, Keras DQN network, lineage) of the default size: the training
+    features (identity normalization), two hidden layers of 64, long/flat actions."""
+    from pipeline.export import Lineage
+    from pipeline.features import FeatureSpec
+    from pipeline.rl.networks import q_network
+    from pipeline.settings import TrainingSettings
+
+    spec = FeatureSpec(features=TrainingSettings().features)
+    spec = FeatureSpec(features=spec.features, mean=(0.0,) * spec.dim, std=(1.0,) * spec.dim)
+    model = q_network(spec.dim + 1, 2, spec.mean, spec.std, hidden=(64, 64), seed=0)
+    lineage = Lineage("dqn", spec, (0.0, 1.0), "bench", {"decision_every": 1}, "bench")
+    return spec, model, lineage

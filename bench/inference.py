@@ -44,15 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import onnxruntime as ort
 
-    from pipeline.export import Lineage, export_onnx
-    from pipeline.features import FeatureSpec
-    from pipeline.rl.networks import q_network
-    from pipeline.settings import TrainingSettings
+    from bench.common import default_policy
+    from pipeline.export import export_onnx
 
-    spec = FeatureSpec(features=TrainingSettings().features)
-    spec = FeatureSpec(features=spec.features, mean=(0.0,) * spec.dim, std=(1.0,) * spec.dim)
-    model = q_network(spec.dim + 1, 2, spec.mean, spec.std, hidden=(64, 64), seed=0)
-    lineage = Lineage("dqn", spec, (0.0, 1.0), "bench", {}, "bench")
+    spec, model, lineage = default_policy()
     with tempfile.TemporaryDirectory(prefix="cb_bench_inference_") as folder:
         path = export_onnx(model, lineage, Path(folder) / "policy.onnx")
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

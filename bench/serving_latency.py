@@ -176,18 +176,13 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import onnxruntime as ort
 
-    from bench.common import scratch_database
-    from pipeline.export import Lineage, export_onnx
-    from pipeline.features import FeatureSpec
+    from bench.common import default_policy, scratch_database
+    from pipeline.export import export_onnx
     from pipeline.registry import model_name
-    from pipeline.rl.networks import q_network
-    from pipeline.settings import TrainingSettings, default_data_dir
+    from pipeline.settings import default_data_dir
     from serving.model import Policy
 
-    spec = FeatureSpec(features=TrainingSettings().features)
-    spec = FeatureSpec(features=spec.features, mean=(0.0,) * spec.dim, std=(1.0,) * spec.dim)
-    model = q_network(spec.dim + 1, 2, spec.mean, spec.std, hidden=(64, 64), seed=0)
-    lineage = Lineage("dqn", spec, (0.0, 1.0), "bench", {"decision_every": 1}, "bench")
+    spec, model, lineage = default_policy()
     name = model_name(MARKET)
     data_dir = default_data_dir()
     if data_dir is None:

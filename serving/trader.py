@@ -228,15 +228,7 @@ class Trader:
                     decision["reason"] = verdict.reason
                 cid = client_order_id(policy.name, policy.version, key, last, side)
                 decision["client_order_id"] = cid
-                order = {
-                    "client_order_id": cid,
-                    "account": self.account,
-                    "market": key,
-                    "side": side,
-                    "type": "market",
-                    "amount": verdict.amount,
-                    "price": None,
-                }
+                order = self._market_order(cid, key, side, verdict.amount)
         lap("risk")
         decision["latency_ms"] = lap.total_ms()  # candle available -> broker (before the write)
         if order is not None and not broker.live:
@@ -269,6 +261,17 @@ class Trader:
         state.handled = last
         self._mark(key, price, last, after)
         return 1
+
+    def _market_order(self, cid: str, key: str, side: str, amount: float) -> dict[str, Any]:
+        return {
+            "client_order_id": cid,
+            "account": self.account,
+            "market": key,
+            "side": side,
+            "type": "market",
+            "amount": amount,
+            "price": None,
+        }
 
     def _position(self, market: Market, exchange: ExchangeClient) -> store.Position:
         """The market's position; a live one starts from the exchange's balances."""
@@ -447,16 +450,9 @@ class Trader:
             if not verdict.allowed:
                 log.warning("%s: flatten refused: %s", key, verdict.reason)
                 continue
-            cid = client_order_id("flatten", 0, key, now, side)
-            order = {
-                "client_order_id": cid,
-                "account": self.account,
-                "market": key,
-                "side": side,
-                "type": "market",
-                "amount": verdict.amount,
-                "price": None,
-            }
+            order = self._market_order(
+                client_order_id("flatten", 0, key, now, side), key, side, verdict.amount
+            )
             broker = self.brokers[state.market.exchange]
             store.record_order(self.engine, order)
             execution = self._send(broker, state.market, order, now)

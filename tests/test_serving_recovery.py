@@ -114,14 +114,21 @@ def pending_order(trader: Trader, engine: Engine, version: int, candle_ts: int) 
     return order
 
 
-def test_an_order_that_reached_the_exchange_before_a_crash_is_applied_not_sent_again(
-    fresh_pg, signed_sim: Running, tmp_path: Path
-) -> None:
+@pytest.fixture
+def live_trader(fresh_pg, signed_sim: Running, tmp_path: Path) -> tuple[Trader, Engine, int]:
+    """A live trader on the simulator's signed endpoints, its champion registered."""
     engine = fresh_pg()
     version = champion(engine, tmp_path)
     exchange = client(signed_sim.url, credentials=(KEY, SECRET))
     settings = settings_for(engine.url.render_as_string(False), signed_sim, tmp_path)
-    trader = make_trader(settings, engine, exchange, live=True)
+    return make_trader(settings, engine, exchange, live=True), engine, version
+
+
+def test_an_order_that_reached_the_exchange_before_a_crash_is_applied_not_sent_again(
+    live_trader: tuple[Trader, Engine, int], signed_sim: Running
+) -> None:
+    trader, engine, version = live_trader
+    exchange = trader.exchanges["binance"]
     order = pending_order(trader, engine, version, candle_ts=0)
     exchange.client.create_order(
         "BTC/USDT", "market", "buy", 0.01, None, {"newClientOrderId": order["client_order_id"]}
@@ -137,13 +144,9 @@ def test_an_order_that_reached_the_exchange_before_a_crash_is_applied_not_sent_a
 
 
 def test_an_order_that_never_reached_the_exchange_is_expired_not_sent_late(
-    fresh_pg, signed_sim: Running, tmp_path: Path
+    live_trader: tuple[Trader, Engine, int], signed_sim: Running
 ) -> None:
-    engine = fresh_pg()
-    version = champion(engine, tmp_path)
-    exchange = client(signed_sim.url, credentials=(KEY, SECRET))
-    settings = settings_for(engine.url.render_as_string(False), signed_sim, tmp_path)
-    trader = make_trader(settings, engine, exchange, live=True)
+    trader, engine, version = live_trader
     pending_order(trader, engine, version, candle_ts=0)
     assert trader.reconcile() == 1
     [(status, error)] = rows(engine, "SELECT status, error FROM orders")
