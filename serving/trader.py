@@ -99,7 +99,7 @@ class Trader:
                 decided = 0
                 for state in self.markets.values():
                     decided += self._step_market(state)
-                if self.flatten_requested:
+                if self.flatten_requested or self.risk.should_flatten():
                     self._flatten()
                 self._flush_transitions()
                 return decided

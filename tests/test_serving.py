@@ -278,3 +278,25 @@ def test_the_daemon_runs_without_heavy_packages_serves_health_and_stops_on_sigte
             process.kill()
             process.wait()
     assert decided(engine) >= 1
+
+
+def test_flatten_closes_the_position_even_while_paused(
+    registry: tuple[Engine, str, list[int]], clock_sim: Running, tmp_path: Path
+) -> None:
+    from serving import store
+
+    engine, _, _ = registry
+    trader = paper_trader(settings_for(engine, clock_sim, tmp_path), engine, clock_sim)
+    run_until(trader, lambda: decided(engine) >= 1, 60)
+    store.set_balances(engine, "paper", MARKET, 0.05, 5_000.0)
+    trader.markets[MARKET].position = None
+    trader.pause()
+    trader.flatten()
+    trader.step()
+    [(base,)] = rows(engine, "SELECT base FROM positions")
+    assert abs(base) < 1e-5, "more than one lot step left"
+    [(side, status, decision_id)] = rows(
+        engine, "SELECT side, status, decision_id FROM orders WHERE decision_id IS NULL"
+    )
+    assert (side, status, decision_id) == ("sell", "filled", None)
+    assert trader.risk.state(MARKET) == "HALTED"
