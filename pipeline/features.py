@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -173,10 +174,22 @@ def fill_gaps(candles: Candles, timeframe_ms: int) -> tuple[Candles, np.ndarray]
     return Candles(ts=ts, volume=volume, **columns), filled
 
 
+# Set by latest_features: rolling windows are then built for the last row only. Every
+# feature reduces its windows row by row and combines them elementwise, so the last
+# element of its output is the same either way (tests compare both paths).
+_LAST_ROW_ONLY: ContextVar[bool] = ContextVar("last_row_only", default=False)
+
+
 def _rolling(values: np.ndarray, width: int) -> np.ndarray:
-    """[n, width] view: row t holds values[t-width+1 .. t], NaN before the series starts."""
+    """[n, width] view: row t holds values[t-width+1 .. t], NaN before the series starts
+    ([1, width], the last row, while serving computes one row)."""
     if len(values) == 0:
         return np.empty((0, width))
+    if _LAST_ROW_ONLY.get():
+        tail = values[-width:]
+        if len(tail) < width:
+            tail = np.concatenate([np.full(width - len(tail), np.nan), tail])
+        return tail[None, :]
     padded = np.concatenate([np.full(width - 1, np.nan), values])
     return sliding_window_view(padded, width)
 
@@ -488,15 +501,19 @@ def latest_features(
     # each feature reads only its own lookback: a 1-candle return needs 2 candles, not 721
     row = np.empty(spec.dim)
     sources: dict[tuple[str | None, int], Candles] = {}
-    for column, name in enumerate(spec.features):
-        market, feature = _parse(name)
-        size = _DEFINITIONS[feature].lookback + 1
-        if (market, size) not in sources:
-            tail = candles.slice(len(candles) - size, len(candles))
-            sources[(market, size)] = (
-                tail if market is None else _aligned(context or {}, market, tail.ts)
-            )
-        row[column] = _DEFINITIONS[feature].compute(sources[(market, size)])[-1]
+    token = _LAST_ROW_ONLY.set(True)
+    try:
+        for column, name in enumerate(spec.features):
+            market, feature = _parse(name)
+            size = _DEFINITIONS[feature].lookback + 1
+            if (market, size) not in sources:
+                tail = candles.slice(len(candles) - size, len(candles))
+                sources[(market, size)] = (
+                    tail if market is None else _aligned(context or {}, market, tail.ts)
+                )
+            row[column] = _DEFINITIONS[feature].compute(sources[(market, size)])[-1]
+    finally:
+        _LAST_ROW_ONLY.reset(token)
     return row
 
 

@@ -152,54 +152,92 @@ def record_decision(
     crash of the database server itself could lose its last few, and a lost paper
     decision is simply taken again; the trader's own crash loses nothing either way.
     """
+    values = _order_values(order, execution)
+    fill_rows = (
+        _fill_rows(order["client_order_id"], execution.fills) if values and execution else []
+    )
+    base_change, quote_change = (
+        _changes(order["side"], execution) if order and execution else (0.0, 0.0)
+    )
+    moves = decision["outcome"] in ("order", "hold") or base_change or quote_change
     with engine.begin() as conn:
-        if not durable and conn.dialect.name == "postgresql":
-            conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
+        postgres = conn.dialect.name == "postgresql"
+        update = _position_update(decision, base_change, quote_change, postgres)
+        if postgres:
+            if not durable:
+                conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
+            # one round trip: data-modifying CTEs around the decision's insert
+            made = sa.insert(decisions).values(**decision).returning(decisions.c.id).cte("made")
+            parts = []
+            if values:
+                columns = [*values, "decision_id"]
+                parts.append(
+                    sa.insert(orders)
+                    .from_select(
+                        columns,
+                        sa.select(
+                            *(sa.literal(v, orders.c[k].type) for k, v in values.items()),
+                            made.c.id,
+                        ),
+                    )
+                    .cte("ordered")
+                )
+            if fill_rows:
+                parts.append(sa.insert(fills).values(fill_rows).cte("filled"))
+            if moves:
+                parts.append(update.cte("moved"))
+            return int(conn.execute(sa.select(made.c.id).add_cte(*parts)).scalar_one())
         decision_id = conn.execute(
             sa.insert(decisions).values(**decision).returning(decisions.c.id)
         ).scalar_one()
-        base_change = quote_change = 0.0
-        if order is not None and execution is None:
-            conn.execute(
-                sa.insert(orders).values(
-                    **order, decision_id=decision_id, status="pending", filled=0.0, fee=0.0
-                )
-            )
-        elif order is not None and execution is not None:
-            conn.execute(
-                sa.insert(orders).values(
-                    **order,
-                    decision_id=decision_id,
-                    status=execution.status,
-                    filled=execution.filled,
-                    average=execution.average,
-                    fee=execution.fee,
-                    fee_currency=execution.fee_asset,
-                    exchange_order_id=execution.exchange_order_id,
-                    error=execution.error,
-                )
-            )
-            _insert_fills(conn, order["client_order_id"], execution.fills)
-            base_change, quote_change = _changes(order["side"], execution)
-        if decision["outcome"] in ("order", "hold") or base_change or quote_change:
-            target = decision["target"] if decision["outcome"] in ("order", "hold") else None
-            conn.execute(
-                sa.update(positions)
-                .where(
-                    positions.c.account == decision["account"],
-                    positions.c.market == decision["market"],
-                )
-                .values(
-                    base=positions.c.base + base_change,
-                    quote=positions.c.quote + quote_change,
-                    target=positions.c.target if target is None else target,
-                    borrowed=sa.func.greatest(-(positions.c.base + base_change), 0.0)
-                    if conn.dialect.name == "postgresql"
-                    else sa.func.max(-(positions.c.base + base_change), 0.0),
-                    updated_at=sa.func.now(),
-                )
-            )
+        if values:
+            conn.execute(sa.insert(orders).values(**values, decision_id=decision_id))
+        if fill_rows:
+            conn.execute(sa.insert(fills), fill_rows)
+        if moves:
+            conn.execute(update)
     return int(decision_id)
+
+
+def _order_values(order: dict[str, Any] | None, execution: Execution | None) -> dict[str, Any]:
+    """The orders row of a new order: `pending`, or final when executed at once (paper)."""
+    if order is None:
+        return {}
+    if execution is None:
+        return {**order, "status": "pending", "filled": 0.0, "fee": 0.0}
+    return {
+        **order,
+        "status": execution.status,
+        "filled": execution.filled,
+        "average": execution.average,
+        "fee": execution.fee,
+        "fee_currency": execution.fee_asset,
+        "exchange_order_id": execution.exchange_order_id,
+        "error": execution.error,
+    }
+
+
+def _position_update(
+    decision: dict[str, Any], base_change: float, quote_change: float, postgres: bool
+) -> sa.Update:
+    """Move the position by the fills (relative, so it needs no read) and set the target
+    of an order or a hold."""
+    target = decision["target"] if decision["outcome"] in ("order", "hold") else None
+    new_base = positions.c.base + base_change
+    return (
+        sa.update(positions)
+        .where(
+            positions.c.account == decision["account"],
+            positions.c.market == decision["market"],
+        )
+        .values(
+            base=new_base,
+            quote=positions.c.quote + quote_change,
+            target=positions.c.target if target is None else target,
+            borrowed=(sa.func.greatest if postgres else sa.func.max)(-new_base, 0.0),
+            updated_at=sa.func.now(),
+        )
+    )
 
 
 def moved(position: Position, side: str, execution: Execution) -> Position:
@@ -218,7 +256,13 @@ def _changes(side: str, execution: Execution) -> tuple[float, float]:
 
 
 def _insert_fills(conn: Connection, client_order_id: str, new: Iterable[Fill]) -> None:
-    rows = [
+    rows = _fill_rows(client_order_id, new)
+    if rows:
+        conn.execute(sa.insert(fills), rows)
+
+
+def _fill_rows(client_order_id: str, new: Iterable[Fill]) -> list[dict[str, Any]]:
+    return [
         {
             "client_order_id": client_order_id,
             "trade_id": f.trade_id,
@@ -230,8 +274,6 @@ def _insert_fills(conn: Connection, client_order_id: str, new: Iterable[Fill]) -
         }
         for f in new
     ]
-    if rows:
-        conn.execute(sa.insert(fills), rows)
 
 
 def record_order(engine: Engine, order: dict[str, Any]) -> None:
