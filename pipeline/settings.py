@@ -355,6 +355,12 @@ class ServingSettings(BaseModel):
     )
     paper_cash: float = Field(default=10_000.0, gt=0, description="paper account's quote cash")
     fee_bps: float = Field(default=10.0, ge=0, description="paper taker fee, basis points")
+    borrow_rate_hourly: float = Field(
+        default=0.00001, ge=0, description="paper margin: interest per hour on borrowed base"
+    )
+    maintenance_margin: float = Field(
+        default=0.1, gt=0, lt=1, description="paper margin: equity/short value that liquidates"
+    )
     risk: RiskSettings = Field(default_factory=RiskSettings)
 
 

@@ -94,6 +94,22 @@ def set_balances(engine: Engine, account: str, market: str, base: float, quote: 
         )
 
 
+def charge_borrow(engine: Engine, account: str, market: str, upto_ts: int, fee: float) -> bool:
+    """Charge `fee` quote of borrow interest up to candle `upto_ts`, once: a repeat for
+    the same or an earlier candle changes nothing. True when charged."""
+    with engine.begin() as conn:
+        done = conn.execute(
+            sa.update(positions)
+            .where(
+                positions.c.account == account,
+                positions.c.market == market,
+                sa.or_(positions.c.carried_to.is_(None), positions.c.carried_to < upto_ts),
+            )
+            .values(quote=positions.c.quote - fee, carried_to=upto_ts, updated_at=sa.func.now())
+        )
+    return done.rowcount == 1
+
+
 def get_position(engine: Engine, account: str, market: str) -> Position | None:
     """The stored position of a market."""
     with engine.connect() as conn:

@@ -177,6 +177,8 @@ class Trader:
             log.warning("%s: newest closed candle %d is stale at %d: no trade", key, last, now)
             return 0
         self.risk.on_candle(key, last, float(candles.open[-1]), float(candles.close[-1]), tf, now)
+        if not self.brokers[market.exchange].live:
+            self._carry(state, exchange, candles, now)
         if (last // tf + 1) % policy.decision_every:
             state.handled = last  # not a decision candle of this model
             return 0
@@ -261,6 +263,45 @@ class Trader:
         state.handled = last
         self._mark(key, price, last, after)
         return 1
+
+    def _carry(
+        self, state: MarketState, exchange: ExchangeClient, candles: Candles, now: int
+    ) -> None:
+        """Paper margin, once per candle: borrow interest on a short, and liquidation when
+        the candle's high reached the price where equity falls to the maintenance margin."""
+        key, last = str(state.market), int(candles.ts[-1])
+        position = self._position(state.market, exchange)
+        if position.base >= 0:
+            return
+        serving = self.settings.serving
+        price, high = float(candles.close[-1]), float(candles.high[-1])
+        short = -position.base
+        hours = state.market.timeframe_ms / 3_600_000
+        fee = short * price * serving.borrow_rate_hourly * hours
+        if fee > 0 and store.charge_borrow(self.engine, self.account, key, last, fee):
+            position = dataclasses.replace(position, quote=position.quote - fee)
+            state.position = position
+        liquidation = position.quote / (short * (1 + serving.maintenance_margin))
+        if high < liquidation:
+            return
+        log.warning(
+            "%s: short of %s liquidated: the candle's high %s reached %s",
+            key,
+            short,
+            high,
+            liquidation,
+        )
+        cover = short / (1 - serving.fee_bps / 10_000)  # the paper fee is taken in base
+        order = self._market_order(
+            client_order_id("liquidation", 0, key, last, "buy"), key, "buy", cover
+        )
+        try:
+            store.record_order(self.engine, order)
+        except sa.exc.IntegrityError:
+            return  # this candle's liquidation is already on record
+        execution = self._send(self.brokers[state.market.exchange], state.market, order, now)
+        self._count(key, execution)
+        state.position = None
 
     def _market_order(self, cid: str, key: str, side: str, amount: float) -> dict[str, Any]:
         return {

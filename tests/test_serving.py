@@ -300,3 +300,36 @@ def test_flatten_closes_the_position_even_while_paused(
     )
     assert (side, status, decision_id) == ("sell", "filled", None)
     assert trader.risk.state(MARKET) == "HALTED"
+
+
+def test_a_paper_short_pays_borrow_interest_each_candle_and_is_liquidated_past_its_margin(
+    registry: tuple[Engine, str, list[int]], clock_sim: Running, tmp_path: Path
+) -> None:
+    from serving import store
+
+    engine, _, _ = registry
+    settings = settings_for(engine, clock_sim, tmp_path, borrow_rate_hourly=0.001)
+    trader = paper_trader(settings, engine, clock_sim)
+    run_until(trader, lambda: decided(engine) >= 1, 60)
+    trader.pause()  # decisions are denied: only interest and liquidation move the account
+    price = rows(engine, "SELECT price FROM decisions")[0][0]
+    store.set_balances(engine, "paper", MARKET, -0.01, 10_000.0 + 0.01 * price)
+    trader.markets[MARKET].position = None
+    before = decided(engine)
+    run_until(trader, lambda: decided(engine) >= before + 3, 60)
+    [(base, quote, carried)] = rows(engine, "SELECT base, quote, carried_to FROM positions")
+    assert base == -0.01
+    paid = 10_000.0 + 0.01 * price - quote
+    assert paid == pytest.approx(3 * 0.01 * price * 0.001, rel=0.5)
+    assert carried is not None
+
+    store.set_balances(engine, "paper", MARKET, -0.01, 0.01 * price * 1.05)  # 5% margin
+    trader.markets[MARKET].position = None
+    before = decided(engine)
+    run_until(trader, lambda: decided(engine) >= before + 1, 60)
+    [(base,)] = rows(engine, "SELECT base FROM positions")
+    assert base == pytest.approx(0.0, abs=1e-12)
+    [(side, status)] = rows(
+        engine, "SELECT side, status FROM orders WHERE decision_id IS NULL AND side = 'buy'"
+    )
+    assert (side, status) == ("buy", "filled")

@@ -263,6 +263,7 @@ positions = sa.Table(
     sa.Column("quote", Price, nullable=False, comment="cash of this market's sub-account"),
     sa.Column("target", Price, nullable=False, comment="last target, fraction of equity"),
     sa.Column("borrowed", Price, nullable=False, server_default="0", comment="short: base owed"),
+    sa.Column("carried_to", sa.BigInteger, nullable=True, comment="borrow fees charged up to (ms)"),
     sa.Column("updated_at", Timestamp, nullable=False, server_default=sa.func.now()),
     sa.PrimaryKeyConstraint("account", "market"),
     comment="the position and cash of each market the trader trades",

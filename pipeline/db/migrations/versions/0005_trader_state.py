@@ -100,6 +100,9 @@ def upgrade() -> None:
         sa.Column(
             "borrowed", Price, nullable=False, server_default="0", comment="short: base owed"
         ),
+        sa.Column(
+            "carried_to", sa.BigInteger, nullable=True, comment="borrow fees charged up to (ms)"
+        ),
         sa.Column("updated_at", Timestamp, nullable=False, server_default=sa.func.now()),
         sa.PrimaryKeyConstraint("account", "market", name="pk_positions"),
         comment="the position and cash of each market the trader trades",
