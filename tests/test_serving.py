@@ -333,3 +333,38 @@ def test_a_paper_short_pays_borrow_interest_each_candle_and_is_liquidated_past_i
         engine, "SELECT side, status FROM orders WHERE decision_id IS NULL AND side = 'buy'"
     )
     assert (side, status) == ("buy", "filled")
+
+
+def test_one_trader_trades_several_markets_each_with_its_own_champion(
+    registry: tuple[Engine, str, list[int]],
+    policies: list[Path],
+    clock_sim: Running,
+    tmp_path: Path,
+) -> None:
+    engine, root, _ = registry
+    eth = "binance:ETH/USDT:1h"
+    eth_name = model_name(eth)
+    version = register(engine, root, policies[1], eth_name)
+    move_alias(engine, eth_name, version, seen_generation=None, who="test", reason="eth")
+    settings = settings_for(engine, clock_sim, tmp_path, markets=[MARKET, eth])
+    exchange = exchange_client(clock_sim.url)
+    trader = Trader(
+        settings=settings,
+        engine=engine,
+        exchanges={"binance": exchange},
+        brokers={"binance": PaperBroker(exchange, settings.serving.fee_bps)},
+        watches={
+            name: ModelWatch(engine, name, settings.var_dir / "models", [CPU])
+            for name in (NAME, eth_name)
+        },
+        risk=RiskGate(settings.serving.risk, [MARKET, eth]),
+        metrics=Metrics(),
+    )
+
+    def per_market() -> dict[str, int]:
+        return dict(rows(engine, "SELECT market, count(*) FROM decisions GROUP BY market"))
+
+    run_until(trader, lambda: min(per_market().get(m, 0) for m in (MARKET, eth)) >= 2, 60)
+    models = dict(rows(engine, "SELECT DISTINCT market, model_name FROM decisions"))
+    assert models == {MARKET: NAME, eth: eth_name}
+    assert len(rows(engine, "SELECT market FROM positions")) == 2
