@@ -90,6 +90,8 @@ def test_sigkill_at_random_points_never_doubles_an_order_and_books_match_the_exc
         balances = dict(account.balances)
 
     output = log.read_text()
+    assert SECRET not in output, "the API secret reached the logs"
+    assert KEY not in output, "the API key reached the logs"
     assert output.count("health http://") >= RESTARTS // 2
     assert len(sent) >= 5, "the trader hardly traded: the test would prove nothing"
     assert len(sent) == len(set(sent)), "a client order id reached the exchange twice"
