@@ -9,6 +9,7 @@ order's cumulative filled amount, recorded in the same transaction.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -178,31 +179,26 @@ def record_decision(
     moves = decision["outcome"] in ("order", "hold") or base_change or quote_change
     with engine.begin() as conn:
         postgres = conn.dialect.name == "postgresql"
-        update = _position_update(decision, base_change, quote_change, postgres)
         if postgres:
-            if not durable:
-                conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
-            # one round trip: data-modifying CTEs around the decision's insert
-            made = sa.insert(decisions).values(**decision).returning(decisions.c.id).cte("made")
-            parts = []
+            # one round trip, one statement built once: data-modifying CTEs around the
+            # decision's insert (the ORM-free text is what keeps a decision fast)
+            params = {
+                **decision,
+                "outputs": json.dumps(decision["outputs"]),
+                "base_change": base_change,
+                "quote_change": quote_change,
+                "new_target": decision["target"]
+                if decision["outcome"] in ("order", "hold")
+                else None,
+                "moves": bool(moves),
+            }
             if values:
-                columns = [*values, "decision_id"]
-                parts.append(
-                    sa.insert(orders)
-                    .from_select(
-                        columns,
-                        sa.select(
-                            *(sa.literal(v, orders.c[k].type) for k, v in values.items()),
-                            made.c.id,
-                        ),
-                    )
-                    .cte("ordered")
-                )
+                params |= {f"o_{k}": values.get(k) for k in _ORDER_COLUMNS}
+            statement = _PG_STATEMENTS[(bool(values), durable)]
+            decision_id = conn.execute(statement, params).scalar_one()
             if fill_rows:
-                parts.append(sa.insert(fills).values(fill_rows).cte("filled"))
-            if moves:
-                parts.append(update.cte("moved"))
-            return int(conn.execute(sa.select(made.c.id).add_cte(*parts)).scalar_one())
+                conn.execute(sa.insert(fills), fill_rows)
+            return int(decision_id)
         decision_id = conn.execute(
             sa.insert(decisions).values(**decision).returning(decisions.c.id)
         ).scalar_one()
@@ -211,8 +207,44 @@ def record_decision(
         if fill_rows:
             conn.execute(sa.insert(fills), fill_rows)
         if moves:
-            conn.execute(update)
+            conn.execute(_position_update(decision, base_change, quote_change, postgres=False))
     return int(decision_id)
+
+
+_DECISION_COLUMNS = (
+    "account", "market", "candle_ts", "model_name", "model_version", "inputs_sha256",
+    "outputs", "action", "target", "price", "latency_ms", "outcome", "reason",
+    "client_order_id",
+)  # fmt: skip
+_ORDER_COLUMNS = (
+    "client_order_id", "account", "market", "side", "type", "amount", "price", "status",
+    "filled", "average", "fee", "fee_currency", "exchange_order_id", "error",
+)  # fmt: skip
+_MADE = (
+    "WITH made AS (INSERT INTO decisions ({columns}) VALUES ({values}) RETURNING id), "
+    "moved AS (UPDATE positions SET base = base + :base_change, "
+    "quote = quote + :quote_change, target = COALESCE(:new_target, target), "
+    "borrowed = GREATEST(-(base + :base_change), 0), updated_at = now() "
+    "WHERE account = :account AND market = :market AND :moves)"
+).format(
+    columns=", ".join(_DECISION_COLUMNS),
+    values=", ".join(
+        "CAST(:outputs AS JSON)" if c == "outputs" else f":{c}" for c in _DECISION_COLUMNS
+    ),
+)
+_ORDERED = (
+    ", ordered AS (INSERT INTO orders ({columns}, decision_id) SELECT {values}, id FROM made)"
+).format(columns=", ".join(_ORDER_COLUMNS), values=", ".join(f":o_{c}" for c in _ORDER_COLUMNS))
+_PG_STATEMENTS = {
+    (with_order, durable): sa.text(
+        ("" if durable else "SET LOCAL synchronous_commit TO OFF; ")
+        + _MADE
+        + (_ORDERED if with_order else "")
+        + " SELECT id FROM made"
+    )
+    for with_order in (False, True)
+    for durable in (False, True)
+}
 
 
 def _order_values(order: dict[str, Any] | None, execution: Execution | None) -> dict[str, Any]:
@@ -234,7 +266,7 @@ def _order_values(order: dict[str, Any] | None, execution: Execution | None) -> 
 
 
 def _position_update(
-    decision: dict[str, Any], base_change: float, quote_change: float, postgres: bool
+    decision: dict[str, Any], base_change: float, quote_change: float, *, postgres: bool
 ) -> sa.Update:
     """Move the position by the fills (relative, so it needs no read) and set the target
     of an order or a hold."""

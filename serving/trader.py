@@ -52,6 +52,7 @@ class MarketState:
     last_price: float | None = None
     timings: dict[str, float] = field(default_factory=dict)  # ms per stage, last decision
     position: store.Position | None = None  # cached: this process is the only writer
+    rows: dict[int, list] = field(default_factory=dict)  # recent candles by open time
 
 
 @dataclass
@@ -164,7 +165,7 @@ class Trader:
     ) -> int:
         market, tf, key = state.market, state.market.timeframe_ms, str(state.market)
         try:
-            candles = self._window(exchange, market, policy.spec.window, closed)
+            candles = self._window(exchange, state, policy.spec.window, closed)
         except CryptobotsError as error:
             self._exchange_error(market.exchange, now, error)
             return 0
@@ -172,6 +173,8 @@ class Trader:
         started = self.clock()
         last = int(candles.ts[-1])
         state.last_closed = last
+        if state.handled is not None and last <= state.handled:
+            return 0  # the exchange has not published the closed candle yet
         if not self.risk.data_fresh(key, last, tf, now):
             self.metrics.stale.labels(key).inc()
             log.warning("%s: newest closed candle %d is stale at %d: no trade", key, last, now)
@@ -340,17 +343,32 @@ class Trader:
         )
 
     def _window(
-        self, exchange: ExchangeClient, market: Market, window: int, closed: int
+        self, exchange: ExchangeClient, state: MarketState, window: int, closed: int
     ) -> Candles:
-        """The newest `window` closed candles up to `closed`, gaps filled (flat, no volume)."""
-        tf = market.timeframe_ms
-        since = closed - (window + 2) * tf
-        rows = exchange.fetch_ohlcv(market.symbol, market.timeframe, since, window + 4)
-        # one row per open time, the exchange's last word (recorded data repeats some hours)
-        rows = sorted({r[0]: r for r in rows if r[0] <= closed}.values(), key=lambda r: r[0])
-        if not rows:
+        """The newest `window` closed candles up to `closed`, gaps filled (flat, no volume).
+
+        Candles seen before are kept; only the newest few are fetched again (an exchange
+        may still revise the candle that just closed), so a decision costs one small
+        request instead of a whole window."""
+        market, tf = state.market, state.market.timeframe_ms
+        known = state.rows
+        if len(known) >= window and max(known) >= closed - 8 * tf:
+            since = max(known) - 2 * tf
+        else:
+            known, since = {}, closed - (window + 2) * tf
+        limit = exchange.ohlcv_page_limit()
+        for _ in range(8):  # pages: recorded data may repeat open times
+            page = exchange.fetch_ohlcv(market.symbol, market.timeframe, since, limit)
+            # one row per open time, the exchange's last word
+            known.update((int(r[0]), r) for r in page if r[0] <= closed)
+            if len(page) < limit or page[-1][0] >= closed:
+                break
+            since = int(page[-1][0]) + tf
+        if not known:
             raise TemporaryExchangeError(f"{market}: no closed candle up to {closed} yet")
-        candles, _ = fill_gaps(Candles.from_rows(rows), tf)
+        keep = sorted(known)[-(window + 8) :]
+        state.rows = {ts: known[ts] for ts in keep}
+        candles, _ = fill_gaps(Candles.from_rows([known[ts] for ts in keep]), tf)
         if len(candles) < window:
             raise DataValidationError(
                 f"{market}: the exchange gave {len(candles)} candles, the model needs {window}"
