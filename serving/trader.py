@@ -12,6 +12,7 @@ anything new is sent.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import threading
 import time
@@ -163,13 +164,28 @@ class Trader:
     def _decide(
         self, state: MarketState, policy: Policy, exchange: ExchangeClient, closed: int, now: int
     ) -> int:
-        market, tf, key = state.market, state.market.timeframe_ms, str(state.market)
+        market = state.market
         try:
             candles = self._window(exchange, state, policy.spec.window, closed)
         except CryptobotsError as error:
             self._exchange_error(market.exchange, now, error)
             return 0
         self.risk.on_exchange_ok(market.exchange, now)
+        gc.disable()  # a garbage-collection pause must not land inside a decision
+        try:
+            return self._decide_on(state, policy, exchange, candles, now)
+        finally:
+            gc.enable()
+
+    def _decide_on(
+        self,
+        state: MarketState,
+        policy: Policy,
+        exchange: ExchangeClient,
+        candles: Candles,
+        now: int,
+    ) -> int:
+        market, tf, key = state.market, state.market.timeframe_ms, str(state.market)
         started = self.clock()
         last = int(candles.ts[-1])
         state.last_closed = last
