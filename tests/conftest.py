@@ -152,3 +152,21 @@ def fresh_pg(pg_server: Engine) -> Iterator[Callable[[], Engine]]:
         engine.dispose()
         with pg_server.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def airflow_env(home: Path, metadata_url: str | None = None) -> dict[str, str]:
+    """Environment of an isolated Airflow over this repo's dags/ and plugins/: the outer
+    shell's AIRFLOW*/CRYPTOBOTS_* variables dropped, metadata in SQLite under `home`
+    unless `metadata_url` says otherwise."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CRYPTOBOTS_"))}
+    return env | {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url or f"sqlite:///{home / 'airflow.db'}",
+        "PYTHONPATH": str(REPO / "plugins"),
+    }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import airflow_env as isolated_airflow_env
+
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ["tensorflow", "ccxt", "pandas", "great_expectations", "onnx", "tf2onnx", "numpy"]
 
@@ -19,16 +20,7 @@ HEAVY = ["tensorflow", "ccxt", "pandas", "great_expectations", "onnx", "tf2onnx"
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Environment of an isolated Airflow (SQLite metadata) over this repo's dags/ and plugins/."""
-    home = tmp_path_factory.mktemp("airflow")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CRYPTOBOTS_"))}
-    env |= {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "PYTHONPATH": str(REPO / "plugins"),
-    }
+    env = isolated_airflow_env(tmp_path_factory.mktemp("airflow"))
     subprocess.run(
         [sys.executable, "-m", "airflow", "db", "migrate"],
         env=env,

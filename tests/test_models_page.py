@@ -5,7 +5,6 @@ server it answers only signed-in users and its Promote button's request triggers
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -23,6 +22,7 @@ from pipeline.features import FeatureSpec
 from pipeline.models_page import create_app
 from pipeline.registry import alias, move_alias, register, set_metrics, store_artifact
 from pipeline.rl.networks import q_network
+from tests.conftest import airflow_env
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = FeatureSpec(features=("ret_1", "ret_4"), mean=(0.0, 0.0), std=(1.0, 1.0))
@@ -179,18 +179,11 @@ def test_inside_airflow_the_page_needs_a_login_and_its_button_triggers_promote(
     home = tmp_path / "airflow"
     home.mkdir()
     (home / "passwords.json").write_text(json.dumps({"admin": "secret-pw"}))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CRYPTOBOTS_"))}
-    env |= {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+    env = airflow_env(home) | {
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "CRYPTOBOTS_DB_URL": registry["url"],
         "CRYPTOBOTS_VAR_DIR": str(home / "var"),
-        "PYTHONPATH": str(REPO / "plugins"),
     }
     for command in (["db", "migrate"], ["dags", "reserialize"]):
         done = subprocess.run(
