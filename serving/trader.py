@@ -347,16 +347,8 @@ class Trader:
             return store.ensure_position(
                 self.engine, self.account, key, self.settings.serving.paper_cash
             )
-        info = exchange.market(market.symbol)
-        balance = exchange.call(f"{market.exchange} balances", exchange.client.fetch_balance)
-        total = balance.get("total") or {}
-        return store.ensure_position(
-            self.engine,
-            self.account,
-            key,
-            float(total.get(info["quote"]) or 0.0),
-            float(total.get(info["base"]) or 0.0),
-        )
+        base, quote = exchange_balances(exchange, market)
+        return store.ensure_position(self.engine, self.account, key, quote, base)
 
     def _window(
         self, exchange: ExchangeClient, state: MarketState, window: int, closed: int
@@ -477,10 +469,7 @@ class Trader:
         position = store.get_position(self.engine, self.account, key)
         if position is None:
             return
-        exchange = self.exchanges[market.exchange]
-        info = exchange.market(market.symbol)
-        total = exchange.call(f"{market.exchange} balances", exchange.client.fetch_balance)["total"]
-        base, quote = float(total.get(info["base"]) or 0), float(total.get(info["quote"]) or 0)
+        base, quote = exchange_balances(self.exchanges[market.exchange], market)
         if abs(base - position.base) > 1e-9 or abs(quote - position.quote) > 1e-6:
             log.warning(
                 "%s: balances differ from the exchange's (base %s vs %s, quote %s vs %s): "
@@ -625,6 +614,14 @@ class Laps:
     def total_ms(self) -> float:
         """Since the start."""
         return (self.last - self.start) * 1000
+
+
+def exchange_balances(exchange: ExchangeClient, market: Market) -> tuple[float, float]:
+    """(base, quote) totals the exchange holds for a market's two assets."""
+    info = exchange.market(market.symbol)
+    balance = exchange.call(f"{market.exchange} balances", exchange.client.fetch_balance)
+    total = balance.get("total") or {}
+    return float(total.get(info["base"]) or 0.0), float(total.get(info["quote"]) or 0.0)
 
 
 def traded_markets(settings: Settings) -> tuple[Market, ...]:
