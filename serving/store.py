@@ -9,6 +9,7 @@ order's cumulative filled amount, recorded in the same transaction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -153,6 +154,78 @@ def last_decided_candle(engine: Engine, account: str, market: str) -> int | None
         ).scalar()
 
 
+class DecisionWriter:
+    """Writes decisions, each with its order, fills and position change, atomically.
+
+    On Postgres it keeps one connection of its own in autocommit and sends each
+    decision as a single statement of data-modifying CTEs: one round trip, where a
+    pooled transaction costs four (pre-ping, BEGIN, the insert, COMMIT). A connection
+    error drops that connection; the next write opens a fresh one. SQLite (embedded,
+    one writer at a time) takes the plain Core path in a transaction.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.postgres = engine.dialect.name == "postgresql"
+        self._conn: Connection | None = None
+
+    def record(
+        self,
+        decision: dict[str, Any],
+        order: dict[str, Any] | None = None,
+        execution: Execution | None = None,
+        *,
+        durable: bool = True,
+    ) -> int:
+        """Write a decision, its order (if any) and, for paper fills known at once, the
+        execution; returns the decision id.
+
+        A live order is written `pending` before it is sent, durably. A paper decision
+        (`durable=False`) commits without waiting for the WAL flush on Postgres: only a
+        crash of the database server itself could lose its last few, and a lost paper
+        decision is simply taken again; the trader's own crash loses nothing either way.
+        """
+        values = _order_values(order, execution)
+        fill_rows = (
+            _fill_rows(order["client_order_id"], execution.fills) if values and execution else []
+        )
+        base_change, quote_change = (
+            _changes(order["side"], execution) if order and execution else (0.0, 0.0)
+        )
+        moves = bool(decision["outcome"] in ("order", "hold") or base_change or quote_change)
+        if not self.postgres:
+            return _record_core(
+                self.engine, decision, values, fill_rows, moves, base_change, quote_change
+            )
+        params = {
+            **decision,
+            "outputs": json.dumps(decision["outputs"]),
+            "base_change": base_change,
+            "quote_change": quote_change,
+            "new_target": decision["target"] if decision["outcome"] in ("order", "hold") else None,
+            "moves": moves,
+        }
+        if values:
+            params |= {f"o_{k}": values.get(k) for k in _ORDER_COLUMNS}
+            params["fills"] = json.dumps(fill_rows)
+        statement = _PG_STATEMENTS[(bool(values), durable)]
+        if self._conn is None or self._conn.closed:
+            self._conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            return int(self._conn.execute(statement, params).scalar_one())
+        except sa.exc.DBAPIError as error:
+            if error.connection_invalidated or isinstance(error, sa.exc.OperationalError):
+                self.close()
+            raise
+
+    def close(self) -> None:
+        """Give the connection back (a later write opens a new one)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sa.exc.DBAPIError):  # already gone with the server
+                conn.close()
+
+
 def record_decision(
     engine: Engine,
     decision: dict[str, Any],
@@ -161,44 +234,24 @@ def record_decision(
     *,
     durable: bool = True,
 ) -> int:
-    """Write a decision, its order (if any) and, for paper fills known at once, the
-    execution, in one transaction; returns the decision id.
+    """`DecisionWriter.record` once, on a connection of its own (tests, tools)."""
+    writer = DecisionWriter(engine)
+    try:
+        return writer.record(decision, order, execution, durable=durable)
+    finally:
+        writer.close()
 
-    A live order is written `pending` before it is sent, durably. A paper decision
-    (`durable=False`) commits without waiting for the WAL flush on Postgres: only a
-    crash of the database server itself could lose its last few, and a lost paper
-    decision is simply taken again; the trader's own crash loses nothing either way.
-    """
-    values = _order_values(order, execution)
-    fill_rows = (
-        _fill_rows(order["client_order_id"], execution.fills) if values and execution else []
-    )
-    base_change, quote_change = (
-        _changes(order["side"], execution) if order and execution else (0.0, 0.0)
-    )
-    moves = decision["outcome"] in ("order", "hold") or base_change or quote_change
+
+def _record_core(
+    engine: Engine,
+    decision: dict[str, Any],
+    values: dict[str, Any],
+    fill_rows: list[dict[str, Any]],
+    moves: bool,
+    base_change: float,
+    quote_change: float,
+) -> int:
     with engine.begin() as conn:
-        postgres = conn.dialect.name == "postgresql"
-        if postgres:
-            # one round trip, one statement built once: data-modifying CTEs around the
-            # decision's insert (the ORM-free text is what keeps a decision fast)
-            params = {
-                **decision,
-                "outputs": json.dumps(decision["outputs"]),
-                "base_change": base_change,
-                "quote_change": quote_change,
-                "new_target": decision["target"]
-                if decision["outcome"] in ("order", "hold")
-                else None,
-                "moves": bool(moves),
-            }
-            if values:
-                params |= {f"o_{k}": values.get(k) for k in _ORDER_COLUMNS}
-            statement = _PG_STATEMENTS[(bool(values), durable)]
-            decision_id = conn.execute(statement, params).scalar_one()
-            if fill_rows:
-                conn.execute(sa.insert(fills), fill_rows)
-            return int(decision_id)
         decision_id = conn.execute(
             sa.insert(decisions).values(**decision).returning(decisions.c.id)
         ).scalar_one()
@@ -235,11 +288,18 @@ _MADE = (
 _ORDERED = (
     ", ordered AS (INSERT INTO orders ({columns}, decision_id) SELECT {values}, id FROM made)"
 ).format(columns=", ".join(_ORDER_COLUMNS), values=", ".join(f":o_{c}" for c in _ORDER_COLUMNS))
+_FILLED = (
+    ", filled AS (INSERT INTO fills ({columns}) SELECT {columns} FROM "
+    "json_to_recordset(CAST(:fills AS JSON)) AS f(client_order_id text, trade_id text, "
+    "ts bigint, price float8, amount float8, fee float8, fee_currency text))"
+).format(columns="client_order_id, trade_id, ts, price, amount, fee, fee_currency")
 _PG_STATEMENTS = {
+    # in autocommit, the statements of one query string are one implicit transaction,
+    # so SET LOCAL covers exactly the decision's write
     (with_order, durable): sa.text(
         ("" if durable else "SET LOCAL synchronous_commit TO OFF; ")
         + _MADE
-        + (_ORDERED if with_order else "")
+        + (_ORDERED + _FILLED if with_order else "")
         + " SELECT id FROM made"
     )
     for with_order in (False, True)

@@ -76,8 +76,10 @@ class Trader:
     last_model_poll: float = float("-inf")
     exchange_now: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    writer: store.DecisionWriter = field(init=False)
 
     def __post_init__(self) -> None:
+        self.writer = store.DecisionWriter(self.engine)
         for market in traded_markets(self.settings):
             self.markets[str(market)] = MarketState(market, model_name(str(market)))
 
@@ -125,6 +127,7 @@ class Trader:
     def _database_lost(self, error: Exception) -> None:
         log.error("state database unreachable, trading halted until it answers: %s", _first(error))
         self.db_ok, self.reconciled = False, False
+        self.writer.close()
         self.metrics.db_up.set(0)
 
     def _poll_models(self) -> None:
@@ -258,7 +261,7 @@ class Trader:
             )
         lap("broker")
         try:
-            store.record_decision(self.engine, decision, order, execution, durable=broker.live)
+            self.writer.record(decision, order, execution, durable=broker.live)
         except sa.exc.IntegrityError:
             log.warning("%s: candle %d was already decided (another trader?): skipped", key, last)
             state.handled, state.position = last, None
@@ -591,12 +594,15 @@ class Trader:
     def run(self, stop: threading.Event) -> None:
         """Step until `stop` is set; the current step always finishes."""
         interval = self.settings.serving.loop_seconds
-        while not stop.is_set():
-            try:
-                self.step()
-            except Exception:  # a daemon logs what it did not foresee and goes on
-                log.exception("step failed, going on")
-            stop.wait(interval)
+        try:
+            while not stop.is_set():
+                try:
+                    self.step()
+                except Exception:  # a daemon logs what it did not foresee and goes on
+                    log.exception("step failed, going on")
+                stop.wait(interval)
+        finally:
+            self.writer.close()
 
 
 class Laps:
