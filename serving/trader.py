@@ -31,6 +31,7 @@ from pipeline.features import Candles, fill_gaps, latest_features
 from pipeline.registry import model_name
 from pipeline.settings import Market, Settings
 from serving import store
+from serving.allocation import split_balances
 from serving.broker import Broker, client_order_id
 from serving.metrics import RISK_CODES, Metrics
 from serving.model import ModelWatch, Policy
@@ -350,8 +351,11 @@ class Trader:
             return store.ensure_position(
                 self.engine, self.account, key, self.settings.serving.paper_cash
             )
-        base, quote = exchange_balances(exchange, market)
-        return store.ensure_position(self.engine, self.account, key, quote, base)
+        self._reconcile_balances()  # a live market's share of the exchange's balances
+        found = store.get_position(self.engine, self.account, key)
+        if found is None:
+            raise CryptobotsError(f"{key}: no balances read from {market.exchange}")
+        return found
 
     def _window(
         self, exchange: ExchangeClient, state: MarketState, window: int, closed: int
@@ -460,30 +464,52 @@ class Trader:
             self._count(order["market"], found)
             settled += 1
         if self.account == "live":
-            for key, state in self.markets.items():
-                self._reconcile_balances(key, state.market)
+            try:
+                self._reconcile_balances()
+            except CryptobotsError as error:
+                self._exchange_error(next(iter(self.exchanges)), None, error)
+                return settled  # try again on the next step
         self.reconciled = True
         if settled:
             log.info("reconciled %d order(s) with the exchange", settled)
         return settled
 
-    def _reconcile_balances(self, key: str, market: Market) -> None:
-        """Take the exchange's balances when ours differ (a fill we missed, a manual trade)."""
-        position = store.get_position(self.engine, self.account, key)
-        if position is None:
-            return
-        base, quote = exchange_balances(self.exchanges[market.exchange], market)
-        if abs(base - position.base) > 1e-9 or abs(quote - position.quote) > 1e-6:
-            log.warning(
-                "%s: balances differ from the exchange's (base %s vs %s, quote %s vs %s): "
-                "taking the exchange's",
-                key,
-                position.base,
-                base,
-                position.quote,
-                quote,
-            )
-            store.set_balances(self.engine, self.account, key, base, quote)
+    def _reconcile_balances(self) -> None:
+        """Share each live exchange account's balances among its markets (creating their
+        sub-accounts the first time); take the exchange's figures where ours differ (a
+        fill we missed, a fee, a manual trade)."""
+        by_exchange: dict[str, list[Market]] = {}
+        for state in self.markets.values():
+            if self.brokers[state.market.exchange].live:
+                by_exchange.setdefault(state.market.exchange, []).append(state.market)
+        for name, markets in by_exchange.items():
+            exchange = self.exchanges[name]
+            totals = exchange_totals(exchange, name)
+            assets = {}
+            held = {}
+            for market in markets:
+                info = exchange.market(market.symbol)
+                assets[str(market)] = (info["base"], info["quote"])
+                found = store.get_position(self.engine, self.account, str(market))
+                if found is not None:
+                    held[str(market)] = (found.base, found.quote)
+            for key, (base, quote) in split_balances(totals, assets, held).items():
+                self.markets[key].position = None
+                if key not in held:
+                    store.ensure_position(self.engine, self.account, key, quote, base)
+                    continue
+                had_base, had_quote = held[key]
+                if abs(base - had_base) > 1e-9 or abs(quote - had_quote) > 1e-6:
+                    log.warning(
+                        "%s: balances differ from its share of the exchange's (base %s vs "
+                        "%s, quote %s vs %s): taking the exchange's",
+                        key,
+                        had_base,
+                        base,
+                        had_quote,
+                        quote,
+                    )
+                    store.set_balances(self.engine, self.account, key, base, quote)
 
     def _flatten(self) -> None:
         self.flatten_requested = False
@@ -622,12 +648,10 @@ class Laps:
         return (self.last - self.start) * 1000
 
 
-def exchange_balances(exchange: ExchangeClient, market: Market) -> tuple[float, float]:
-    """(base, quote) totals the exchange holds for a market's two assets."""
-    info = exchange.market(market.symbol)
-    balance = exchange.call(f"{market.exchange} balances", exchange.client.fetch_balance)
-    total = balance.get("total") or {}
-    return float(total.get(info["base"]) or 0.0), float(total.get(info["quote"]) or 0.0)
+def exchange_totals(exchange: ExchangeClient, name: str) -> dict[str, float]:
+    """Every asset's total the exchange account holds."""
+    balance = exchange.call(f"{name} balances", exchange.client.fetch_balance)
+    return {asset: float(v or 0.0) for asset, v in (balance.get("total") or {}).items()}
 
 
 def traded_markets(settings: Settings) -> tuple[Market, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -196,24 +197,40 @@ def test_the_client_order_id_is_deterministic_and_fits_binance() -> None:
     assert re.fullmatch(r"[A-Za-z0-9_-]{1,36}", one)
 
 
-BLOCKER = """
-import importlib.abc, runpy, sys
-BLOCKED = {"tensorflow", "keras", "tf2onnx", "airflow", "great_expectations", "pandas",
-           "matplotlib", "torch"}
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{name} is not in serving/requirements.txt")
-
-sys.meta_path.insert(0, Block())
-sys.argv = ["serving", "--log-format", "text"]
-runpy.run_module("serving", run_name="__main__")
-"""
+HEAVY = ("tensorflow", "keras", "tf2onnx", "airflow", "great_expectations", "pandas", "torch")
 
 
-def test_the_daemon_runs_without_heavy_packages_serves_health_and_stops_on_sigterm(
-    registry: tuple[Engine, str, list[int]], clock_sim: Running, tmp_path: Path
+@pytest.fixture(scope="module")
+def slim_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The interpreter of a fresh virtual environment holding serving/requirements.txt
+    and nothing else (uv installs it from its cache in about a second)."""
+    uv = Path(sys.executable).with_name("uv")
+    uv_command = str(uv) if uv.exists() else shutil.which("uv")
+    assert uv_command, "uv not found: run `make setup`"
+    venv = tmp_path_factory.mktemp("slim") / "venv"
+    for command in (
+        [uv_command, "venv", "--quiet", "--python", sys.executable, str(venv)],
+        [
+            uv_command, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"),
+            "-r", str(REPO / "serving" / "requirements.txt"),
+        ],
+    ):  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+    return str(venv / "bin" / "python")
+
+
+def test_the_slim_environment_has_none_of_the_heavy_packages(slim_python: str) -> None:
+    for name in HEAVY:
+        found = subprocess.run(
+            [slim_python, "-c", f"import {name}"], capture_output=True, text=True, cwd=REPO
+        )
+        assert found.returncode != 0, f"{name} is importable in the slim environment"
+        assert "ModuleNotFoundError" in found.stderr
+
+
+def test_the_daemon_runs_from_serving_requirements_alone_serves_health_and_stops_on_sigterm(
+    registry: tuple[Engine, str, list[int]], clock_sim: Running, tmp_path: Path, slim_python: str
 ) -> None:
     engine, _, _ = registry
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
@@ -227,7 +244,7 @@ def test_the_daemon_runs_without_heavy_packages_serves_health_and_stops_on_sigte
         "CRYPTOBOTS_SERVING__CONTROL_TOKEN": "s3cret-token",
     }
     process = subprocess.Popen(
-        [sys.executable, "-c", BLOCKER],
+        [slim_python, "-m", "serving", "--log-format", "text"],
         env=env,
         cwd=REPO,
         stderr=subprocess.PIPE,

@@ -155,6 +155,34 @@ def test_an_order_that_never_reached_the_exchange_is_expired_not_sent_late(
     assert signed_sim.exchange.accounts.account(KEY).orders == []
 
 
+def test_live_markets_sharing_a_quote_asset_each_get_a_share_not_the_whole(
+    fresh_pg, signed_sim: Running, tmp_path: Path
+) -> None:
+    engine = fresh_pg()
+    eth = "binance:ETH/USDT:1h"
+    exchange = client(signed_sim.url, credentials=(KEY, SECRET))
+    url = engine.url.render_as_string(False)
+    settings = settings_for(url, signed_sim, tmp_path, markets=[MARKET, eth])
+    trader = make_trader(settings, engine, exchange, live=True)
+    trader.reconcile()
+    quotes = {m: store.get_position(engine, "live", m).quote for m in (MARKET, eth)}
+    assert quotes == {MARKET: pytest.approx(5_000.0), eth: pytest.approx(5_000.0)}
+
+    order = {"client_order_id": "cb-share-1", "account": "live", "market": MARKET}
+    store.record_order(engine, {**order, "side": "buy", "type": "market", "amount": 0.01})
+    answer = exchange.client.create_order(
+        "BTC/USDT", "market", "buy", 0.01, None, {"newClientOrderId": "cb-share-1"}
+    )
+    trader.reconcile()  # the BTC market's order is applied to the BTC market's share only
+    account = signed_sim.exchange.accounts.account(KEY)
+    btc = store.get_position(engine, "live", MARKET)
+    assert btc.base == pytest.approx(account.balances["BTC"], abs=1e-12)
+    assert btc.quote == pytest.approx(5_000.0 - answer["cost"], abs=1e-6)
+    assert store.get_position(engine, "live", eth).quote == pytest.approx(5_000.0)
+    total = sum(store.get_position(engine, "live", m).quote for m in (MARKET, eth))
+    assert total == pytest.approx(account.balances["USDT"], abs=1e-6)
+
+
 def test_a_burst_of_5xx_opens_the_circuit_breaker_and_it_closes_again(
     fresh_pg, simulator: Callable[..., AbstractContextManager[Running]], tmp_path: Path
 ) -> None:
