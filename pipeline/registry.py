@@ -31,6 +31,8 @@ from pipeline.db.schema import model_aliases, model_versions, promotion_events
 from pipeline.errors import CryptobotsError, ModelRejected
 
 CHAMPION = "champion"
+ALIAS_CHANNEL = "cryptobots_alias_moved"
+"""Postgres NOTIFY channel: the payload is the model name whose alias moved."""
 
 
 class PromotionConflict(CryptobotsError):
@@ -339,6 +341,11 @@ def move_alias(
                 "forced": forced,
             }
             conn.execute(sa.insert(promotion_events).values(**event))
+            if conn.dialect.name == "postgresql":  # wakes traders now (delivered on commit)
+                conn.execute(
+                    sa.text("SELECT pg_notify(:channel, :name)"),
+                    {"channel": ALIAS_CHANNEL, "name": name},
+                )
     except sa.exc.IntegrityError as error:
         raise conflict from error
     return event

@@ -353,6 +353,9 @@ class ServingSettings(BaseModel):
         default=None,
         description="bearer token of the pause/resume/flatten endpoints; unset = they answer 401",
     )
+    cancel_on_exit: bool = Field(
+        default=False, description="on SIGTERM/SIGINT, cancel the live orders still open"
+    )
     paper_cash: float = Field(default=10_000.0, gt=0, description="paper account's quote cash")
     fee_bps: float = Field(default=10.0, ge=0, description="paper taker fee, basis points")
     borrow_rate_hourly: float = Field(

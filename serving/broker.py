@@ -10,6 +10,7 @@ order must not become a second order.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from typing import Any, Protocol
 
@@ -28,7 +29,8 @@ def client_order_id(model: str, version: int, market: str, candle_ts: int, inten
 
 
 class Broker(Protocol):
-    """Executes market orders; `lookup` finds an order by its client id."""
+    """Executes market orders; `lookup` finds an order by its client id, `cancel`
+    cancels one."""
 
     live: bool
 
@@ -37,6 +39,8 @@ class Broker(Protocol):
     ) -> Execution: ...
 
     def lookup(self, symbol: str, client_id: str) -> Execution | None: ...
+
+    def cancel(self, symbol: str, client_id: str) -> Execution | None: ...
 
 
 class PaperBroker:
@@ -93,6 +97,10 @@ class PaperBroker:
         """Paper orders are executed and stored in one transaction: nothing to find."""
         return None
 
+    def cancel(self, symbol: str, client_id: str) -> Execution | None:
+        """Paper orders are final at once: nothing to cancel."""
+        return None
+
 
 class ExchangeBroker:
     """Market orders through ccxt with deterministic client order ids."""
@@ -130,6 +138,19 @@ class ExchangeBroker:
                 return found
             return Execution("pending", 0.0, 0.0, error=str(error))
         return parse_order(order, market)
+
+    def cancel(self, symbol: str, client_id: str) -> Execution | None:
+        """Cancel an open order by client id; its final state (what filled before the
+        cancel counts), or None when the exchange has no such order."""
+        import ccxt
+
+        def cancel() -> None:
+            # not found: already final or never arrived; the lookup below says which
+            with contextlib.suppress(ccxt.OrderNotFound):
+                self.exchange.client.cancel_order(None, symbol, {"origClientOrderId": client_id})
+
+        self.exchange.call(f"{symbol} cancel {client_id}", cancel, kind="order")
+        return self.lookup(symbol, client_id)
 
     def lookup(self, symbol: str, client_id: str) -> Execution | None:
         """The exchange's state of an order by client id; None when it has no such order."""

@@ -47,7 +47,7 @@ def build(settings: Settings, *, live: bool, environ: Mapping[str, str]) -> Any:
     from pipeline.exchanges.client import credentials_from_reference, open_exchange
     from serving.broker import ExchangeBroker, PaperBroker
     from serving.metrics import Metrics
-    from serving.model import ModelWatch, choose_providers
+    from serving.model import AliasNotifications, ModelWatch, choose_providers
     from serving.risk import RiskGate
     from serving.trader import Trader, cache_dir, traded_markets
 
@@ -97,6 +97,7 @@ def build(settings: Settings, *, live: bool, environ: Mapping[str, str]) -> Any:
         watches=watches,
         risk=RiskGate(settings.serving.risk, [str(m) for m in markets]),
         metrics=metrics,
+        notifications=AliasNotifications(engine),
     )
 
 

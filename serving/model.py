@@ -10,9 +10,11 @@ refused artifact is logged and counted and the running model keeps trading.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.errors import ModelRejected
 from pipeline.features import FeatureSpec
-from pipeline.registry import CHAMPION, alias, load_verified
+from pipeline.registry import ALIAS_CHANNEL, CHAMPION, alias, load_verified
 
 log = logging.getLogger(__name__)
 
@@ -187,3 +189,50 @@ class ModelWatch:
 
 def _label(policy: Policy | None) -> str:
     return "no model" if policy is None else f"{policy.name} v{policy.version}"
+
+
+class AliasNotifications:
+    """Wakes the model watch as soon as an alias moves (Postgres LISTEN/NOTIFY); polling
+    stays the rule, this only makes a promotion reach the trader sooner. On SQLite, or
+    while the database is away, `moved()` is simply empty."""
+
+    def __init__(self, engine: Engine, retry_seconds: float = 30.0) -> None:
+        self.engine = engine
+        self.retry_seconds = retry_seconds
+        self._conn: Any = None
+        self._failed_at = float("-inf")
+
+    def moved(self) -> set[str]:
+        """Names whose alias moved since the last call (non-blocking)."""
+        if self.engine.dialect.name != "postgresql":
+            return set()
+        try:
+            if self._conn is None:
+                if time.monotonic() - self._failed_at < self.retry_seconds:
+                    return set()
+                self._listen()
+            self._conn.poll()
+            names = {n.payload for n in self._conn.notifies}
+            self._conn.notifies.clear()
+            return names
+        except Exception as error:  # whatever broke, a lost listener only delays a swap
+            log.info("model notifications paused (polling goes on): %s", error)
+            self.close()
+            self._failed_at = time.monotonic()
+            return set()
+
+    def _listen(self) -> None:
+        # a connection of its own, outside the pool: it listens for the process's life
+        args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
+        conn = self.engine.dialect.loaded_dbapi.connect(*args, **kwargs)
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(f"LISTEN {ALIAS_CHANNEL}")
+        self._conn = conn
+
+    def close(self) -> None:
+        """Stop listening."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()

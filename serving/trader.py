@@ -34,7 +34,7 @@ from serving import store
 from serving.allocation import split_balances
 from serving.broker import Broker, client_order_id
 from serving.metrics import RISK_CODES, Metrics
-from serving.model import ModelWatch, Policy
+from serving.model import AliasNotifications, ModelWatch, Policy
 from serving.risk import MarketRules, OrderIntent, RiskGate
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class Trader:
     last_model_poll: float = float("-inf")
     exchange_now: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    notifications: AliasNotifications | None = None  # LISTEN/NOTIFY: swaps sooner
     writer: store.DecisionWriter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -132,11 +133,15 @@ class Trader:
         self.metrics.db_up.set(0)
 
     def _poll_models(self) -> None:
+        """Ask the registry every `model_poll_seconds`, and at once for a model whose
+        alias a notification says moved."""
         now = self.clock()
-        if now - self.last_model_poll < self.settings.serving.model_poll_seconds:
-            return
-        self.last_model_poll = now
-        for name, watch in self.watches.items():
+        names = self.notifications.moved() & self.watches.keys() if self.notifications else set()
+        if now - self.last_model_poll >= self.settings.serving.model_poll_seconds:
+            self.last_model_poll = now
+            names = set(self.watches)
+        for name in sorted(names):
+            watch = self.watches[name]
             policy = watch.poll()
             if policy is not None:
                 self.metrics.model_version.labels(name).set(policy.version)
@@ -474,6 +479,27 @@ class Trader:
             log.info("reconciled %d order(s) with the exchange", settled)
         return settled
 
+    def cancel_open_orders(self) -> int:
+        """Cancel every order of ours still open on an exchange and record its final
+        state (fills before the cancel count); returns how many were settled."""
+        settled = 0
+        with self.lock:
+            for order in store.open_orders(self.engine, self.account):
+                market = Market.model_validate(order["market"])
+                try:
+                    found = self.brokers[market.exchange].cancel(
+                        market.symbol, order["client_order_id"]
+                    )
+                except CryptobotsError as error:
+                    log.error("%s: could not cancel: %s", order["client_order_id"], error)
+                    continue
+                if found is not None:
+                    store.apply_execution(self.engine, order["client_order_id"], found)
+                    self._count(order["market"], found)
+                    settled += 1
+        log.info("open orders canceled on exit: %d", settled)
+        return settled
+
     def _reconcile_balances(self) -> None:
         """Share each live exchange account's balances among its markets (creating their
         sub-accounts the first time); take the exchange's figures where ours differ (a
@@ -627,8 +653,15 @@ class Trader:
                 except Exception:  # a daemon logs what it did not foresee and goes on
                     log.exception("step failed, going on")
                 stop.wait(interval)
+            if self.settings.serving.cancel_on_exit:
+                try:
+                    self.cancel_open_orders()
+                except DB_ERRORS as error:
+                    log.error("open orders not canceled, the database is down: %s", _first(error))
         finally:
             self.writer.close()
+            if self.notifications is not None:
+                self.notifications.close()
 
 
 class Laps:

@@ -27,7 +27,7 @@ from pipeline.rl.networks import q_network
 from pipeline.settings import Settings
 from serving.broker import PaperBroker, client_order_id
 from serving.metrics import Metrics
-from serving.model import CPU, ModelWatch
+from serving.model import CPU, AliasNotifications, ModelWatch
 from serving.risk import RiskGate
 from serving.trader import Trader
 from tests.conftest import exchange_client
@@ -188,6 +188,24 @@ def test_a_corrupt_champion_is_refused_and_the_running_model_keeps_trading(
     assert trader.watches[NAME].current().version == first
     assert "checksum mismatch" in trader.watches[NAME].refused[second]
     assert {r[0] for r in rows(engine, "SELECT model_version FROM decisions")} == {first}
+
+
+def test_a_promotion_notified_by_postgres_swaps_before_the_next_poll(
+    registry: tuple[Engine, str, list[int]], clock_sim: Running, tmp_path: Path
+) -> None:
+    engine, _, versions = registry
+    settings = settings_for(engine, clock_sim, tmp_path, model_poll_seconds=3600)
+    trader = paper_trader(settings, engine, clock_sim)
+    trader.notifications = AliasNotifications(engine)
+    try:
+        trader.step()  # the first poll: v1, and the listener starts
+        assert trader.watches[NAME].current().version == versions[0]
+        polled = trader.last_model_poll
+        move_alias(engine, NAME, versions[1], seen_generation=1, who="test", reason="notify")
+        run_until(trader, lambda: trader.watches[NAME].current().version == versions[1], 10)
+    finally:
+        trader.notifications.close()
+    assert trader.last_model_poll == polled  # no scheduled poll ran: the notification did it
 
 
 def test_the_client_order_id_is_deterministic_and_fits_binance() -> None:

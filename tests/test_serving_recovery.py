@@ -155,6 +155,30 @@ def test_an_order_that_never_reached_the_exchange_is_expired_not_sent_late(
     assert signed_sim.exchange.accounts.account(KEY).orders == []
 
 
+def test_an_order_still_open_is_canceled_on_exit_when_asked(
+    live_trader: tuple[Trader, Engine, int], signed_sim: Running
+) -> None:
+    trader, engine, _ = live_trader
+    trader.settings = trader.settings.model_copy(
+        update={"serving": trader.settings.serving.model_copy(update={"cancel_on_exit": True})}
+    )
+    trader.reconcile()
+    exchange = trader.exchanges["binance"]
+    bid = exchange.client.fetch_order_book("BTC/USDT")["bids"][0][0]
+    order = {"client_order_id": "cb-resting-1", "account": "live", "market": MARKET}
+    store.record_order(engine, {**order, "side": "buy", "type": "limit", "amount": 0.01})
+    exchange.client.create_order(
+        "BTC/USDT", "limit", "buy", 0.01, bid * 0.5, {"newClientOrderId": "cb-resting-1"}
+    )
+    stop = threading.Event()
+    stop.set()  # the loop ends at once: only the exit path runs
+    trader.run(stop)
+    [(status,)] = rows(engine, "SELECT status FROM orders")
+    assert status == "canceled"
+    [resting] = signed_sim.exchange.accounts.account(KEY).orders
+    assert resting.status == "CANCELED"
+
+
 def test_live_markets_sharing_a_quote_asset_each_get_a_share_not_the_whole(
     fresh_pg, signed_sim: Running, tmp_path: Path
 ) -> None:
