@@ -27,18 +27,8 @@ setup: ## create .venv with the pinned requirements and the project (quick when 
 	echo "$$want" > $(SETUP_STAMP); \
 	echo "setup: $(VENV) ready"
 
-# Airflow's own state stays under ./var like everything else the main job writes.
-AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/var/airflow AIRFLOW__CORE__LOAD_EXAMPLES=False \
-	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins \
-	PYTHONPATH=$(CURDIR)/plugins
-
-run: setup ## the main job (for now: migrate both databases, create the pools, doctor report)
-	$(PY) -m pipeline db upgrade
-	@mkdir -p var/airflow
-	$(AIRFLOW_ENV) $(VENV)/bin/airflow db migrate > var/airflow/migrate.log 2>&1 \
-		|| { tail -20 var/airflow/migrate.log; exit 1; }
-	$(AIRFLOW_ENV) $(PY) -m pipeline airflow-pools
-	$(PY) -m pipeline doctor
+run: setup ## the main job: simulator, Airflow, backfill, a first model, the paper trader (Ctrl-C stops)
+	$(PY) -m pipeline run $(ARGS)
 
 test: setup lint ## lint, then the whole test suite (real Postgres: CRYPTOBOTS_TEST_PG_URL)
 	$(PY) -m pytest

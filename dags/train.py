@@ -14,6 +14,7 @@ through the promotion gates when the `auto_promote` param is on.
 Every run is a row of `training_runs` (hyperparameters, data windows, feature
 spec, device, metrics, artifacts). Edit the budget, windows, algorithms, markets
 and seed in the trigger form. A retried train task resumes from its checkpoint.
+Unpausing it schedules the next 02:00 UTC, not a run for the last one.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ MARKETS = [str(m) for m in (TRAINING.markets or SETTINGS.markets[:1])]
 @dag(
     dag_id="train",
     schedule=CronTriggerTimetable("0 2 * * *", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=2)},
@@ -77,7 +77,9 @@ def train() -> None:
         if params["valid_end"]:
             end = pendulum.parse(params["valid_end"]).in_timezone("UTC")  # type: ignore[union-attr]
         else:
-            end = context.get("logical_date") or context["run_after"]  # type: ignore[attr-defined]
+            # a run triggered without a logical date (the REST API's default) ends at its
+            # run_after: when it was triggered
+            end = context.get("logical_date") or context["dag_run"].run_after  # type: ignore[attr-defined]
         end_ms = int(end.timestamp() * 1000)  # type: ignore[attr-defined]
         settings = load_settings()
         return [

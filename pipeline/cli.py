@@ -53,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=8900)
     sim.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
     sim.add_argument("--shift-to-now", action="store_true", help="history ends now, then replays")
+    sim.add_argument(
+        "--history-end",
+        help="with --shift-to-now: end history at this ISO time, not now, so that a restart "
+        "serves the same candles at the same times",
+    )
     sim.add_argument("--speed", type=float, default=1.0, help="clock speed (2 = twice real time)")
     sim.add_argument("--weight-budget", type=int, default=6000, help="request weight per minute")
     sim.add_argument("--fault-rate", type=float, default=0.0, help="share of requests faulted")
@@ -139,6 +144,34 @@ def _parser() -> argparse.ArgumentParser:
     back.add_argument("--reason")
     back.set_defaults(handler=_models_rollback)
 
+    launch = commands.add_parser(
+        "run",
+        help="the main job (make run): simulator, Airflow, backfill, first model, paper trader",
+    )
+    launch.add_argument(
+        "--history-days", type=int, help="days backfilled (default: airflow.history_days, 150)"
+    )
+    launch.add_argument("--train-days", type=int, default=60, help="demo training window")
+    launch.add_argument("--valid-days", type=int, default=14, help="demo validation window")
+    launch.add_argument("--dqn-steps", type=int, default=20_000, help="demo DQN budget")
+    launch.add_argument("--a2c-steps", type=int, default=200_000, help="demo A2C budget")
+    launch.add_argument(
+        "--algorithms", default="dqn,a2c", help="comma-separated agents to train (dqn, a2c)"
+    )
+    launch.add_argument("--decision-every", type=int, help="candles between decisions")
+    launch.add_argument(
+        "--retrain", action="store_true", help="train and promote again though a champion exists"
+    )
+    launch.add_argument(
+        "--simulator-speed", type=float, default=1.0, help="simulator clock speed (tests: 3600)"
+    )
+    launch.add_argument("--airflow-port", type=int, default=8080)
+    launch.add_argument("--trader-port", type=int, help="default: serving.port")
+    launch.add_argument(
+        "--status-every", type=float, default=60.0, help="seconds between status lines"
+    )
+    launch.set_defaults(handler=_run)
+
     pools = commands.add_parser("airflow-pools", help="create the pool of each exchange in Airflow")
     pools.set_defaults(handler=_airflow_pools)
 
@@ -189,6 +222,7 @@ def _simulator(settings: Settings, args: argparse.Namespace) -> int:
             exchange=args.exchange,
             seed=args.seed,
             shift_to_now=args.shift_to_now,
+            history_end_ms=_optional_time("--history-end", args.history_end),
             speed=args.speed,
             weight_budget=args.weight_budget,
             fault_rate=args.fault_rate,
@@ -254,6 +288,26 @@ def _backfill(settings: Settings, args: argparse.Namespace) -> int:
         f"{result.total('gaps')} missing at the exchange, {exchange.retries} retries"
     )
     return 0
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.launch import Options, run
+
+    options = Options(
+        history_days=args.history_days or settings.airflow.history_days,
+        train_days=args.train_days,
+        valid_days=args.valid_days,
+        dqn_steps=args.dqn_steps,
+        a2c_steps=args.a2c_steps,
+        algorithms=tuple(a.strip() for a in args.algorithms.split(",") if a.strip()),
+        decision_every=args.decision_every,
+        retrain=args.retrain,
+        simulator_speed=args.simulator_speed,
+        airflow_port=args.airflow_port,
+        trader_port=args.trader_port,
+        status_every_seconds=args.status_every,
+    )
+    return run(settings, options)
 
 
 def _airflow_pools(settings: Settings, args: argparse.Namespace) -> int:

@@ -60,3 +60,58 @@ def exchanges_of(settings: Settings) -> dict[str, list[str]]:
 def pool_name(exchange: str) -> str:
     """The Airflow pool that bounds concurrent requests to `exchange`."""
     return f"exchange_{exchange}"
+
+
+def backfill_market(
+    settings: Settings,
+    market: str,
+    start: int,
+    end: int,
+    *,
+    credentials: Credentials | None = None,
+) -> dict[str, Any]:
+    """Fetch, validate and store `market`'s history in [start, end) chunk by chunk
+    (`pipeline.backfill`: chunks already complete are skipped); totals."""
+    from pipeline.backfill import backfill
+    from pipeline.db.engine import create_engine
+    from pipeline.exchanges.client import open_exchange
+
+    target = Market.model_validate(market)
+    exchange = open_exchange(settings, target.exchange, credentials)
+    engine = create_engine(settings.db_url)
+    try:
+        result = backfill(
+            exchange,
+            engine,
+            target,
+            start,
+            end,
+            policy=settings.validation,
+            report_dir=settings.var_dir / "validations",
+        )
+    finally:
+        engine.dispose()
+    return {
+        "market": market,
+        "chunks": result.chunks,
+        "skipped": result.skipped,
+        **{
+            name: result.total(name)
+            for name in ("inserted", "updated", "unchanged", "quarantined", "gaps")
+        },
+    }
+
+
+def history_range(days: int, end: str | None = None, now_ms: int | None = None) -> tuple[int, int]:
+    """[start, end) in ms of `days` of history ending at the ISO time `end`, or at the
+    start of the current hour (the last closed hourly candle's end)."""
+    import time
+    from datetime import UTC, datetime
+
+    if end:
+        moment = datetime.fromisoformat(end)
+        stop = int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
+    else:
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        stop = now // 3_600_000 * 3_600_000
+    return stop - days * 86_400_000, stop

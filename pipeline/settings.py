@@ -222,6 +222,12 @@ class AirflowSettings(BaseModel):
     exchange_pool_slots: int = Field(
         default=4, ge=1, description="concurrent tasks per exchange (the exchange_<name> pool)"
     )
+    history_days: int = Field(
+        default=150,
+        ge=1,
+        description="days of history the backfill_history DAG fetches (make run: enough for "
+        "the promotion window and the features' 30-day look-back)",
+    )
 
     @field_validator("start_date")
     @classmethod

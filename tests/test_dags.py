@@ -146,6 +146,42 @@ def test_market_data_dag_ingests_one_interval_for_every_market(
     ]
 
 
+@pytest.mark.postgres
+def test_backfill_history_dag_stores_the_days_asked_and_a_second_run_fetches_nothing(
+    airflow_env: dict, simulator, fresh_pg
+) -> None:
+    engine = fresh_pg()
+    code = """
+        import json
+        from airflow.dag_processing.dagbag import DagBag
+        dag = DagBag(dag_folder="dags").dags["backfill_history"]
+        run = dag.test(run_conf={"days": 5, "end": "2019-01-10T00:00"})
+        tis = run.get_task_instances()
+        print(json.dumps({"state": str(run.state),
+                          "results": [ti.xcom_pull(task_ids=ti.task_id, map_indexes=ti.map_index)
+                                      for ti in tis]}))
+        """
+    with simulator() as sim:
+        env = airflow_env | {
+            "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
+            "CRYPTOBOTS_EXCHANGES__BINANCE__URL": sim.url,
+            "CRYPTOBOTS_VAR_DIR": str(Path(airflow_env["AIRFLOW_HOME"]) / "var"),
+        }
+        first = run_python(code, env)
+        second = run_python(code, env)
+    assert first["state"] == second["state"] == "success"
+    with engine.connect() as conn:
+        stored = dict(
+            conn.execute(sa.text("SELECT symbol, count(*) FROM ohlcv GROUP BY symbol")).all()
+        )
+    assert stored == {"BTC/USDT": 120, "ETH/BTC": 120, "ETH/USDT": 120}
+    assert sorted(r["market"] for r in first["results"]) == [
+        "binance:BTC/USDT:1h", "binance:ETH/BTC:1h", "binance:ETH/USDT:1h",
+    ]  # fmt: skip
+    assert all(r["inserted"] == 120 for r in first["results"])
+    assert all(r["skipped"] == r["chunks"] and r["inserted"] == 0 for r in second["results"])
+
+
 def test_each_exchange_gets_its_pool_and_a_second_run_changes_nothing(airflow_env: dict) -> None:
     env = airflow_env | {"CRYPTOBOTS_AIRFLOW__EXCHANGE_POOL_SLOTS": "3"}
     command = [sys.executable, "-m", "pipeline", "airflow-pools"]

@@ -83,6 +83,31 @@ def test_shifted_history_serves_only_closed_candles_and_keeps_coming(simulator) 
     assert 0.5 < replayed[0][4] / before[-1][4] < 2  # the replay continues near the last price
 
 
+def test_a_restart_with_the_same_history_end_serves_the_same_candles_at_the_same_times(
+    simulator,
+) -> None:
+    end = (int(time.time() * 1000) - 5 * 86_400_000) // 3_600_000 * 3_600_000
+    since = end - 48 * 3_600_000
+    served = []
+    for _ in range(2):
+        with simulator(shift_to_now=True, history_end_ms=end) as sim:
+            served.append(exchange_client(sim.url).fetch_ohlcv("BTC/USDT", "1h", since, 48))
+    assert served[0] == served[1]
+    assert len(served[0]) == 48
+    assert served[0][-1][0] == end - 3_600_000  # the recording's last candle closes at `end`
+
+
+def test_the_replay_seam_opens_where_the_recording_closed(simulator) -> None:
+    end = (int(time.time() * 1000) - 5 * 3_600_000) // 3_600_000 * 3_600_000
+    with simulator(shift_to_now=True, history_end_ms=end) as sim:
+        rows = exchange_client(sim.url).fetch_ohlcv("BTC/USDT", "1h", end - 2 * 3_600_000, 4)
+    before, seam = rows[1], rows[2]
+    assert seam[0] == end  # the first replayed candle
+    assert seam[1] == pytest.approx(before[4])
+    assert seam[2] <= max(seam[1], seam[4]) * (1 + 1e-9)
+    assert 0.5 < seam[4] / before[4] < 2
+
+
 def test_every_response_reports_the_used_weight(simulator) -> None:
     with simulator() as sim:
         _, first, _ = get(f"{sim.url}/api/v3/exchangeInfo")

@@ -45,6 +45,7 @@ class SimulatorConfig:
     exchange: str = "binance"
     seed: int = 0
     shift_to_now: bool = False
+    history_end_ms: int | None = None  # with shift_to_now: end history here, not now
     speed: float = 1.0
     weight_budget: int = 6000
     fault_rate: float = 0.0
@@ -70,7 +71,8 @@ class Exchange:
         recordings = find_recordings(self.config.data_dir, self.config.exchange)
         self.clock = Clock(speed=self.config.speed)
         step = math.lcm(*(r.timeframe_ms for r in recordings))
-        now = (self.clock.start_real_ms // step) * step
+        end = self.config.history_end_ms or self.clock.start_real_ms
+        now = (end // step) * step
 
         def offset(recording: Recording) -> int:
             # each series ends now; series that ended together (a triangle) stay aligned

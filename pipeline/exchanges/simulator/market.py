@@ -98,6 +98,8 @@ class MarketFeed:
         if cycle:
             scale = self.growth**cycle
             text = [*(_scaled(value, scale) for value in text[:4]), text[4]]
+            if i == 0:
+                text = self._seam(text, cycle)
         open_, high, low, close, volume = (str(value) for value in text)
         quote_volume = _product(close, volume)
         return [
@@ -114,6 +116,17 @@ class MarketFeed:
             "0",
             "0",
         ]
+
+    def _seam(self, text: list, cycle: int) -> list:
+        """The first candle of a replay opens at the close before it: scaling makes its
+        close continue the price, but its recorded open (a listing's first print is
+        often far off) would be a jump no market makes at a seam."""
+        try:
+            before = float(self.recording.text[-1][3]) * self.growth ** (cycle - 1)
+            close, low = float(text[3]), float(text[2])
+        except ValueError:
+            return text  # a malformed recorded row stays as recorded
+        return [_fmt(before), _fmt(max(before, close)), _fmt(min(low, before, close)), *text[3:]]
 
     def book(self, now: int, depth: int) -> tuple[list[list[str]], list[list[str]]]:
         """A symmetric book around the last close: HALF_SPREAD_BPS, one tick between levels."""

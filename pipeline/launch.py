@@ -1,0 +1,503 @@
+"""`make run`: the whole product on one machine, on the embedded defaults.
+
+Migrates the database, starts the exchange simulator on the recorded data (history
+shifted to end when the first run started, so that a later run serves the same
+candles at the same times), starts `airflow standalone` over `dags/` and `plugins/`
+(metadata in SQLite under `var/airflow`), unpauses the DAGs, backfills the markets'
+history through the `backfill_history` DAG, trains a first model with a demo budget
+through the `train` DAG and promotes it through the `promote` DAG (both skipped when
+a champion exists, unless asked), then starts the paper trader. Ctrl-C (or SIGTERM)
+stops every process it started. Everything it writes stays under `var/`.
+
+Each child runs in a session of its own, so stopping one stops its whole process
+tree; its output goes to `var/logs/<name>.log`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlparse
+
+import httpx
+
+from pipeline.errors import ConfigurationError, CryptobotsError
+from pipeline.registry import model_name
+from pipeline.settings import PROJECT_ROOT, Settings
+
+DAGS = ("market_data", "backfill_history", "train", "promote")
+ADMIN = "admin"
+
+
+class Stopped(Exception):
+    """Ctrl-C or SIGTERM: stop everything, cleanly."""
+
+
+class ChildDied(CryptobotsError):
+    """A process the launcher started exited on its own."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """What `python -m pipeline run` was asked for (see its --help)."""
+
+    history_days: int = 150
+    train_days: int = 60
+    valid_days: int = 14
+    dqn_steps: int = 20_000
+    a2c_steps: int = 200_000
+    algorithms: tuple[str, ...] = ("dqn", "a2c")
+    decision_every: int | None = None
+    retrain: bool = False
+    simulator_speed: float = 1.0
+    airflow_port: int = 8080
+    trader_port: int | None = None
+    timeout_seconds: float = 1800.0
+    status_every_seconds: float = 60.0
+
+
+@dataclass
+class Children:
+    """The processes the launcher started, each in its own session (process group)."""
+
+    log_dir: Path
+    running: dict[str, subprocess.Popen] = field(default_factory=dict)
+    logs: list[IO[str]] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], env: Mapping[str, str]) -> subprocess.Popen:
+        """Start `argv` as `name`, output to `<log_dir>/<name>.log`."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.log_dir / f"{name}.log").open("a")
+        self.logs.append(log)
+        process = subprocess.Popen(
+            argv,
+            env=dict(env),
+            cwd=PROJECT_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.running[name] = process
+        return process
+
+    def check(self) -> None:
+        """Raise ChildDied when a child exited, naming it and its log."""
+        for name, process in self.running.items():
+            if process.poll() is not None:
+                raise ChildDied(
+                    f"{name} exited with code {process.returncode}; its output is in "
+                    f"{self.log_dir / (name + '.log')}"
+                )
+
+    def stop(self, timeout: float = 45.0) -> list[str]:
+        """SIGTERM every child's process group (newest first), SIGKILL what is left after
+        `timeout`; returns the names that had to be killed."""
+        killed = []
+        for process in reversed(list(self.running.values())):
+            if process.poll() is None:
+                _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for name, process in reversed(list(self.running.items())):
+            try:
+                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                killed.append(name)
+            _signal_group(process, signal.SIGKILL)  # stragglers of the tree, if any
+            process.wait()
+        self.running.clear()
+        for log in self.logs:
+            log.close()
+        self.logs.clear()
+        return killed
+
+
+def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
+        os.killpg(process.pid, sig)
+
+
+@dataclass
+class AirflowAPI:
+    """Airflow's REST API (v2) with a token from the simple auth manager."""
+
+    base: str
+    username: str
+    password: str
+    token: str | None = None
+
+    def _headers(self) -> dict[str, str]:
+        if self.token is None:
+            answer = httpx.post(
+                f"{self.base}/auth/token",
+                json={"username": self.username, "password": self.password},
+                timeout=30,
+            )
+            answer.raise_for_status()
+            self.token = answer.json()["access_token"]
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One call; the token is renewed once when it expired."""
+        for attempt in range(2):
+            answer = httpx.request(
+                method, f"{self.base}/api/v2{path}", headers=self._headers(), timeout=30, **kwargs
+            )
+            if answer.status_code == 401 and attempt == 0:
+                self.token = None
+                continue
+            answer.raise_for_status()
+            return answer.json() if answer.content else None
+        return None
+
+    def healthy(self) -> bool:
+        """The API server answers and the scheduler heartbeats."""
+        try:
+            health = httpx.get(f"{self.base}/api/v2/monitor/health", timeout=5).json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        return health.get("scheduler", {}).get("status") == "healthy"
+
+    def dag_ids(self) -> set[str]:
+        """The DAGs Airflow has parsed."""
+        return {d["dag_id"] for d in self.request("GET", "/dags", params={"limit": 100})["dags"]}
+
+    def unpause(self, dag_id: str) -> None:
+        self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+
+    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
+        """A manual run of `dag_id` with `conf`; its run id."""
+        run = self.request(
+            "POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf}
+        )
+        return str(run["dag_run_id"])
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return str(self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"])
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, int]:
+        """How many of the run's task instances are in each state."""
+        found = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        counts: dict[str, int] = {}
+        for ti in found["task_instances"]:
+            state = ti.get("state") or "waiting"
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
+
+def say(text: str) -> None:
+    """One progress line, timestamped (the launcher's whole user interface)."""
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {text}", flush=True)
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    seconds: float,
+    what: str,
+    children: Children,
+    progress: Callable[[], str | None] | None = None,
+    every: float = 15.0,
+) -> None:
+    """Poll `condition` until true; fail after `seconds` or when a child dies."""
+    deadline = time.monotonic() + seconds
+    shown = time.monotonic()
+    while not condition():
+        children.check()
+        if time.monotonic() > deadline:
+            raise CryptobotsError(f"timed out after {seconds:.0f} s waiting for {what}")
+        if progress is not None and time.monotonic() - shown >= every:
+            shown = time.monotonic()
+            line = progress()
+            if line:
+                say(f"  {line}")
+        time.sleep(1.0)
+
+
+def airflow_env(settings: Settings, options: Options) -> dict[str, str]:
+    """The environment of every child: Airflow's home, DAGs and plugins of this checkout,
+    metadata in SQLite under var/airflow, and the settings (explicit, absolute)."""
+    home = settings.var_dir / "airflow"
+    port = options.airflow_port
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    return env | {
+        "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
+        "PYTHONPATH": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+        "CRYPTOBOTS_VAR_DIR": str(settings.var_dir),
+        "CRYPTOBOTS_DB_URL": settings.db_url,
+    }
+
+
+def simulator_port(settings: Settings) -> int | None:
+    """The loopback port the first exchange's URL points at (the simulator's), or None
+    when the first exchange is elsewhere (a real exchange: nothing to start)."""
+    config = next(iter(settings.exchanges.values()))
+    url = urlparse(config.url or "")
+    if url.hostname in ("127.0.0.1", "localhost") and url.port:
+        return url.port
+    return None
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state, indent=2))
+
+
+def run(settings: Settings, options: Options) -> int:
+    """The main job; returns the exit code (0 after Ctrl-C, 1 when something failed)."""
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise Stopped(signal.Signals(signum).name)
+
+    # both set here: a shell starting us in the background leaves SIGINT ignored
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    children = Children(settings.var_dir / "logs")
+    try:
+        bring_up(settings, options, children)
+        watch(settings, options, children)
+    except Stopped:
+        say("stopping every process started here ...")
+        return _stop(children, 0)
+    except CryptobotsError as error:
+        say(f"FAILED: {error}")
+        return _stop(children, 1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return _stop(children, 0)
+
+
+def _stop(children: Children, code: int) -> int:
+    # a second Ctrl-C must not orphan anything
+    ignored = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        killed = children.stop()
+    finally:
+        for sig, handler in ignored.items():
+            signal.signal(sig, handler)
+    if killed:
+        say(f"stopped ({', '.join(killed)} had to be killed)")
+    else:
+        say("stopped cleanly")
+    return code
+
+
+def bring_up(settings: Settings, options: Options, children: Children) -> None:
+    """Every step up to a trading paper bot, each announced as it starts."""
+    from pipeline.db.engine import create_engine
+    from pipeline.db.migrate import upgrade
+
+    steps = 8
+    check_history(settings, options)
+    state_path = settings.var_dir / "run" / "state.json"
+    state = load_state(state_path)
+    env = airflow_env(settings, options)
+
+    say(f"[1/{steps}] database {settings.masked_db_url}: migrating")
+    engine = create_engine(settings.db_url)
+    upgrade(engine)
+
+    port = simulator_port(settings)
+    if port is None:
+        say(f"[2/{steps}] exchange: {next(iter(settings.exchanges))} is not local, no simulator")
+    else:
+        if settings.data_dir is None:
+            raise ConfigurationError(
+                "no recorded market data for the simulator: set CRYPTOBOTS_DATA_DIR to the "
+                "folder holding the CSV files (default ../shared/data)"
+            )
+        state.setdefault("history_end", datetime.now(UTC).strftime("%Y-%m-%dT%H:00:00+00:00"))
+        save_state(state_path, state)
+        say(
+            f"[2/{steps}] exchange simulator on http://127.0.0.1:{port} "
+            f"({settings.data_dir}, history ending {state['history_end']}, "
+            f"speed {options.simulator_speed:g}x)"
+        )
+        argv = [
+            sys.executable, "-m", "pipeline", "simulator", "--data", str(settings.data_dir),
+            "--port", str(port), "--shift-to-now", "--history-end", state["history_end"],
+            "--speed", str(options.simulator_speed),
+        ]  # fmt: skip
+        children.start("simulator", argv, env)
+        ping = f"http://127.0.0.1:{port}/api/v3/ping"
+        wait_until(lambda: _answers(ping), 120, "the simulator", children)
+
+    base = f"http://127.0.0.1:{options.airflow_port}"
+    say(f"[3/{steps}] Airflow standalone (metadata {settings.var_dir / 'airflow' / 'airflow.db'})")
+    children.start("airflow", [str(Path(sys.executable).parent / "airflow"), "standalone"], env)
+    api = AirflowAPI(base, ADMIN, "")
+    wait_until(api.healthy, 600, "Airflow's API server and scheduler", children)
+    api.password = admin_password(settings.var_dir / "airflow" / "passwords.json")
+    pools = subprocess.run(
+        [sys.executable, "-m", "pipeline", "airflow-pools"], env=env, cwd=PROJECT_ROOT,
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if pools.returncode:
+        raise CryptobotsError(f"creating the exchange pools failed: {pools.stderr[-500:]}")
+    say(f"  Airflow UI: {base}  (login {ADMIN} / {api.password})")
+
+    say(f"[4/{steps}] waiting for the DAGs {', '.join(DAGS)}, then unpausing them")
+    wait_until(lambda: set(DAGS) <= api.dag_ids(), 300, "the DAGs to be parsed", children)
+    for dag_id in DAGS:
+        api.unpause(dag_id)
+
+    say(f"[5/{steps}] backfilling {options.history_days} days of history (backfill_history)")
+    conf = {"days": options.history_days, "end": ""}
+    _run_dag(api, "backfill_history", conf, options, children)
+    say(f"  history stored: {_candle_counts(engine)}")
+
+    name = model_name(str((settings.training.markets or settings.markets[:1])[0]))
+    champion = _champion(engine, name)
+    if champion is not None and not options.retrain:
+        say(f"[6/{steps}] training skipped: {name} already has champion v{champion} (--retrain)")
+        say(f"[7/{steps}] promotion skipped: the champion stays")
+    else:
+        conf = {
+            "algorithms": list(options.algorithms),
+            "train_days": options.train_days,
+            "valid_days": options.valid_days,
+            "dqn_steps": options.dqn_steps,
+            "a2c_steps": options.a2c_steps,
+        }
+        if options.decision_every is not None:
+            conf["decision_every"] = options.decision_every
+        say(f"[6/{steps}] training a first model with a demo budget (train): {conf}")
+        _run_dag(api, "train", conf, options, children)
+        say(f"[7/{steps}] promoting the best candidate (promote)")
+        reason = "make run: the first model" if champion is None else "make run --retrain"
+        _run_dag(api, "promote", {"name": name, "version": 0, "reason": reason}, options, children)
+        champion = _champion(engine, name)
+        if champion is None:
+            raise CryptobotsError(f"promote finished but {name} has no champion")
+        state["bootstrap"] = {"model": name, "version": champion}
+        save_state(state_path, state)
+    say(f"  champion: {name} v{champion}")
+
+    trader_port = options.trader_port or settings.serving.port
+    say(f"[8/{steps}] paper trader (python -m serving) on http://127.0.0.1:{trader_port}")
+    trader_env = env | {"CRYPTOBOTS_SERVING__PORT": str(trader_port)}
+    children.start(
+        "trader", [sys.executable, "-m", "serving", "--port", str(trader_port)], trader_env
+    )
+    ready = f"http://127.0.0.1:{trader_port}/readyz"
+    wait_until(lambda: _answers(ready), 300, "the trader to be ready", children)
+    say(f"  health  http://127.0.0.1:{trader_port}/healthz   ready {ready}")
+    say(f"  metrics http://127.0.0.1:{trader_port}/metrics")
+    say(f"ready: Airflow {base} ({ADMIN} / {api.password}), trader {ready}; Ctrl-C stops all")
+
+
+LOOK_BACK_DAYS = 31  # the longest feature window (720 hourly candles) and a day to spare
+
+
+def check_history(settings: Settings, options: Options) -> None:
+    """Refuse, before starting anything, a history too short for training or promotion."""
+    needs = {
+        "training (--train-days + --valid-days)": options.train_days + options.valid_days,
+        "promotion (CRYPTOBOTS_PROMOTION__WINDOW_DAYS)": settings.promotion.window_days,
+    }
+    for what, days in needs.items():
+        if options.history_days < days + LOOK_BACK_DAYS:
+            raise ConfigurationError(
+                f"--history-days {options.history_days} is too short for {what}: {days} days "
+                f"plus {LOOK_BACK_DAYS} of feature look-back; pass --history-days "
+                f"{days + LOOK_BACK_DAYS} or shorten the window"
+            )
+
+
+def watch(settings: Settings, options: Options, children: Children) -> None:
+    """Until stopped: a status line now and then; a child that dies ends the run."""
+    port = options.trader_port or settings.serving.port
+    while True:
+        deadline = time.monotonic() + options.status_every_seconds
+        while time.monotonic() < deadline:
+            children.check()
+            time.sleep(1.0)
+        try:
+            status = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json()
+            say(f"trader: {json.dumps(status, default=str)[:300]}")
+        except (httpx.HTTPError, ValueError) as error:
+            say(f"trader: no answer ({error})")
+
+
+def admin_password(path: Path) -> str:
+    """The admin password the simple auth manager generated (kept across runs)."""
+    deadline = time.monotonic() + 60
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise CryptobotsError(f"Airflow wrote no password file at {path}")
+        time.sleep(0.5)
+    return str(json.loads(path.read_text())[ADMIN])
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _run_dag(
+    api: AirflowAPI, dag_id: str, conf: dict[str, Any], options: Options, children: Children
+) -> None:
+    run_id = api.trigger(dag_id, conf)
+    states: list[str] = []
+
+    def done() -> bool:
+        states.append(api.run_state(dag_id, run_id))
+        return states[-1] in ("success", "failed")
+
+    def progress() -> str:
+        counts = api.task_states(dag_id, run_id)
+        return f"{dag_id}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+    wait_until(done, options.timeout_seconds, f"{dag_id} run {run_id}", children, progress)
+    if states[-1] != "success":
+        raise CryptobotsError(
+            f"{dag_id} run {run_id} failed: open the Airflow UI (Dags > {dag_id} > the run) "
+            "for the failed task's log"
+        )
+    say(f"  {dag_id} run {run_id}: success")
+
+
+def _champion(engine: Any, name: str) -> int | None:
+    from pipeline.registry import CHAMPION, alias
+
+    found = alias(engine, name, CHAMPION)
+    return None if found is None else int(found["version"])
+
+
+def _candle_counts(engine: Any) -> str:
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT exchange, symbol, timeframe, count(*) FROM ohlcv "
+                "GROUP BY exchange, symbol, timeframe ORDER BY 1, 2, 3"
+            )
+        ).all()
+    return ", ".join(f"{e}:{s}:{t} {n}" for e, s, t, n in rows) or "none"
