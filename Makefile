@@ -10,7 +10,7 @@ UV_VERSION := 0.13.9
 SETUP_INPUTS := requirements.txt pyproject.toml
 SETUP_STAMP := $(VENV)/.cryptobots-setup
 
-.PHONY: help setup run test lint bench lock clean
+.PHONY: help setup browser run test lint bench lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -26,6 +26,12 @@ setup: ## create .venv with the pinned requirements and the project (quick when 
 	$(VENV)/bin/uv pip install --python $(PY) --quiet --no-deps -e .; \
 	echo "$$want" > $(SETUP_STAMP); \
 	echo "setup: $(VENV) ready"
+
+browser: ## install Debian's chromium and chromium-driver for the browser tests (root or sudo)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		echo "browser: chromium and chromedriver present"; exit 0; fi; \
+	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver
 
 run: setup ## the main job: simulator, Airflow, backfill, a first model, the paper trader (Ctrl-C stops)
 	$(PY) -m pipeline run $(ARGS)

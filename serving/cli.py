@@ -1,8 +1,9 @@
 """`python -m serving`: the trader daemon.
 
-Paper trading unless `--live` is given; live trading also needs the exchange's keys
-through its settings reference (env:PREFIX or file:path; never in settings, never
-logged). Stops cleanly on SIGTERM/SIGINT: the current step finishes, exit code 0.
+Paper trading unless `--live` is given with CRYPTOBOTS_TRADING_MODE=live; live trading
+also needs the exchange's keys through its settings reference (env:PREFIX or file:path;
+never in settings, never logged). Stops cleanly on SIGTERM/SIGINT: the current step
+finishes, exit code 0.
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ def build(settings: Settings, *, live: bool, environ: Mapping[str, str]) -> Any:
     from serving.risk import RiskGate
     from serving.trader import Trader, cache_dir, traded_markets
 
+    if live and settings.trading_mode != "live":
+        raise ConfigurationError(
+            "--live needs CRYPTOBOTS_TRADING_MODE=live as well: two switches, so that "
+            "neither a stray flag nor a stray variable sends real orders"
+        )
+    if not live and settings.trading_mode == "live":
+        log.warning("CRYPTOBOTS_TRADING_MODE=live without --live: trading on paper")
     markets = traded_markets(settings)
     engine = create_engine(settings.db_url)
     upgrade(engine)

@@ -208,6 +208,24 @@ def test_a_promotion_notified_by_postgres_swaps_before_the_next_poll(
     assert trader.last_model_poll == polled  # no scheduled poll ran: the notification did it
 
 
+def test_live_needs_the_trading_mode_switch_as_well_as_the_flag(tmp_path: Path) -> None:
+    from pipeline.errors import ConfigurationError
+    from serving.cli import build
+
+    settings = Settings(var_dir=tmp_path, markets=[MARKET])
+    with pytest.raises(ConfigurationError, match="CRYPTOBOTS_TRADING_MODE=live"):
+        build(settings, live=True, environ={})
+
+
+def test_live_without_keys_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    from pipeline.errors import ConfigurationError
+    from serving.cli import build
+
+    settings = Settings(var_dir=tmp_path, markets=[MARKET], trading_mode="live")
+    with pytest.raises(ConfigurationError, match="CRYPTOBOTS_EXCHANGES__BINANCE__CREDENTIALS"):
+        build(settings, live=True, environ={})
+
+
 def test_the_client_order_id_is_deterministic_and_fits_binance() -> None:
     one = client_order_id(NAME, 3, MARKET, 1_700_000_000_000, "buy")
     assert one == client_order_id(NAME, 3, MARKET, 1_700_000_000_000, "buy")

@@ -64,6 +64,7 @@ def test_sigkill_at_random_points_never_doubles_an_order_and_books_match_the_exc
             "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
             "CRYPTOBOTS_EXCHANGES__BINANCE__URL": sim.url,
             "CRYPTOBOTS_EXCHANGES__BINANCE__CREDENTIALS": "env:SIMKEYS",
+            "CRYPTOBOTS_TRADING_MODE": "live",
             "SIMKEYS_API_KEY": KEY,
             "SIMKEYS_SECRET": SECRET,
             "CRYPTOBOTS_MARKETS": MARKET,
