@@ -41,7 +41,9 @@ SETTINGS = load_settings()
             0, type="integer", minimum=0, description="0 = best candidate of the last training run"
         ),
         "force": Param(False, type="boolean", description="override failed gates"),
-        "reason": Param("", type="string", description="why (required with force)"),
+        "reason": Param(
+            None, type=["null", "string"], description="why (optional; required with force)"
+        ),
     },
     tags=["cryptobots", "models"],
     doc_md=__doc__,

@@ -1,17 +1,45 @@
-"""The market_data DAG's task, without Airflow: ingest one market's data interval.
+"""The market-data DAGs' tasks, without Airflow: ingest one market's data interval
+(`market_data`), or its history in chunks (`backfill_history`).
 
-Light at import (the DAG file imports it while parsing): the ingest machinery is
-imported inside `ingest_market`.
+Light at import (the DAG files import it while parsing): the ingest machinery is
+imported inside the functions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pipeline.settings import Market, Settings
 
 if TYPE_CHECKING:
     from pipeline.exchanges.client import Credentials
+
+
+def _with_exchange(
+    settings: Settings,
+    market: str,
+    credentials: Credentials | None,
+    work: Callable[..., Any],
+) -> Any:
+    """`work(exchange, engine, market, policy=..., report_dir=...)` on a fresh client and
+    engine for `market`; the engine is disposed afterwards."""
+    from pipeline.db.engine import create_engine
+    from pipeline.exchanges.client import open_exchange
+
+    target = Market.model_validate(market)
+    exchange = open_exchange(settings, target.exchange, credentials)
+    engine = create_engine(settings.db_url)
+    try:
+        return work(
+            exchange,
+            engine,
+            target,
+            policy=settings.validation,
+            report_dir=settings.var_dir / "validations",
+        )
+    finally:
+        engine.dispose()
 
 
 def ingest_market(
@@ -24,26 +52,16 @@ def ingest_market(
     run_id: str | None = None,
 ) -> dict[str, Any]:
     """Fetch, validate and store `market`'s closed candles in [start, end); a small summary."""
-    from pipeline.db.engine import create_engine
-    from pipeline.exchanges.client import open_exchange
     from pipeline.ingest import ingest
 
-    target = Market.model_validate(market)
-    exchange = open_exchange(settings, target.exchange, credentials)
-    engine = create_engine(settings.db_url)
-    try:
-        summary = ingest(
-            exchange,
-            engine,
-            target,
-            start,
-            end,
-            policy=settings.validation,
-            report_dir=settings.var_dir / "validations",
-            run_id=run_id,
-        )
-    finally:
-        engine.dispose()
+    summary = _with_exchange(
+        settings,
+        market,
+        credentials,
+        lambda exchange, engine, target, **options: ingest(
+            exchange, engine, target, start, end, run_id=run_id, **options
+        ),
+    )
     result = summary.as_dict()
     result["flagged"] = len(summary.flagged)
     return result
@@ -73,24 +91,15 @@ def backfill_market(
     """Fetch, validate and store `market`'s history in [start, end) chunk by chunk
     (`pipeline.backfill`: chunks already complete are skipped); totals."""
     from pipeline.backfill import backfill
-    from pipeline.db.engine import create_engine
-    from pipeline.exchanges.client import open_exchange
 
-    target = Market.model_validate(market)
-    exchange = open_exchange(settings, target.exchange, credentials)
-    engine = create_engine(settings.db_url)
-    try:
-        result = backfill(
-            exchange,
-            engine,
-            target,
-            start,
-            end,
-            policy=settings.validation,
-            report_dir=settings.var_dir / "validations",
-        )
-    finally:
-        engine.dispose()
+    result = _with_exchange(
+        settings,
+        market,
+        credentials,
+        lambda exchange, engine, target, **options: backfill(
+            exchange, engine, target, start, end, **options
+        ),
+    )
     return {
         "market": market,
         "chunks": result.chunks,

@@ -162,6 +162,8 @@ class Trader:
         if state.handled is None:
             state.handled = store.last_decided_candle(self.engine, self.account, str(market))
         if state.handled is not None and closed <= state.handled:
+            if state.last_closed is None:
+                state.last_closed = state.handled  # decided before a restart: seen
             return 0
         policy = self.watches[state.model].current()
         if policy is None:
@@ -617,8 +619,13 @@ class Trader:
             policy = self.watches[state.model].current()
             if policy is None:
                 reasons.append(f"{key}: no champion model loaded")
+            now = self.exchange_now.get(state.market.exchange)
             if state.last_closed is None:
                 reasons.append(f"{key}: no candle seen yet")
+            elif now is not None and not self.risk.data_fresh(
+                key, state.last_closed, state.market.timeframe_ms, now
+            ):
+                reasons.append(f"{key}: newest candle {state.last_closed} is stale at {now}")
         return not reasons, reasons
 
     def status(self) -> dict[str, Any]:

@@ -172,6 +172,34 @@ def test_a_restart_never_decides_a_candle_twice(
     assert len(candles) == len(set(candles))
 
 
+def test_a_restarted_trader_is_ready_at_once_when_its_last_decision_is_the_newest_candle(
+    registry: tuple[Engine, str, list[int]], simulator, tmp_path: Path
+) -> None:
+    engine, _, _ = registry
+    with simulator(shift_to_now=True) as sim:  # real time: the next candle is an hour away
+        settings = settings_for(engine, sim, tmp_path)
+        first = paper_trader(settings, engine, sim)
+        run_until(first, lambda: decided(engine) >= 1, 60)
+        again = paper_trader(settings, engine, sim)
+        again.step()
+        assert again.readiness() == (True, [])
+    assert decided(engine) == 1
+
+
+def test_readiness_reports_stale_data(
+    registry: tuple[Engine, str, list[int]], clock_sim: Running, tmp_path: Path
+) -> None:
+    engine, _, _ = registry
+    trader = paper_trader(settings_for(engine, clock_sim, tmp_path), engine, clock_sim)
+    run_until(trader, lambda: decided(engine) >= 1, 60)
+    state = trader.markets[MARKET]
+    trader.exchange_now["binance"] = state.last_closed + 10 * 3_600_000
+    ready, reasons = trader.readiness()
+    assert not ready
+    assert reasons == [f"{MARKET}: newest candle {state.last_closed} is stale at "
+                       f"{state.last_closed + 10 * 3_600_000}"]  # fmt: skip
+
+
 def test_a_corrupt_champion_is_refused_and_the_running_model_keeps_trading(
     registry: tuple[Engine, str, list[int]], clock_sim: Running, tmp_path: Path
 ) -> None:

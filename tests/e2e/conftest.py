@@ -35,6 +35,9 @@ class Stack:
     simulator: str
     password: str
     env: dict[str, str]
+    argv: list[str]
+    exit_code: int | None = None
+    stopped: bool = False
 
     @property
     def db_url(self) -> str:
@@ -42,6 +45,34 @@ class Stack:
 
     def text(self) -> str:
         return self.output.read_text()
+
+    def stop(self) -> int | None:
+        """Ctrl-C, as a user stops it; the exit code (None: it had to be killed)."""
+        if not self.stopped:
+            self.stopped = True
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.exit_code = self.process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.exit_code = None
+        return self.exit_code
+
+
+def start(argv: list[str], env: dict[str, str], output: Path) -> subprocess.Popen:
+    """The main job's process, its output appended to `output`, once it printed `ready:`."""
+    before = output.read_text().count("ready: ") if output.exists() else 0
+    with output.open("a") as sink:
+        process = subprocess.Popen(
+            argv, env=env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, text=True
+        )
+    deadline = time.monotonic() + READY_SECONDS
+    while output.read_text().count("ready: ") == before:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the main job did not get ready:\n{output.read_text()[-5000:]}")
+        time.sleep(2)
+    return process
 
 
 def free_port() -> int:
@@ -94,16 +125,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "--trader-port", str(ports["trader"]), "--status-every", "5",
     ]  # fmt: skip
     output = var_dir.parent / "run.log"
-    with output.open("w") as sink:
-        process = subprocess.Popen(
-            argv, env=env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, text=True
-        )
-    deadline = time.monotonic() + READY_SECONDS
-    while "ready: " not in output.read_text():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the main job did not get ready:\n{output.read_text()[-5000:]}")
-        time.sleep(2)
+    process = start(argv, env, output)
     password = re.search(r"login admin / (\S+)\)", output.read_text()).group(1)
     started = Stack(
         process=process,
@@ -114,16 +136,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         simulator=f"http://127.0.0.1:{ports['simulator']}",
         password=password,
         env=env,
+        argv=argv,
     )
     try:
         yield started
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            code = process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            code = None
+        code = started.stop()
         time.sleep(1)
         left = processes_of(var_dir)
         for pid, _ in left:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from pipeline.db.engine import create_engine
 from pipeline.registry import alias, load_verified, model_name
 from tests.conftest import exchange_client
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, start
 
 MARKETS = ("BTC/USDT", "ETH/USDT", "ETH/BTC")
 NAME = model_name("binance:BTC/USDT:1h")
@@ -107,3 +107,37 @@ def test_the_trader_is_ready(stack: Stack) -> None:
     assert ready.json()["models"][NAME]["provider"] == "CPUExecutionProvider"
     metrics = httpx.get(f"{stack.trader}/metrics", timeout=10).text
     assert "cryptobots_decisions_total" in metrics
+
+
+def test_a_second_run_resumes_without_duplicate_data_or_a_second_training(
+    stack: Stack, engine: sa.Engine
+) -> None:
+    """Last: stops the shared stack (Ctrl-C), starts `make run` again on the same var/."""
+
+    def counts() -> dict:
+        with engine.connect() as conn:
+            return {
+                "versions": conn.execute(sa.text("SELECT count(*) FROM model_versions")).scalar(),
+                "runs": conn.execute(sa.text("SELECT count(*) FROM training_runs")).scalar(),
+                "candles": dict(
+                    conn.execute(
+                        sa.text("SELECT symbol, count(*) FROM ohlcv GROUP BY symbol")
+                    ).all()
+                ),
+            }
+
+    assert stack.stop() == 0
+    before = counts()
+    second = start(stack.argv, stack.env, stack.output)
+    try:
+        after = counts()
+        text = stack.text()
+        assert text.count("training skipped: binance-btc-usdt-1h already has champion") == 1
+        assert after["versions"] == before["versions"]
+        assert after["runs"] == before["runs"]
+        for symbol, n in before["candles"].items():
+            assert n <= after["candles"][symbol] <= n + 2  # at most the hours since then
+        assert httpx.get(f"{stack.trader}/readyz", timeout=10).status_code == 200
+    finally:
+        stack.process = second
+        stack.stopped = False
