@@ -158,7 +158,12 @@ def _parser() -> argparse.ArgumentParser:
     launch.add_argument(
         "--algorithms", default="dqn,a2c", help="comma-separated agents to train (dqn, a2c)"
     )
-    launch.add_argument("--decision-every", type=int, help="candles between decisions")
+    launch.add_argument(
+        "--decision-every",
+        type=int,
+        default=1,
+        help="candles between the demo model's decisions (1: the paper bot acts every hour)",
+    )
     launch.add_argument(
         "--retrain", action="store_true", help="train and promote again though a champion exists"
     )

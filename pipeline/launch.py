@@ -57,7 +57,7 @@ class Options:
     dqn_steps: int = 20_000
     a2c_steps: int = 200_000
     algorithms: tuple[str, ...] = ("dqn", "a2c")
-    decision_every: int | None = None
+    decision_every: int | None = 1
     retrain: bool = False
     simulator_speed: float = 1.0
     airflow_port: int = 8080
