@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pipeline.errors import ExchangeRejected, TemporaryExchangeError
@@ -19,6 +20,7 @@ from pipeline.exchanges.client import ExchangeClient
 from serving.store import Execution, Fill
 
 CLIENT_ID_PREFIX = "cb"
+LATE_ARRIVAL_MARGIN_SECONDS = 2.0  # clock skew between us, the database and the exchange
 
 
 def client_order_id(model: str, version: int, market: str, candle_ts: int, intent: str) -> str:
@@ -41,6 +43,8 @@ class Broker(Protocol):
     def lookup(self, symbol: str, client_id: str) -> Execution | None: ...
 
     def cancel(self, symbol: str, client_id: str) -> Execution | None: ...
+
+    def may_still_arrive(self, created_at: datetime) -> bool: ...
 
 
 class PaperBroker:
@@ -101,6 +105,10 @@ class PaperBroker:
         """Paper orders are final at once: nothing to cancel."""
         return None
 
+    def may_still_arrive(self, created_at: datetime) -> bool:
+        """Paper orders never travel."""
+        return False
+
 
 class ExchangeBroker:
     """Market orders through ccxt with deterministic client order ids."""
@@ -109,6 +117,16 @@ class ExchangeBroker:
 
     def __init__(self, exchange: ExchangeClient) -> None:
         self.exchange = exchange
+
+    def may_still_arrive(self, created_at: datetime) -> bool:
+        """Whether an order written at `created_at` and not found on the exchange could
+        still reach it: a request delayed on the way is accepted until its timestamp is
+        older than the exchange's recvWindow, so only after that is "not found" final."""
+        window_ms = float(self.exchange.client.options.get("recvWindow") or 10_000)
+        if created_at.tzinfo is None:  # SQLite keeps UTC without a zone
+            created_at = created_at.replace(tzinfo=UTC)
+        age = (datetime.now(UTC) - created_at).total_seconds()
+        return age < window_ms / 1000 + LATE_ARRIVAL_MARGIN_SECONDS
 
     def execute(
         self, symbol: str, side: str, amount: float, client_id: str, now_ms: int

@@ -102,6 +102,8 @@ class Trader:
                 self._poll_models()
                 if not self.reconciled:
                     self.reconcile()
+                    if not self.reconciled:
+                        return 0  # nothing is sent before every open order is settled
                 decided = 0
                 for state in self.markets.values():
                     decided += self._step_market(state)
@@ -404,6 +406,7 @@ class Trader:
             )
         except CryptobotsError as error:
             self._exchange_error(market.exchange, now, error)
+            self.reconciled = False  # settle it before anything else is sent
             return store.Execution("pending", 0.0, 0.0, error=str(error))
         if execution.status == "pending":
             self._exchange_error(market.exchange, now, execution.error or "no answer")
@@ -464,6 +467,12 @@ class Trader:
                 self._exchange_error(market.exchange, None, error)
                 return settled  # try again on the next step
             if found is None:
+                if broker.may_still_arrive(order["created_at"]):
+                    log.info(
+                        "%s: not on the exchange yet but could still arrive: asking again",
+                        order["client_order_id"],
+                    )
+                    return settled  # reconciled stays False: nothing new is sent meanwhile
                 found = store.Execution(
                     "expired", 0.0, 0.0, error="never reached the exchange (found on restart)"
                 )

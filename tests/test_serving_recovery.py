@@ -148,11 +148,30 @@ def test_an_order_that_never_reached_the_exchange_is_expired_not_sent_late(
 ) -> None:
     trader, engine, version = live_trader
     pending_order(trader, engine, version, candle_ts=0)
+    with engine.begin() as conn:  # written a minute ago: past any recvWindow
+        conn.execute(sa.text("UPDATE orders SET created_at = created_at - interval '60 seconds'"))
     assert trader.reconcile() == 1
     [(status, error)] = rows(engine, "SELECT status, error FROM orders")
     assert status == "expired"
     assert "never reached the exchange" in error
     assert signed_sim.exchange.accounts.account(KEY).orders == []
+
+
+def test_an_order_not_found_yet_is_not_expired_while_it_could_still_arrive(
+    live_trader: tuple[Trader, Engine, int], signed_sim: Running
+) -> None:
+    trader, engine, version = live_trader
+    order = pending_order(trader, engine, version, candle_ts=0)
+    assert trader.reconcile() == 0
+    assert not trader.reconciled
+    assert trader.step() == 0  # nothing is decided or sent before it is settled
+    assert rows(engine, "SELECT status FROM orders") == [("pending",)]
+    trader.exchanges["binance"].client.create_order(  # the delayed request arrives
+        "BTC/USDT", "market", "buy", 0.01, None, {"newClientOrderId": order["client_order_id"]}
+    )
+    assert trader.reconcile() == 1
+    assert rows(engine, "SELECT status FROM orders") == [("filled",)]
+    assert trader.reconciled
 
 
 def test_an_order_still_open_is_canceled_on_exit_when_asked(
