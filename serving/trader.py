@@ -698,9 +698,21 @@ class Laps:
 
 
 def exchange_totals(exchange: ExchangeClient, name: str) -> dict[str, float]:
-    """Every asset's total the exchange account holds."""
-    balance = exchange.call(f"{name} balances", exchange.client.fetch_balance)
-    return {asset: float(v or 0.0) for asset, v in (balance.get("total") or {}).items()}
+    """Every asset's total the exchange account holds.
+
+    An answer listing no asset at all is taken for a garbled one and asked again: ccxt
+    parses a truncated body into an empty balance, and trusting it would zero our books.
+    """
+
+    def fetch() -> dict[str, Any]:
+        balance = exchange.client.fetch_balance()
+        totals = balance.get("total")
+        if not isinstance(totals, dict) or not totals:
+            raise TemporaryExchangeError(f"{name}: the balance answer lists no asset")
+        return totals
+
+    totals = exchange.call(f"{name} balances", fetch)
+    return {asset: float(v or 0.0) for asset, v in totals.items()}
 
 
 def traded_markets(settings: Settings) -> tuple[Market, ...]:
