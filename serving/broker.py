@@ -31,13 +31,19 @@ def client_order_id(model: str, version: int, market: str, candle_ts: int, inten
 
 
 class Broker(Protocol):
-    """Executes market orders; `lookup` finds an order by its client id, `cancel`
-    cancels one."""
+    """Executes market orders, or limit IOC orders when given a price; `lookup` finds an
+    order by its client id, `cancel` cancels one."""
 
     live: bool
 
     def execute(
-        self, symbol: str, side: str, amount: float, client_id: str, now_ms: int
+        self,
+        symbol: str,
+        side: str,
+        amount: float,
+        client_id: str,
+        now_ms: int,
+        price: float | None = None,
     ) -> Execution: ...
 
     def lookup(self, symbol: str, client_id: str) -> Execution | None: ...
@@ -56,14 +62,24 @@ class PaperBroker:
         self.exchange, self.fee, self.depth = exchange, fee_bps / 10_000, depth
 
     def execute(
-        self, symbol: str, side: str, amount: float, client_id: str, now_ms: int
+        self,
+        symbol: str,
+        side: str,
+        amount: float,
+        client_id: str,
+        now_ms: int,
+        price: float | None = None,
     ) -> Execution:
+        """Fill at once against the book; with `price`, an IOC limit order: only levels at
+        that price or better fill, the rest expires."""
         book = self.exchange.call(
             f"{symbol} order book",
             lambda: self.exchange.client.fetch_order_book(symbol, self.depth),
             kind="depth",
         )
         levels = book["asks"] if side == "buy" else book["bids"]
+        if price is not None:
+            levels = [lv for lv in levels if (lv[0] <= price if side == "buy" else lv[0] >= price)]
         fills, left, cost = [], amount, 0.0
         for index, level in enumerate(levels):
             price, available = float(level[0]), float(level[1])
@@ -85,7 +101,8 @@ class PaperBroker:
             cost += take * price
         filled = amount - left
         if not fills:
-            return Execution("expired", 0.0, 0.0, error=f"{symbol}: the book has no {side} side")
+            where = "" if price is None else f" at {price} or better"
+            return Execution("expired", 0.0, 0.0, error=f"{symbol}: no {side} liquidity{where}")
         return Execution(
             status="filled" if left <= amount * 1e-12 else "expired",
             filled=filled,
@@ -129,9 +146,16 @@ class ExchangeBroker:
         return age < window_ms / 1000 + LATE_ARRIVAL_MARGIN_SECONDS
 
     def execute(
-        self, symbol: str, side: str, amount: float, client_id: str, now_ms: int
+        self,
+        symbol: str,
+        side: str,
+        amount: float,
+        client_id: str,
+        now_ms: int,
+        price: float | None = None,
     ) -> Execution:
-        """Send once; on an ambiguous failure ask the exchange before anything else.
+        """Send once (a market order, or a limit IOC order at `price`); on an ambiguous
+        failure ask the exchange before anything else.
 
         Returns the order's state; `pending` means the exchange did not answer and the
         order could not be found either: reconciliation decides later."""
@@ -139,11 +163,14 @@ class ExchangeBroker:
         if existing is not None:
             return existing
         market = self.exchange.market(symbol)
+        params: dict[str, Any] = {"newClientOrderId": client_id}
+        if price is not None:
+            params["timeInForce"] = "IOC"
         try:
             order = self.exchange.call(
                 f"{symbol} {side} order {client_id}",
                 lambda: self.exchange.client.create_order(
-                    symbol, "market", side, amount, None, {"newClientOrderId": client_id}
+                    symbol, "limit" if price is not None else "market", side, amount, price, params
                 ),
                 kind="order",
                 retry=False,

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipeline.errors import ConfigurationError, CryptobotsError
+from pipeline.errors import ConfigurationError, CryptobotsError, TemporaryExchangeError
 from pipeline.settings import Settings, load_settings
 
 log = logging.getLogger("serving")
@@ -45,35 +45,20 @@ def build(settings: Settings, *, live: bool, environ: Mapping[str, str]) -> Any:
 
     from pipeline.db.engine import create_engine
     from pipeline.db.migrate import upgrade
-    from pipeline.exchanges.client import credentials_from_reference, open_exchange
+    from pipeline.exchanges.client import open_exchange
     from serving.broker import ExchangeBroker, PaperBroker
     from serving.metrics import Metrics
     from serving.model import AliasNotifications, ModelWatch, choose_providers
     from serving.risk import RiskGate
     from serving.trader import Trader, cache_dir, traded_markets
 
-    if live and settings.trading_mode != "live":
-        raise ConfigurationError(
-            "--live needs CRYPTOBOTS_TRADING_MODE=live as well: two switches, so that "
-            "neither a stray flag nor a stray variable sends real orders"
-        )
-    if not live and settings.trading_mode == "live":
-        log.warning("CRYPTOBOTS_TRADING_MODE=live without --live: trading on paper")
+    _check_live(settings, live)
     markets = traded_markets(settings)
     engine = create_engine(settings.db_url)
     upgrade(engine)
     exchanges, brokers = {}, {}
     for name in sorted({m.exchange for m in markets}):
-        credentials = None
-        if live:
-            reference = settings.exchanges[name].credentials
-            credentials = credentials_from_reference(reference, environ)
-            if credentials is None:
-                raise ConfigurationError(
-                    f"--live needs API keys for {name}: set CRYPTOBOTS_EXCHANGES__"
-                    f"{name.upper()}__CREDENTIALS=env:PREFIX (PREFIX_API_KEY, PREFIX_SECRET) "
-                    "or file:/path/to/keys.yaml"
-                )
+        credentials = _live_credentials(settings, name, environ) if live else None
         exchanges[name] = open_exchange(settings, name, credentials)
         brokers[name] = (
             ExchangeBroker(exchanges[name])
@@ -109,10 +94,72 @@ def build(settings: Settings, *, live: bool, environ: Mapping[str, str]) -> Any:
     )
 
 
+def build_arbitrage(settings: Settings, *, live: bool, environ: Mapping[str, str]) -> Any:
+    """The arbitrage trader for `settings.arbitrage`: one exchange, its broker, its gate."""
+    from pipeline.db.engine import create_engine
+    from pipeline.db.migrate import upgrade
+    from pipeline.exchanges.client import open_exchange
+    from serving.arbitrage import ArbitrageTrader
+    from serving.broker import ExchangeBroker, PaperBroker
+
+    _check_live(settings, live)
+    name = settings.arbitrage.exchange
+    if name not in settings.exchanges:
+        raise ConfigurationError(
+            f"arbitrage exchange {name!r} is not configured: add it under exchanges "
+            f"(CRYPTOBOTS_EXCHANGES__{name.upper()}__URL=...) or set CRYPTOBOTS_ARBITRAGE__EXCHANGE"
+        )
+    credentials = _live_credentials(settings, name, environ) if live else None
+    exchange = open_exchange(settings, name, credentials)
+    broker = (
+        ExchangeBroker(exchange)
+        if live
+        else PaperBroker(exchange, settings.arbitrage.taker_fee_bps or settings.serving.fee_bps)
+    )
+    engine = create_engine(settings.db_url)
+    upgrade(engine)
+    trader = ArbitrageTrader(settings, engine, exchange, broker)
+    try:
+        trader.start()
+    except TemporaryExchangeError as error:
+        log.warning("exchange not reachable yet, starting on the first step: %s", error)
+    return trader
+
+
+def _check_live(settings: Settings, live: bool) -> None:
+    if live and settings.trading_mode != "live":
+        raise ConfigurationError(
+            "--live needs CRYPTOBOTS_TRADING_MODE=live as well: two switches, so that "
+            "neither a stray flag nor a stray variable sends real orders"
+        )
+    if not live and settings.trading_mode == "live":
+        log.warning("CRYPTOBOTS_TRADING_MODE=live without --live: trading on paper")
+
+
+def _live_credentials(settings: Settings, name: str, environ: Mapping[str, str]) -> Any:
+    from pipeline.exchanges.client import credentials_from_reference
+
+    credentials = credentials_from_reference(settings.exchanges[name].credentials, environ)
+    if credentials is None:
+        raise ConfigurationError(
+            f"--live needs API keys for {name}: set CRYPTOBOTS_EXCHANGES__"
+            f"{name.upper()}__CREDENTIALS=env:PREFIX (PREFIX_API_KEY, PREFIX_SECRET) "
+            "or file:/path/to/keys.yaml"
+        )
+    return credentials
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the trader until SIGTERM/SIGINT; 0 on a clean stop, 2 on a known error."""
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
     parser.add_argument("--live", action="store_true", help="send real orders (needs keys)")
+    parser.add_argument(
+        "--strategy",
+        choices=("model", "arbitrage"),
+        default="model",
+        help="model: the promoted RL policy per market; arbitrage: cycles inside one exchange "
+        "(settings.arbitrage)",
+    )
     parser.add_argument(
         "--market", action="append", help="trade this market (repeatable; default: settings)"
     )
@@ -138,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.port is not None:
             serving["port"] = args.port
         settings = load_settings(serving=serving)
-        trader = build(settings, live=args.live, environ=os.environ)
+        make = build_arbitrage if args.strategy == "arbitrage" else build
+        trader = make(settings, live=args.live, environ=os.environ)
     except CryptobotsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -151,8 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     port = server.start()
     base = f"http://{settings.serving.host}:{port}"
     log.info(
-        "trading %s (%s): health %s/healthz, readiness %s/readyz, metrics %s/metrics",
+        "trading %s (%s, %s): health %s/healthz, readiness %s/readyz, metrics %s/metrics",
         ", ".join(trader.markets),
+        args.strategy,
         trader.account,
         base,
         base,

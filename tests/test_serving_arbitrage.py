@@ -1,0 +1,324 @@
+"""The arbitrage trader against the simulator: a planted triangle is found and traded leg by
+leg, a failed leg is unwound with its loss recorded, and a trader killed in the middle of a
+cycle settles it on restart without sending a leg twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from pipeline.exchanges.client import Credentials, ExchangeClient, open_exchange
+from pipeline.exchanges.simulator.app import Running
+from pipeline.settings import Settings, load_settings
+from serving.arbitrage import ArbitrageTrader, leg_client_id
+from serving.arbitrage_risk import CycleGate
+from serving.broker import ExchangeBroker, PaperBroker
+from tests.conftest import fast_retry
+
+REPO = Path(__file__).resolve().parents[1]
+KEY, SECRET = "arb-test-key", "arb-test-secret"
+SYMBOLS = ("BTC/USDT", "ETH/USDT", "ETH/BTC")
+
+
+def settings_for(sim: Running, engine: Engine, tmp_path: Path, **arbitrage: Any) -> Settings:
+    return load_settings(
+        var_dir=tmp_path / "var",
+        db_url=engine.url.render_as_string(hide_password=False),
+        exchanges={"binance": {"ccxt_id": "binance", "url": sim.url}},
+        arbitrage={
+            "symbols": SYMBOLS,
+            "min_edge_bps": 1.0,
+            "max_cycle_notional": 500.0,
+            "poll_seconds": 0.05,
+            **arbitrage,
+        },
+    )
+
+
+def client(settings: Settings, live: bool) -> ExchangeClient:
+    credentials = Credentials(KEY, SECRET) if live else None
+    return open_exchange(settings, "binance", credentials, retry=fast_retry(), timeout_ms=3000)
+
+
+def trader_for(settings: Settings, engine: Engine, live: bool = False) -> ArbitrageTrader:
+    exchange = client(settings, live)
+    broker = ExchangeBroker(exchange) if live else PaperBroker(exchange, 10.0)
+    trader = ArbitrageTrader(settings, engine, exchange, broker)
+    trader.start()
+    return trader
+
+
+def plant(sim: Running, symbol: str = "ETHBTC", bps: float = 40.0, seconds: float = 120) -> None:
+    httpx.post(
+        f"{sim.url}/sim/plant", json={"symbol": symbol, "bps": bps, "seconds": seconds}
+    ).raise_for_status()
+
+
+def leg_fault(sim: Running, **fault: Any) -> None:
+    httpx.post(f"{sim.url}/sim/leg-fault", json=fault).raise_for_status()
+
+
+def rows(engine: Engine, query: str, **params: Any) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(sa.text(query), params)]
+
+
+@pytest.fixture
+def sim(simulator: Callable[..., AbstractContextManager[Running]]) -> Iterator[Running]:
+    with simulator(
+        shift_to_now=True,
+        consistent_books=True,
+        api_keys=((KEY, SECRET),),
+        initial_balances=(("USDT", 10_000.0),),
+    ) as running:
+        yield running
+
+
+def test_consistent_books_offer_no_cycle(sim: Running, fresh_pg, tmp_path: Path) -> None:
+    engine = fresh_pg()
+    trader = trader_for(settings_for(sim, engine, tmp_path), engine)
+    assert trader.step() == "idle"
+    assert rows(engine, "SELECT id FROM arb_opportunities") == []
+
+
+def test_planted_triangle_is_traded_on_paper_and_realizes_the_expected_profit(
+    sim: Running, fresh_pg, tmp_path: Path
+) -> None:
+    engine = fresh_pg()
+    trader = trader_for(settings_for(sim, engine, tmp_path), engine)
+    plant(sim)
+    assert trader.step() == "done"
+    [opportunity] = rows(engine, "SELECT * FROM arb_opportunities")
+    legs = rows(engine, "SELECT * FROM arb_legs ORDER BY seq")
+    assert [(leg["symbol"], leg["side"]) for leg in legs] == [
+        ("ETH/USDT", "buy"),
+        ("ETH/BTC", "sell"),
+        ("BTC/USDT", "sell"),
+    ]
+    assert all(leg["status"] == "filled" and leg["type"] == "limit" for leg in legs)
+    assert [leg["client_order_id"] for leg in legs] == [
+        leg_client_id(opportunity["id"], seq) for seq in range(3)
+    ]
+    assert opportunity["status"] == "done"
+    assert 0 < opportunity["expected_bps"] < 40 - 30  # 40 bps planted, 3 x 10 bps fees
+    assert opportunity["realized_start"] == pytest.approx(opportunity["expected_start"], rel=1e-9)
+    # what the next leg receives is rounded to its own step: well under a basis point
+    assert opportunity["realized_profit"] == pytest.approx(
+        opportunity["expected_end"] - opportunity["expected_start"],
+        abs=1e-4 * opportunity["expected_start"],
+    )
+    assert opportunity["realized_profit"] > 0
+    assert opportunity["latency_ms"] is not None
+    balances = {r["asset"]: r["amount"] for r in rows(engine, "SELECT * FROM arb_balances")}
+    assert balances["USDT"] == pytest.approx(10_000.0 + opportunity["realized_profit"], abs=1e-9)
+    fills = rows(engine, "SELECT count(*) AS n FROM arb_fills")[0]["n"]
+    assert fills >= 3
+    assert not sim.exchange.accounts.account(KEY).orders, "paper sent an order"
+
+
+def test_a_cycle_below_the_threshold_is_not_traded(sim: Running, fresh_pg, tmp_path: Path) -> None:
+    engine = fresh_pg()
+    trader = trader_for(settings_for(sim, engine, tmp_path, min_edge_bps=20.0), engine)
+    plant(sim)  # 40 bps before fees: about 8 after three 10 bps fees and the spreads
+    assert trader.step() == "idle"
+    assert rows(engine, "SELECT id FROM arb_opportunities") == []
+
+
+def test_second_leg_rejected_is_unwound_at_market_and_the_loss_recorded(
+    sim: Running, fresh_pg, tmp_path: Path
+) -> None:
+    engine = fresh_pg()
+    trader = trader_for(settings_for(sim, engine, tmp_path), engine, live=True)
+    plant(sim)
+    leg_fault(sim, symbol="ETHBTC", kind="reject", count=1)
+    assert trader.step() == "unwound"
+    [opportunity] = rows(engine, "SELECT * FROM arb_opportunities")
+    legs = rows(engine, "SELECT * FROM arb_legs ORDER BY seq")
+    assert [(leg["kind"], leg["symbol"], leg["side"], leg["status"]) for leg in legs] == [
+        ("cycle", "ETH/USDT", "buy", "filled"),
+        ("cycle", "ETH/BTC", "sell", "rejected"),
+        ("unwind", "ETH/USDT", "sell", "filled"),
+    ]
+    assert opportunity["status"] == "unwound"
+    assert opportunity["failed_leg"] == 1
+    assert "ETH/BTC" in opportunity["reason"]
+    assert opportunity["realized_profit"] < 0
+    assert opportunity["realized_profit"] == pytest.approx(
+        legs[2]["received"] - legs[0]["spent"], abs=1e-9
+    )
+    account = sim.exchange.accounts.account(KEY)
+    sent = [o.client_order_id for o in account.orders]
+    assert sent == [legs[0]["client_order_id"], legs[2]["client_order_id"]]
+    assert account.balances.get("ETH", 0.0) < 1e-4, "the unwind left ETH behind"
+    assert account.balances["USDT"] == pytest.approx(10_000 + opportunity["realized_profit"])
+    assert trader.risk.failures_in_a_row == 1
+    assert trader.risk.day_loss == pytest.approx(-opportunity["realized_profit"])
+
+
+def test_partial_leg_is_closed_and_nothing_is_left_exposed(
+    sim: Running, fresh_pg, tmp_path: Path
+) -> None:
+    engine = fresh_pg()
+    trader = trader_for(settings_for(sim, engine, tmp_path), engine, live=True)
+    plant(sim)
+    leg_fault(sim, symbol="ETHBTC", kind="partial", count=1, fraction=0.5)
+    assert trader.step() == "unwound"
+    legs = rows(engine, "SELECT * FROM arb_legs ORDER BY seq")
+    assert legs[1]["status"] == "partial"
+    assert legs[1]["filled"] == pytest.approx(legs[1]["amount"] / 2, rel=1e-3)
+    assert len(legs) > 2
+    assert all(leg["kind"] == "unwind" for leg in legs[2:])
+    account = sim.exchange.accounts.account(KEY)
+    assert account.balances.get("ETH", 0.0) < 1e-4
+    assert account.balances.get("BTC", 0.0) < 1e-4
+    [opportunity] = rows(engine, "SELECT * FROM arb_opportunities")
+    assert opportunity["status"] == "unwound"
+
+
+def test_breaker_opens_after_repeated_leg_failures_and_refuses_new_cycles(
+    sim: Running, fresh_pg, tmp_path: Path
+) -> None:
+    engine = fresh_pg()
+    settings = settings_for(sim, engine, tmp_path, breaker_leg_failures=2)
+    trader = trader_for(settings, engine, live=True)
+    plant(sim)
+    leg_fault(sim, symbol="ETHBTC", kind="reject", count=2)
+    assert trader.step() == "unwound"
+    assert trader.step() == "unwound"
+    assert trader.step() == "refused"
+    assert len(rows(engine, "SELECT id FROM arb_opportunities")) == 2
+    events = rows(engine, "SELECT to_state, reason FROM risk_events")
+    assert any("circuit breaker open" in e["reason"] for e in events)
+
+
+def test_gate_halts_for_the_day_at_the_loss_limit() -> None:
+    gate = CycleGate(load_settings().arbitrage.model_copy(update={"daily_loss_limit": 5.0}), "a")
+    now = 1_700_000_000_000
+    assert gate.check(100.0, now) is None
+    gate.finished(-6.0, leg_failed=True, now_ms=now)
+    assert "daily loss" in (gate.check(100.0, now + 1) or "")
+    assert gate.check(100.0, now + 86_400_000) is None
+
+
+def test_gate_caps_cycles_per_hour_and_notional() -> None:
+    settings = load_settings().arbitrage.model_copy(
+        update={"max_cycles_per_hour": 2, "max_cycle_notional": 50.0}
+    )
+    gate = CycleGate(settings, "a")
+    now = 1_700_000_000_000
+    assert "max_cycle_notional" in (gate.check(60.0, now) or "")
+    gate.started(now)
+    gate.started(now + 1)
+    assert "last hour" in (gate.check(10.0, now + 2) or "")
+    assert gate.check(10.0, now + 3_600_001) is None
+
+
+@contextmanager
+def trader_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    handle = log.open("a")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "--strategy",
+            "arbitrage",
+            "--live",
+            "--log-format",
+            "text",
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+        handle.close()
+
+
+def wait_for(condition: Callable[[], Any], log: Path, seconds: float = 60) -> Any:
+    deadline = time.monotonic() + seconds
+    while not (result := condition()):
+        assert time.monotonic() < deadline, log.read_text()[-4000:]
+        time.sleep(0.1)
+    return result
+
+
+def test_sigkill_in_the_middle_of_a_cycle_then_restart_sends_no_leg_twice_and_closes_it(
+    sim: Running, fresh_pg, tmp_path: Path
+) -> None:
+    engine = fresh_pg()
+    log = tmp_path / "trader.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
+    env |= {
+        "CRYPTOBOTS_VAR_DIR": str(tmp_path / "var"),
+        "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
+        "CRYPTOBOTS_EXCHANGES__BINANCE__URL": sim.url,
+        "CRYPTOBOTS_EXCHANGES__BINANCE__CREDENTIALS": "env:SIMKEYS",
+        "CRYPTOBOTS_TRADING_MODE": "live",
+        "SIMKEYS_API_KEY": KEY,
+        "SIMKEYS_SECRET": SECRET,
+        "CRYPTOBOTS_ARBITRAGE__SYMBOLS": '["BTC/USDT", "ETH/USDT", "ETH/BTC"]',
+        "CRYPTOBOTS_ARBITRAGE__MIN_EDGE_BPS": "1",
+        "CRYPTOBOTS_ARBITRAGE__MAX_CYCLE_NOTIONAL": "500",
+        "CRYPTOBOTS_ARBITRAGE__POLL_SECONDS": "0.1",
+        "CRYPTOBOTS_SERVING__PORT": "0",
+    }
+    leg_fault(sim, symbol="ETHBTC", kind="delay", count=1, seconds=4.0)
+    with trader_process(env, log) as process:
+        wait_for(lambda: "health http://" in log.read_text(), log)
+        plant(sim, seconds=600)
+        wait_for(
+            lambda: rows(engine, "SELECT 1 FROM arb_legs WHERE seq = 1 AND status = 'pending'"),
+            log,
+        )
+        time.sleep(0.5)  # the second leg's request is on its way, held by the simulator
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    account = sim.exchange.accounts.account(KEY)
+    wait_for(lambda: len(account.orders) >= 2, log, seconds=20)  # the held leg lands late
+    httpx.delete(f"{sim.url}/sim/plant").raise_for_status()  # nothing new to trade
+
+    with trader_process(env, log) as process:
+        wait_for(
+            lambda: rows(
+                engine, "SELECT 1 FROM arb_opportunities WHERE status IN ('done', 'unwound')"
+            ),
+            log,
+        )
+        time.sleep(1.0)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+
+    [opportunity] = rows(engine, "SELECT * FROM arb_opportunities")
+    legs = rows(engine, "SELECT * FROM arb_legs ORDER BY seq")
+    sent = [o.client_order_id for o in account.orders]
+    assert len(sent) == len(set(sent)), "a leg reached the exchange twice"
+    assert set(sent) == {leg["client_order_id"] for leg in legs}
+    assert legs[1]["status"] == "filled", "the late second leg was not taken from the exchange"
+    assert all(leg["status"] != "pending" for leg in legs)
+    assert account.balances.get("ETH", 0.0) < 1e-4
+    assert account.balances.get("BTC", 0.0) < 1e-4
+    assert opportunity["realized_profit"] == pytest.approx(
+        account.balances["USDT"] - 10_000.0, abs=1e-6
+    )
+    output = log.read_text()
+    assert SECRET not in output
+    assert KEY not in output
