@@ -149,6 +149,7 @@ class ArbitrageTrader:
         self.realized_total = 0.0
         self.balances: dict[str, float] = {}
         self.tops: dict[str, tuple[float | None, float | None]] = {}
+        self.latency: dict[str, float] = {}  # seconds, books seen -> first leg handed over
 
     # -- start and reconcile ---------------------------------------------------------
 
@@ -290,32 +291,19 @@ class ArbitrageTrader:
 
     def _trade(self, cycle: Cycle, size: CycleSize, seen: float, now_ms: int) -> str:
         oid = opportunity_id(self.account, self.venue, cycle, now_ms)
-        store.open_opportunity(
-            self.engine,
-            {
-                "id": oid,
-                "account": self.account,
-                "exchange": self.venue,
-                "home": self.config.home,
-                "cycle": [[g.symbol, g.side, g.source, g.target] for g in cycle.legs],
-                "detected_ms": now_ms,
-                "edge_bps": cycle.edge_bps,
-                "expected_start": size.start,
-                "expected_end": size.end,
-                "expected_bps": size.profit_bps,
-                "status": "executing",
-            },
-        )
-        self.risk.started(now_ms)
-        log.info(
-            "cycle %s %s: %.6f %s in, %.6f expected back (%.1f bps)",
-            oid[:12],
-            _path(cycle),
-            size.start,
-            self.config.home,
-            size.end,
-            size.profit_bps,
-        )
+        opportunity = {
+            "id": oid,
+            "account": self.account,
+            "exchange": self.venue,
+            "home": self.config.home,
+            "cycle": [[g.symbol, g.side, g.source, g.target] for g in cycle.legs],
+            "detected_ms": now_ms,
+            "edge_bps": cycle.edge_bps,
+            "expected_start": size.start,
+            "expected_end": size.end,
+            "expected_bps": size.profit_bps,
+            "status": "executing",
+        }
         have = 0.0
         for seq, planned in enumerate(size.legs):
             leg = cycle.legs[seq]
@@ -335,14 +323,26 @@ class ArbitrageTrader:
                 "amount": amount,
                 "price": planned.price,
             }
-            store.add_leg(self.engine, row)
             if seq == 0:
-                latency = time.perf_counter() - seen
-                self.metrics.detection.observe(latency)
-                store.finish_opportunity(self.engine, oid, latency_ms=latency * 1000)
+                store.open_opportunity(self.engine, opportunity, row, durable=self.broker.live)
+                self.risk.started(now_ms)
+                self.latency[oid] = time.perf_counter() - seen
+            else:
+                store.add_leg(self.engine, row)
             execution = self.broker.execute(
                 leg.symbol, leg.side, amount, row["client_order_id"], self._now(), planned.price
             )
+            if seq == 0:
+                self.metrics.detection.observe(self.latency[oid])
+                log.info(
+                    "cycle %s %s: %.6f %s in, %.6f expected back (%.1f bps)",
+                    oid[:12],
+                    _path(cycle),
+                    size.start,
+                    self.config.home,
+                    size.end,
+                    size.profit_bps,
+                )
             if execution.status == "pending":
                 self.reconciled = False
                 log.warning("leg %s unanswered: reconciling before anything else", seq)
@@ -527,6 +527,7 @@ class ArbitrageTrader:
         )
         values: dict[str, Any] = {
             "status": "unwound" if failed else "done",
+            "latency_ms": None if (lat := self.latency.pop(oid, None)) is None else lat * 1000,
             "realized_start": start,
             "realized_end": end,
             "realized_profit": end - start,

@@ -35,10 +35,23 @@ def leg_flows(side: str, execution: Execution) -> tuple[float, float]:
     return execution.filled + fee_base, execution.cost - fee_quote
 
 
-def open_opportunity(engine: Engine, opportunity: Mapping[str, Any]) -> None:
-    """Write a detected opportunity that is about to be traded."""
+def open_opportunity(
+    engine: Engine,
+    opportunity: Mapping[str, Any],
+    first_leg: Mapping[str, Any],
+    *,
+    durable: bool = True,
+) -> None:
+    """Write a detected opportunity and its first leg (pending) in one transaction.
+
+    `durable=False` (paper) lets Postgres acknowledge the commit before its WAL reaches
+    the disk: a crash of the trader loses nothing, a crash of the database server may
+    lose the last fraction of a second of paper cycles. Live writes always wait."""
     with engine.begin() as conn:
+        if not durable and conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
         conn.execute(sa.insert(arb_opportunities), [dict(opportunity)])
+        conn.execute(sa.insert(arb_legs), [{**first_leg, "status": "pending"}])
 
 
 def add_leg(engine: Engine, leg: Mapping[str, Any]) -> None:

@@ -6,10 +6,12 @@ form body (POST) up to `&signature=`, and `timestamp` must lie within `recvWindo
 of the simulator's clock. Market orders and marketable limit orders fill at once
 against the synthesized book (walking its levels) with the taker fee; other limit
 orders rest, funds locked, and fill at their price with the maker fee once the
-book crosses them. A client order id already used by an open order is refused
-(Binance's -2010 "Duplicate order sent."): like Binance, ids are unique among open
-orders, and a trader looks an id up before re-sending it. With a state file,
-every change is written atomically and reloaded on start.
+book crosses them. What a MARKET or IOC order cannot fill expires (status EXPIRED,
+whatever it filled kept); a FOK order fills whole or expires empty. A client order
+id already used by an open order is refused (Binance's -2010 "Duplicate order
+sent."): like Binance, ids are unique among open orders, and a trader looks an id
+up before re-sending it. With a state file, every change is written atomically and
+reloaded on start.
 """
 
 from __future__ import annotations
@@ -134,8 +136,10 @@ class Accounts:
         market: Any,
         book: tuple[list[list[str]], list[list[str]]],
         now: int,
+        fill_fraction: float = 1.0,
     ) -> dict[str, Any]:
-        """Place an order; fill what the book allows; the FULL response."""
+        """Place an order; fill what the book allows (at most `fill_fraction` of the
+        quantity, down to the lot step); the FULL response."""
         with self.lock:
             account = self.account(api_key)
             side = params.get("side", "").upper()
@@ -173,13 +177,15 @@ class Accounts:
             ]
             if kind == "LIMIT_MAKER" and crosses:
                 raise BinanceError(400, -2010, "Order would immediately match and take.")
+            if fill_fraction < 1.0:
+                crosses = _capped(crosses, _lots(qty * fill_fraction, market.filters["step"]))
+            if order.time_in_force == "FOK" and sum(q for _, q in crosses) < qty - 1e-15:
+                crosses = []
             self._check_funds(account, order, market, crosses)
             fills = self._fill_levels(account, order, market, crosses, TAKER_FEE, now)
             if order.executed_qty < order.orig_qty - 1e-15:
                 if kind == "MARKET" or order.time_in_force in ("IOC", "FOK"):
-                    order.status = "EXPIRED" if order.executed_qty == 0 else "PARTIALLY_FILLED"
-                    if kind != "MARKET":
-                        order.status = "EXPIRED"
+                    order.status = "EXPIRED"
                 else:
                     self._lock_rest(account, order, market)
                     order.status = "PARTIALLY_FILLED" if order.executed_qty else "NEW"
@@ -383,6 +389,34 @@ class Accounts:
             if o.status in ("NEW", "PARTIALLY_FILLED") and (symbol is None or o.symbol == symbol)
         ]
 
+    def all_orders_json(self, api_key: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        """Binance's allOrders: the symbol's orders by id, from `orderId` or `startTime`
+        onwards when given, else the most recent `limit` (default 500, at most 1000)."""
+        try:
+            limit = int(params.get("limit") or 500)
+            order_id = int(params["orderId"]) if params.get("orderId") else None
+            start = int(params["startTime"]) if params.get("startTime") else None
+            end = int(params["endTime"]) if params.get("endTime") else None
+        except ValueError:
+            raise BinanceError(400, -1100, "Illegal characters found in a parameter.") from None
+        if not 1 <= limit <= 1000:
+            raise BinanceError(400, -1130, "Data sent for parameter 'limit' is not valid.")
+        with self.lock:
+            orders = sorted(
+                (
+                    o
+                    for o in self.account(api_key).orders
+                    if o.symbol == params.get("symbol")
+                    and (order_id is None or o.order_id >= order_id)
+                    and (start is None or o.time >= start)
+                    and (end is None or o.time <= end)
+                ),
+                key=lambda o: o.order_id,
+            )
+            if order_id is None and start is None:
+                orders = orders[-limit:]
+            return [order_json(o) for o in orders[:limit]]
+
     def _save(self) -> None:
         if self.state_file is None:
             return
@@ -440,10 +474,25 @@ def _qty(params: dict[str, str], market: Any) -> float:
         raise BinanceError(400, -1013, "Invalid quantity.")
     if qty < market.filters["min_qty"] - 1e-15:
         raise BinanceError(400, -1013, "Filter failure: LOT_SIZE")
-    rounded = float(Decimal(str(qty)).quantize(Decimal(str(step)), rounding=ROUND_DOWN))
-    if abs(rounded - qty) > 1e-12:
+    if abs(_lots(qty, step) - qty) > 1e-12:
         raise BinanceError(400, -1013, "Filter failure: LOT_SIZE")
     return qty
+
+
+def _lots(qty: float, step: float) -> float:
+    """`qty` rounded down to a whole number of lot steps."""
+    return float(Decimal(str(qty)).quantize(Decimal(str(step)), rounding=ROUND_DOWN))
+
+
+def _capped(levels: list[tuple[float, float]], qty: float) -> list[tuple[float, float]]:
+    """The first levels of a book holding `qty` in all, the last one cut short."""
+    capped, left = [], qty
+    for price, available in levels:
+        if left <= 0:
+            break
+        capped.append((price, min(available, left)))
+        left -= available
+    return capped
 
 
 def _fmt(value: float) -> str:

@@ -3,6 +3,10 @@
 Every response carries `X-MBX-USED-WEIGHT-1M`; past the weight budget requests
 get 429 with Retry-After, and a client that keeps going gets 418. Faults are
 injected by an ASGI middleware before the request reaches the endpoint.
+
+Under `/sim/` (not Binance's API; never limited, never faulted) the simulator is
+steered at run time: `/sim/stats` counts, `/sim/plant` plants mispricings in the
+books, `/sim/leg-fault` makes the next orders on a market fail in a chosen way.
 """
 
 from __future__ import annotations
@@ -13,28 +17,33 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from pipeline.exchanges.simulator.accounts import Accounts, BinanceError, order_json
 from pipeline.exchanges.simulator.faults import (
     FAULT_KINDS,
     FaultPlan,
+    LegFault,
+    LegFaults,
     WeightLimiter,
     request_weight,
 )
-from pipeline.exchanges.simulator.market import Clock, MarketFeed
+from pipeline.exchanges.simulator.market import Clock, MarketFeed, Plant, Pricing
 from pipeline.exchanges.simulator.recordings import Recording, find_recordings
 from pipeline.settings import timeframe_ms
 
 MAX_KLINES = 1000
 DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000, 5000)
+# A leg-fault reject: Binance's NEW_ORDER_REJECTED, which ccxt raises as InvalidOrder
+REJECT_CODE = -2010
+REJECT_MSG = "Order book liquidity is less than symbol minimum quantity."
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,10 @@ class SimulatorConfig:
     api_keys: tuple[tuple[str, str], ...] = ()  # (key, secret) pairs accepted on signed calls
     state_file: Path | None = None  # balances, orders and trades survive restarts here
     initial_balances: tuple[tuple[str, float], ...] = (("USDT", 10_000.0),)
+    # centre a cross X/Y's book on mid(X/Q) / mid(Y/Q) when X/Q and Y/Q are served;
+    # klines stay as recorded
+    consistent_books: bool = False
+    plants: tuple[Plant, ...] = ()  # mispricings live from the start, for real seconds
 
 
 @dataclass
@@ -102,6 +115,12 @@ class Exchange:
             timeout_seconds=self.config.fault_timeout_seconds,
             retry_after_seconds=self.config.fault_retry_after_seconds,
         )
+        self.pricing = Pricing(self.markets(), self.config.consistent_books)
+        for feed in self.feeds.values():
+            feed.pricing = self.pricing
+        for plant in self.config.plants:
+            self.pricing.plant(plant)
+        self.leg_faults = LegFaults()
 
     def markets(self) -> dict[str, MarketFeed]:
         """One feed per Binance symbol id for books and tickers: its longest recording."""
@@ -214,7 +233,27 @@ def create_app(config: SimulatorConfig) -> FastAPI:
     async def create_order(request: Request) -> dict:
         api_key, params, now = await signed(request)
         feed = _market(exchange, params.get("symbol", ""))
-        return exchange.accounts.create_order(api_key, params, feed, feed.book(now, 100), now)
+        fault = exchange.leg_faults.take(feed.recording.market_id)
+        if fault is None:
+            return exchange.accounts.create_order(api_key, params, feed, feed.book(now, 100), now)
+        if fault.kind == "reject":
+            raise BinanceError(400, REJECT_CODE, REJECT_MSG)
+        if fault.kind == "partial":
+            return exchange.accounts.create_order(
+                api_key, params, feed, feed.book(now, 100), now, fill_fraction=fault.fraction
+            )
+
+        async def land_late() -> dict:
+            await asyncio.sleep(fault.seconds)
+            later = exchange.clock.now_ms()
+            return exchange.accounts.create_order(
+                api_key, params, feed, feed.book(later, 100), later
+            )
+
+        # shielded: the order lands even when the client gave up and hung up
+        late = asyncio.ensure_future(land_late())
+        late.add_done_callback(lambda task: task.cancelled() or task.exception())
+        return await asyncio.shield(late)
 
     @app.get("/api/v3/order")
     async def query_order(request: Request) -> dict:
@@ -232,6 +271,14 @@ def create_app(config: SimulatorConfig) -> FastAPI:
         api_key, params, _ = await signed(request)
         return exchange.accounts.open_orders_json(api_key, params.get("symbol"))
 
+    @app.get("/api/v3/allOrders")
+    async def all_orders(request: Request) -> list:
+        api_key, params, _ = await signed(request)
+        if not params.get("symbol"):
+            raise BinanceError(400, -1102, "Mandatory parameter 'symbol' was not sent.")
+        _market(exchange, params["symbol"])
+        return exchange.accounts.all_orders_json(api_key, params)
+
     @app.get("/api/v3/myTrades")
     async def my_trades(request: Request) -> list:
         api_key, params, _ = await signed(request)
@@ -244,10 +291,75 @@ def create_app(config: SimulatorConfig) -> FastAPI:
         return {
             "answered": {str(k): v for k, v in exchange.limiter.answered.items()},
             "injected": dict(exchange.faults.injected),
+            "leg_faults": dict(exchange.leg_faults.consumed),
             "clock_ms": exchange.clock.now_ms(),
         }
 
+    @app.post("/sim/plant")
+    async def add_plant(request: Request) -> dict:
+        """Plant a mispricing: {"symbol": "ETHBTC", "bps": 40.0, "seconds": 60.0}."""
+        plant = await _control(request, Plant)
+        try:
+            exchange.pricing.plant(plant)
+        except ValueError as error:
+            raise HTTPException(400, str(error)) from None
+        return {"plants": exchange.pricing.plants()}
+
+    @app.get("/sim/plant")
+    async def list_plants() -> dict:
+        return {"plants": exchange.pricing.plants()}
+
+    @app.delete("/sim/plant")
+    async def clear_plants() -> dict:
+        exchange.pricing.clear()
+        return {"plants": []}
+
+    @app.post("/sim/leg-fault")
+    async def add_leg_fault(request: Request) -> dict:
+        """Fault the next orders on a market: {"symbol": "ETHBTC", "kind": "reject"|"partial"|
+        "delay", "count": 1, "fraction": 0.5, "seconds": 2.0}."""
+        fault = await _control(request, LegFault)
+        if fault.symbol not in exchange.markets():
+            raise HTTPException(
+                400,
+                f"unknown symbol {fault.symbol!r}: this exchange serves "
+                f"{', '.join(sorted(exchange.markets()))}",
+            )
+        exchange.leg_faults.add(fault)
+        return {"leg_faults": exchange.leg_faults.listing()}
+
+    @app.get("/sim/leg-fault")
+    async def list_leg_faults() -> dict:
+        return {"leg_faults": exchange.leg_faults.listing()}
+
+    @app.delete("/sim/leg-fault")
+    async def clear_leg_faults() -> dict:
+        exchange.leg_faults.clear()
+        return {"leg_faults": []}
+
     return FaultsAndLimits(app, exchange)  # type: ignore[return-value]
+
+
+async def _control(request: Request, kind: type) -> Any:
+    """A `kind` dataclass from a JSON object body; HTTP 400 saying what is wrong."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise HTTPException(400, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise HTTPException(400, "the body is not a JSON object")
+    known = {f.name for f in fields(kind)}
+    required = {
+        f.name for f in fields(kind) if f.default is MISSING and f.default_factory is MISSING
+    }
+    if unknown := sorted(set(body) - known):
+        raise HTTPException(400, f"unknown field(s) {unknown}; known: {sorted(known)}")
+    if missing := sorted(required - set(body)):
+        raise HTTPException(400, f"missing field(s) {missing}")
+    try:
+        return kind(**body)
+    except (TypeError, ValueError) as error:
+        raise HTTPException(400, str(error)) from None
 
 
 def _book_of(exchange: Exchange) -> Any:
@@ -351,9 +463,13 @@ def _ticker_24hr(exchange: Exchange, symbol: str) -> dict:
     rows = feed.candles(now - day, now, MAX_KLINES * 2, now)
     values = np.array([[float(v) for v in row[1:6]] for row in rows]) if rows else None
     bids, asks = feed.book(now, 5)
-    last = feed.last_price(now)
+    last = feed.mid(now)
     first = float(values[0, 0]) if values is not None else last
     volume = float(values[:, 4].sum()) if values is not None else 0.0
+    high = float(np.nanmax(values[:, 1])) if values is not None else last
+    low = float(np.nanmin(values[:, 2])) if values is not None else last
+    if last != feed.last_price(now):  # a book centred off its candles still lies in the range
+        high, low = max(high, last), min(low, last)
     return {
         "symbol": symbol,
         "priceChange": _num(last - first),
@@ -367,8 +483,8 @@ def _ticker_24hr(exchange: Exchange, symbol: str) -> dict:
         "askPrice": asks[0][0],
         "askQty": asks[0][1],
         "openPrice": _num(first),
-        "highPrice": _num(float(np.nanmax(values[:, 1])) if values is not None else last),
-        "lowPrice": _num(float(np.nanmin(values[:, 2])) if values is not None else last),
+        "highPrice": _num(high),
+        "lowPrice": _num(low),
         "volume": _num(volume),
         "quoteVolume": _num(volume * last),
         "openTime": now - day,

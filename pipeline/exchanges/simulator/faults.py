@@ -1,9 +1,11 @@
-"""Request weight limits like Binance's, and faults injected reproducibly from a seed."""
+"""Request weight limits like Binance's, faults injected reproducibly from a seed, and
+leg faults: the next orders on one market rejected, partly filled or delayed, on demand."""
 
 from __future__ import annotations
 
 import math
 import random
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 GENERIC_FAULTS = ("latency", "timeout", "429", "418", "500", "502", "503", "malformed", "drop")
 KLINES_FAULTS = ("truncated", "repeat")
 FAULT_KINDS = GENERIC_FAULTS + KLINES_FAULTS
+LEG_FAULT_KINDS = ("reject", "partial", "delay")
 
 # Binance spot request weights (GET unless noted); depth depends on its limit.
 WEIGHTS = {
@@ -24,6 +27,7 @@ WEIGHTS = {
     "/api/v3/account": 20,
     "/api/v3/order": 4,
     "/api/v3/openOrders": 6,
+    "/api/v3/allOrders": 20,
     "/api/v3/myTrades": 20,
 }
 
@@ -125,3 +129,85 @@ class FaultPlan:
     def latency(self) -> float:
         low, high = self.latency_seconds
         return low + (high - low) * self._rng.random()
+
+
+@dataclass(frozen=True)
+class LegFault:
+    """The next `count` order placements on `symbol` (Binance's id; ETH/BTC is accepted)
+    get `kind`: `reject` refuses them for good, `partial` fills only `fraction` of the
+    quantity (down to the lot step), `delay` holds each `seconds` of real time before
+    it is matched, so that it lands after a client may have timed out."""
+
+    symbol: str
+    kind: str
+    count: int = 1
+    fraction: float = 0.5
+    seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "symbol", str(self.symbol).replace("/", "").upper())
+        if self.kind not in LEG_FAULT_KINDS:
+            raise ValueError(
+                f"leg fault kind {self.kind!r} is unknown; known: {', '.join(LEG_FAULT_KINDS)}"
+            )
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
+            raise ValueError(f"leg fault count {self.count!r} is not a whole number >= 1")
+        try:
+            object.__setattr__(self, "fraction", float(self.fraction))
+            object.__setattr__(self, "seconds", float(self.seconds))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"leg fault fraction {self.fraction!r} and seconds {self.seconds!r} must be numbers"
+            ) from None
+        if not 0.0 <= self.fraction < 1.0:
+            raise ValueError(f"leg fault fraction {self.fraction} is not in [0, 1)")
+        if not (math.isfinite(self.seconds) and self.seconds >= 0):
+            raise ValueError(f"leg fault seconds {self.seconds} is not >= 0")
+
+
+@dataclass
+class LegFaults:
+    """Pending leg faults in the order they were added, and how many each kind got."""
+
+    pending: list[tuple[LegFault, int]] = field(default_factory=list)
+    consumed: Counter = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, fault: LegFault) -> None:
+        """Queue `fault` behind those already pending."""
+        with self._lock:
+            self.pending.append((fault, fault.count))
+
+    def take(self, symbol: str) -> LegFault | None:
+        """The fault for the next order placement on `symbol` (one of its count), or None."""
+        with self._lock:
+            for i, (fault, left) in enumerate(self.pending):
+                if fault.symbol == symbol:
+                    if left > 1:
+                        self.pending[i] = (fault, left - 1)
+                    else:
+                        del self.pending[i]
+                    self.consumed[fault.kind] += 1
+                    return fault
+        return None
+
+    def listing(self) -> list[dict[str, object]]:
+        """The pending faults, `count` being what is left of each."""
+        with self._lock:
+            return [
+                {
+                    "symbol": f.symbol,
+                    "kind": f.kind,
+                    "count": left,
+                    "fraction": f.fraction,
+                    "seconds": f.seconds,
+                }
+                for f, left in self.pending
+            ]
+
+    def clear(self) -> None:
+        """Drop every pending fault (the counts of consumed ones stay)."""
+        with self._lock:
+            self.pending.clear()

@@ -5,12 +5,21 @@ the largest timeframe) so that the latest candle closes at the clock's start;
 after a recording ends it is replayed from its beginning, each cycle's prices
 scaled by the recording's overall growth so that prices continue without a jump.
 Only candles that have closed on the clock are served.
+
+Books are centred by `Pricing`: on a market's last close by default; with
+consistent books, a cross X/Y that the exchange also serves as X/Q and Y/Q is
+centred on mid(X/Q) / mid(Y/Q), so a triangle's books agree up to tick rounding;
+a planted mispricing then moves one market's mid for a while of real time.
+Klines are never touched: they stay exactly as recorded, so a cross's book may
+sit away from its own candles.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +64,7 @@ class MarketFeed:
         finite = recording.close[np.isfinite(recording.close) & (recording.close > 0)]
         self.growth = float(finite[-1] / finite[0]) if len(finite) else 1.0
         self.filters = filters_for(recording.base, recording.quote, float(finite[-1]))
+        self.pricing: Pricing | None = None
 
     @property
     def first_ts(self) -> int:
@@ -93,6 +103,12 @@ class MarketFeed:
             return float(self.recording.close[0])
         return float(self._row(i, int(base_ts[i]), cycle)[4])
 
+    def mid(self, now: int) -> float:
+        """The book's centre: the last close, or what `pricing` makes of it."""
+        if self.pricing is None:
+            return self.last_price(now)
+        return self.pricing.mid(self, now)
+
     def _row(self, i: int, ts: int, cycle: int) -> list:
         text = self.recording.text[i]
         if cycle:
@@ -129,8 +145,8 @@ class MarketFeed:
         return [_fmt(before), _fmt(max(before, close)), _fmt(min(low, before, close)), *text[3:]]
 
     def book(self, now: int, depth: int) -> tuple[list[list[str]], list[list[str]]]:
-        """A symmetric book around the last close: HALF_SPREAD_BPS, one tick between levels."""
-        mid = self.last_price(now)
+        """A symmetric book around `mid`: HALF_SPREAD_BPS, one tick between levels."""
+        mid = self.mid(now)
         tick = self.filters["tick"]
         half = max(mid * HALF_SPREAD_BPS / 10_000, tick)
         best_bid = math.floor((mid - half) / tick) * tick
@@ -140,6 +156,117 @@ class MarketFeed:
         bids = [[_fmt(best_bid - k * tick), _fmt(size * (1 + k))] for k in levels]
         asks = [[_fmt(best_ask + k * tick), _fmt(size * (1 + k))] for k in levels]
         return bids, asks
+
+
+@dataclass(frozen=True)
+class Plant:
+    """A planted mispricing: the book mid of `symbol` (Binance's id, e.g. ETHBTC; ETH/BTC
+    is accepted) times (1 + bps / 10_000) for `seconds` of real time, whatever the
+    market clock's speed, so that every triangle through it has that edge at the mids."""
+
+    symbol: str
+    bps: float
+    seconds: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "symbol", str(self.symbol).replace("/", "").upper())
+        try:
+            object.__setattr__(self, "bps", float(self.bps))
+            object.__setattr__(self, "seconds", float(self.seconds))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"plant {self.symbol}: bps {self.bps!r} and seconds {self.seconds!r} "
+                "must be numbers"
+            ) from None
+        if not math.isfinite(self.bps) or self.bps <= -10_000:
+            raise ValueError(f"plant {self.symbol}: bps {self.bps} must be finite and > -10000")
+        if not math.isfinite(self.seconds) or self.seconds <= 0:
+            raise ValueError(f"plant {self.symbol}: seconds {self.seconds} must be > 0")
+
+
+def cross_legs(markets: dict[str, MarketFeed]) -> dict[str, tuple[MarketFeed, MarketFeed]]:
+    """For each market X/Y also served as X/Q and Y/Q: those two legs (Q USD-like if it can be).
+
+    A market whose legs are crosses themselves keeps its own close: legs are priced
+    at their own closes, never derived in turn.
+    """
+    by_pair = {(f.recording.base, f.recording.quote): f for f in markets.values()}
+    legs: dict[str, tuple[MarketFeed, MarketFeed]] = {}
+    for (base, quote), feed in by_pair.items():
+        common = {q for b, q in by_pair if b == base} & {q for b, q in by_pair if b == quote}
+        common.discard(quote)
+        if common:
+            q = min(common, key=lambda c: (c not in USD_LIKE, c))
+            legs[feed.recording.market_id] = (by_pair[(base, q)], by_pair[(quote, q)])
+    derived = set(legs)
+    return {
+        market_id: pair
+        for market_id, pair in legs.items()
+        if not {leg.recording.market_id for leg in pair} & derived
+    }
+
+
+class Pricing:
+    """Where each market's book is centred: its last close, or with `consistent` the
+    cross of its two legs, then times the market's live plant (if any)."""
+
+    def __init__(
+        self,
+        markets: dict[str, MarketFeed],
+        consistent: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.markets = markets
+        self.legs = cross_legs(markets) if consistent else {}
+        self.clock = clock
+        self._plants: dict[str, tuple[Plant, float]] = {}
+        self._lock = threading.Lock()
+
+    def mid(self, feed: MarketFeed, now: int) -> float:
+        """The centre of `feed`'s book at `now` (market clock); plants run on real time."""
+        market_id = feed.recording.market_id
+        legs = self.legs.get(market_id)
+        if legs is None:
+            mid = feed.last_price(now)
+        else:
+            mid = legs[0].last_price(now) / legs[1].last_price(now)
+        return mid * self._factor(market_id)
+
+    def plant(self, plant: Plant) -> None:
+        """Start `plant`, replacing any on the same market; ValueError for an unknown one."""
+        if plant.symbol not in self.markets:
+            raise ValueError(
+                f"unknown symbol {plant.symbol!r}: this exchange serves "
+                f"{', '.join(sorted(self.markets))}"
+            )
+        with self._lock:
+            self._plants[plant.symbol] = (plant, self.clock() + plant.seconds)
+
+    def plants(self) -> list[dict[str, float | str]]:
+        """The live plants, each with its seconds left."""
+        now = self.clock()
+        with self._lock:
+            live = [(p, until) for p, until in self._plants.values() if until > now]
+        return [
+            {"symbol": p.symbol, "bps": p.bps, "seconds": p.seconds, "seconds_left": until - now}
+            for p, until in sorted(live, key=lambda item: item[0].symbol)
+        ]
+
+    def clear(self) -> None:
+        """End every plant now."""
+        with self._lock:
+            self._plants.clear()
+
+    def _factor(self, market_id: str) -> float:
+        with self._lock:
+            entry = self._plants.get(market_id)
+            if entry is None:
+                return 1.0
+            plant, until = entry
+            if self.clock() >= until:
+                del self._plants[market_id]
+                return 1.0
+        return 1.0 + plant.bps / 10_000
 
 
 def _scaled(text: str, scale: float) -> str:
