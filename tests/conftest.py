@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -170,3 +173,23 @@ def airflow_env(home: Path, metadata_url: str | None = None) -> dict[str, str]:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url or f"sqlite:///{home / 'airflow.db'}",
         "PYTHONPATH": str(REPO / "plugins"),
     }
+
+
+@pytest.fixture(scope="module")
+def slim_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The interpreter of a fresh virtual environment holding serving/requirements.txt
+    and nothing else (uv installs it from its cache in about a second)."""
+    uv = Path(sys.executable).with_name("uv")
+    uv_command = str(uv) if uv.exists() else shutil.which("uv")
+    assert uv_command, "uv not found: run `make setup`"
+    venv = tmp_path_factory.mktemp("slim") / "venv"
+    for command in (
+        [uv_command, "venv", "--quiet", "--python", sys.executable, str(venv)],
+        [
+            uv_command, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"),
+            "-r", str(REPO / "serving" / "requirements.txt"),
+        ],
+    ):  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+    return str(venv / "bin" / "python")

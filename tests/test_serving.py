@@ -5,10 +5,8 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -262,26 +260,6 @@ def test_the_client_order_id_is_deterministic_and_fits_binance() -> None:
 
 
 HEAVY = ("tensorflow", "keras", "tf2onnx", "airflow", "great_expectations", "pandas", "torch")
-
-
-@pytest.fixture(scope="module")
-def slim_python(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The interpreter of a fresh virtual environment holding serving/requirements.txt
-    and nothing else (uv installs it from its cache in about a second)."""
-    uv = Path(sys.executable).with_name("uv")
-    uv_command = str(uv) if uv.exists() else shutil.which("uv")
-    assert uv_command, "uv not found: run `make setup`"
-    venv = tmp_path_factory.mktemp("slim") / "venv"
-    for command in (
-        [uv_command, "venv", "--quiet", "--python", sys.executable, str(venv)],
-        [
-            uv_command, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"),
-            "-r", str(REPO / "serving" / "requirements.txt"),
-        ],
-    ):  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr
-    return str(venv / "bin" / "python")
 
 
 def test_the_slim_environment_has_none_of_the_heavy_packages(slim_python: str) -> None:

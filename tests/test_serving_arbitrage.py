@@ -5,6 +5,7 @@ cycle settles it on restart without sending a leg twice."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -322,3 +323,55 @@ def test_sigkill_in_the_middle_of_a_cycle_then_restart_sends_no_leg_twice_and_cl
     output = log.read_text()
     assert SECRET not in output
     assert KEY not in output
+
+
+def test_paper_daemon_runs_from_serving_requirements_alone_trades_a_plant_and_stops_cleanly(
+    sim: Running, fresh_pg, tmp_path: Path, slim_python: str
+) -> None:
+    engine = fresh_pg()
+    log = tmp_path / "trader.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
+    env |= {
+        "CRYPTOBOTS_VAR_DIR": str(tmp_path / "var"),
+        "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
+        "CRYPTOBOTS_EXCHANGES__BINANCE__URL": sim.url,
+        "CRYPTOBOTS_ARBITRAGE__MIN_EDGE_BPS": "1",
+        "CRYPTOBOTS_ARBITRAGE__MAX_CYCLE_NOTIONAL": "500",
+        "CRYPTOBOTS_ARBITRAGE__MAX_CYCLES_PER_HOUR": "2",
+        "CRYPTOBOTS_ARBITRAGE__POLL_SECONDS": "0.1",
+        "CRYPTOBOTS_SERVING__PORT": "0",
+        "CRYPTOBOTS_SERVING__CONTROL_TOKEN": "s3cret-token",
+    }
+    with log.open("a") as handle:
+        process = subprocess.Popen(
+            [slim_python, "-m", "serving", "--strategy", "arbitrage", "--log-format", "text"],
+            env=env,
+            cwd=REPO,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        base = wait_for(
+            lambda: (m := re.search(r"health (http://\S+)/healthz", log.read_text())) and m[1],
+            log,
+            seconds=120,
+        )
+        ready = wait_for(lambda: (r := httpx.get(f"{base}/readyz")).status_code == 200 and r, log)
+        assert ready.json()["strategy"] == "arbitrage"
+        assert ready.json()["account"] == "paper"
+        plant(sim)
+        done = 'cryptobots_arbitrage_opportunities_total{outcome="done"} 2.0'
+        wait_for(lambda: done in httpx.get(f"{base}/metrics").text, log)
+        wait_for(lambda: "max_cycles_per_hour" in log.read_text(), log)  # the third is refused
+        right = {"Authorization": "Bearer s3cret-token"}
+        paused = httpx.post(f"{base}/control/pause", headers=right)
+        assert paused.json()["risk"]["state"] == "HALTED"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    statuses = rows(engine, "SELECT status FROM arb_opportunities")
+    assert [s["status"] for s in statuses] == ["done", "done"]
+    assert "s3cret-token" not in log.read_text()
