@@ -262,9 +262,13 @@ def wait_for(condition: Callable[[], Any], log: Path, seconds: float = 60) -> An
     return result
 
 
+@pytest.mark.parametrize("book_moves", [False, True], ids=["leg-fills", "leg-expires"])
 def test_sigkill_in_the_middle_of_a_cycle_then_restart_sends_no_leg_twice_and_closes_it(
-    sim: Running, fresh_pg, tmp_path: Path
+    sim: Running, fresh_pg, tmp_path: Path, book_moves: bool
 ) -> None:
+    """Killed while the second leg is on its way (held by the simulator for 4 s). It
+    lands after the kill: at its limit price while the plant lasts (fills), or after
+    the plant is gone (expires unfilled, and the first leg's ETH must be unwound)."""
     engine = fresh_pg()
     log = tmp_path / "trader.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
@@ -293,6 +297,8 @@ def test_sigkill_in_the_middle_of_a_cycle_then_restart_sends_no_leg_twice_and_cl
         time.sleep(0.5)  # the second leg's request is on its way, held by the simulator
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
+    if book_moves:
+        httpx.delete(f"{sim.url}/sim/plant").raise_for_status()
     account = sim.exchange.accounts.account(KEY)
     wait_for(lambda: len(account.orders) >= 2, log, seconds=20)  # the held leg lands late
     httpx.delete(f"{sim.url}/sim/plant").raise_for_status()  # nothing new to trade
@@ -313,13 +319,17 @@ def test_sigkill_in_the_middle_of_a_cycle_then_restart_sends_no_leg_twice_and_cl
     sent = [o.client_order_id for o in account.orders]
     assert len(sent) == len(set(sent)), "a leg reached the exchange twice"
     assert set(sent) == {leg["client_order_id"] for leg in legs}
-    assert legs[1]["status"] == "filled", "the late second leg was not taken from the exchange"
+    assert legs[1]["status"] == ("expired" if book_moves else "filled")
+    assert [leg["kind"] for leg in legs[2:]] == ["unwind"]
+    assert legs[2]["symbol"] == ("ETH/USDT" if book_moves else "BTC/USDT")
     assert all(leg["status"] != "pending" for leg in legs)
     assert account.balances.get("ETH", 0.0) < 1e-4
     assert account.balances.get("BTC", 0.0) < 1e-4
     assert opportunity["realized_profit"] == pytest.approx(
         account.balances["USDT"] - 10_000.0, abs=1e-6
     )
+    if book_moves:
+        assert opportunity["realized_profit"] < 0
     output = log.read_text()
     assert SECRET not in output
     assert KEY not in output
