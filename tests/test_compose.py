@@ -292,7 +292,7 @@ def test_production_stack_has_every_service(services: dict[str, dict[str, Any]])
     }
 
 
-def test_simulator_and_monitoring_start_only_with_their_profiles(
+def test_simulator_monitoring_and_arbitrage_start_only_with_their_profiles(
     services: dict[str, dict[str, Any]],
 ) -> None:
     profiles = {name: s.get("profiles", []) for name, s in services.items() if "profiles" in s}
@@ -301,6 +301,7 @@ def test_simulator_and_monitoring_start_only_with_their_profiles(
         "prometheus": ["monitoring"],
         "grafana": ["monitoring"],
         "airflow-cli": ["cli"],  # only for `docker compose run --rm airflow-cli ...`
+        "arbitrage": ["arbitrage"],
     }
 
 
