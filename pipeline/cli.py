@@ -177,6 +177,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     launch.set_defaults(handler=_run)
 
+    arbitrage = commands.add_parser("arbitrage", help="arbitrage on recorded data")
+    arbitrage_commands = arbitrage.add_subparsers(title="arbitrage commands")
+    study = arbitrage_commands.add_parser(
+        "study",
+        help="triangle edges and cross-exchange spreads on stored candles: statistics, PNGs",
+    )
+    study.add_argument(
+        "--days", type=int, help="days studied per group (default: arbitrage.study_days)"
+    )
+    study.add_argument(
+        "--no-ingest",
+        action="store_true",
+        help="study what is stored; do not fill the windows from the recorded files first",
+    )
+    study.add_argument(
+        "--threshold-bps",
+        type=float,
+        help="edge after fees that counts (default: arbitrage.study_threshold_bps)",
+    )
+    study.add_argument(
+        "--out",
+        type=Path,
+        help="report folder (default: <var_dir>/reports/arbitrage/<UTC timestamp>/)",
+    )
+    study.set_defaults(handler=_arbitrage_study)
+
     pools = commands.add_parser("airflow-pools", help="create the pool of each exchange in Airflow")
     pools.set_defaults(handler=_airflow_pools)
 
@@ -313,6 +339,35 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         status_every_seconds=args.status_every,
     )
     return run(settings, options)
+
+
+def _arbitrage_study(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from pipeline.arbitrage.study import render_text, run_study
+    from pipeline.db.engine import create_engine
+    from pipeline.db.migrate import upgrade
+
+    if args.days is not None and args.days < 1:
+        raise ConfigurationError(f"--days {args.days}: study at least 1 day")
+    if args.threshold_bps is not None and args.threshold_bps < 0:
+        raise ConfigurationError(f"--threshold-bps {args.threshold_bps}: must be >= 0")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out or settings.var_dir / "reports" / "arbitrage" / stamp
+    engine = create_engine(settings.db_url)
+    upgrade(engine)
+    report = run_study(
+        settings,
+        engine,
+        out,
+        days=args.days,
+        threshold_bps=args.threshold_bps,
+        ingest=not args.no_ingest,
+    )
+    print()
+    print(render_text(report))
+    print(f"\nreport: {out / 'report.txt'}, {out / 'report.json'}")
+    return 0
 
 
 def _airflow_pools(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,9 +1,11 @@
-"""The Models page inside the Airflow UI (Airflow 3.1+ plugin).
+"""The Models and Arbitrage pages inside the Airflow UI (Airflow 3.1+ plugin).
 
-Mounts `pipeline.models_page` under `/cryptobots-models` and adds a "Models" entry to
-the UI's navigation that frames it. Every route of the page is guarded by Airflow's own
-auth: the signed-in user must be allowed to read the `promote` DAG. The data comes from
-`pipeline/registry.py`; nothing here but wiring.
+Mounts `pipeline.models_page` under `/cryptobots-models` and `pipeline.arbitrage_page`
+under `/cryptobots-arbitrage`, and adds a "Models" and an "Arbitrage" entry to the UI's
+navigation that frame them. Every route is guarded by Airflow's own auth: the signed-in
+user must be allowed to read the `promote` DAG (Models) or the `arbitrage_report` DAG
+(Arbitrage). The data comes from `pipeline/registry.py` and `pipeline/arbitrage/report.py`;
+nothing here but wiring.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from airflow.api_fastapi.core_api.security import requires_access_dag
 from airflow.plugins_manager import AirflowPlugin
 from sqlalchemy.engine import Engine
 
+from pipeline.arbitrage_page import REPORT_DAG_ID
+from pipeline.arbitrage_page import create_app as create_arbitrage_app
 from pipeline.models_page import PROMOTE_DAG_ID, create_app
 
 URL_PREFIX = "/cryptobots-models"
+ARBITRAGE_URL_PREFIX = "/cryptobots-arbitrage"
 
 
 @cache
@@ -30,7 +35,7 @@ def registry_engine() -> Engine:
 
 
 class CryptobotsModelsPlugin(AirflowPlugin):
-    """Registered model versions, the champion and a Promote button."""
+    """Registered model versions, the champion and a Promote button; arbitrage reports."""
 
     name = "cryptobots_models"
     fastapi_apps: ClassVar[list[dict[str, Any]]] = [
@@ -41,7 +46,15 @@ class CryptobotsModelsPlugin(AirflowPlugin):
                 registry_engine,
                 guard=requires_access_dag("GET", param_dag_id=PROMOTE_DAG_ID),
             ),
-        }
+        },
+        {
+            "name": "cryptobots arbitrage",
+            "url_prefix": ARBITRAGE_URL_PREFIX,
+            "app": create_arbitrage_app(
+                registry_engine,
+                guard=requires_access_dag("GET", param_dag_id=REPORT_DAG_ID),
+            ),
+        },
     ]
     external_views: ClassVar[list[dict[str, Any]]] = [
         {
@@ -49,5 +62,11 @@ class CryptobotsModelsPlugin(AirflowPlugin):
             "href": f"{URL_PREFIX.lstrip('/')}/",
             "destination": "nav",
             "url_route": "models",
-        }
+        },
+        {
+            "name": "Arbitrage",
+            "href": f"{ARBITRAGE_URL_PREFIX.lstrip('/')}/",
+            "destination": "nav",
+            "url_route": "arbitrage",
+        },
     ]

@@ -203,7 +203,8 @@ def test_inside_airflow_the_page_needs_a_login_and_its_button_triggers_promote(
     assert [v["version"] for v in report["models"][0]["versions"]] == registry["versions"][::-1]
     assert report["models"][0]["champion"] == alias(registry["engine"], NAME)["version"]
     assert {(v["name"], v["href"], v["url_route"], v["destination"]) for v in report["views"]} == {
-        ("Models", "cryptobots-models/", "models", "nav")
+        ("Models", "cryptobots-models/", "models", "nav"),
+        ("Arbitrage", "cryptobots-arbitrage/", "arbitrage", "nav"),
     }
     status, run = report["trigger"]
     assert status == 200, run

@@ -1,4 +1,4 @@
-"""Arbitrage on one exchange: cycles of markets that pay after fees, sized against depth.
+"""Arbitrage: cycles inside one exchange and spreads across venues that pay after fees.
 
 - `graph`: the exchange as a graph of currencies (two weighted edges per market), every
   3-cycle through the home currency as index arrays re-evaluated on each book update
@@ -7,10 +7,23 @@
 - `sizing`: the most profitable size of a cycle, walking every leg's order-book levels,
   rounded to the market's amount step and above its minimum amount and cost
   (`size_cycle`).
+- `cross`: the net spread of buying an asset on one venue and selling it on another after
+  both taker fees, both rebalancing withdrawals and the quote conversion, with the
+  inventory it needs on each side (`cross_opportunities`).
+- `study` (imported on its own): the same figures over stored candles, for the
+  `arbitrage study` command; `report`: the `arbitrage_report` DAG's task.
 
 Pure numpy and the standard library: no ccxt, Airflow or TensorFlow import.
 """
 
+from pipeline.arbitrage.cross import (
+    CrossCosts,
+    CrossOpportunity,
+    Transfer,
+    VenueQuote,
+    cross_opportunities,
+    net_spread_bps,
+)
 from pipeline.arbitrage.graph import (
     ArbitrageConfig,
     Cycle,
@@ -25,6 +38,8 @@ from pipeline.arbitrage.sizing import AmountRules, CycleSize, LegFill, size_cycl
 __all__ = [
     "AmountRules",
     "ArbitrageConfig",
+    "CrossCosts",
+    "CrossOpportunity",
     "Cycle",
     "CycleSearch",
     "CycleSize",
@@ -32,6 +47,10 @@ __all__ = [
     "Leg",
     "LegFill",
     "MarketSpec",
+    "Transfer",
     "Triangles",
+    "VenueQuote",
+    "cross_opportunities",
+    "net_spread_bps",
     "size_cycle",
 ]

@@ -394,3 +394,21 @@ arb_balances = sa.Table(
     sa.PrimaryKeyConstraint("account", "exchange", "asset"),
     comment="the paper arbitrage account's balances (live balances are the exchange's)",
 )
+
+arbitrage_reports = sa.Table(
+    "arbitrage_reports",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(16), nullable=False, comment="triangle or cross"),
+    sa.Column("group_name", sa.String(250), nullable=False, comment="the studied markets"),
+    sa.Column("interval_start", Timestamp, nullable=False, comment="first candle open studied"),
+    sa.Column("interval_end", Timestamp, nullable=False, comment="exclusive"),
+    sa.Column("stats", sa.JSON, nullable=False, comment="the study's result for the group"),
+    sa.Column("plot_path", sa.Text, nullable=True, comment="PNG under var_dir"),
+    sa.Column("created_at", Timestamp, nullable=False, server_default=sa.func.now()),
+    sa.UniqueConstraint(
+        "kind", "group_name", "interval_start", name="uq_arbitrage_reports_group_interval"
+    ),
+    sa.Index("ix_arbitrage_reports_interval_start", "interval_start"),
+    comment="the arbitrage_report DAG's daily study of each triangle and venue group",
+)

@@ -1,0 +1,131 @@
+"""The Arbitrage page: the latest `arbitrage_reports` rows (one per group and day, written
+by the `arbitrage_report` DAG) with their headline figures and plots, as HTML for the
+Airflow UI and as JSON.
+
+A FastAPI app over `pipeline/arbitrage/report.py`, mounted by the Airflow plugin
+(`plugins/cryptobots_models.py`) beside the Models page with Airflow's own authorization
+check as `guard`: only a signed-in user allowed to read the `arbitrage_report` DAG sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi.responses import FileResponse, HTMLResponse
+from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy.engine import Engine
+
+from pipeline.errors import ConfigurationError
+
+REPORT_DAG_ID = "arbitrage_report"
+
+
+def report_summaries(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest reports, each with its headline figures (JSON-ready)."""
+    from pipeline.arbitrage.report import latest_reports
+
+    summaries = []
+    for row in latest_reports(engine, limit):
+        stats = row["stats"] or {}
+        best = stats.get("best") or {}
+        percentiles = (best.get("distribution") or {}).get("percentiles") or {}
+        dropped = stats.get("dropped") or {}
+        summaries.append(
+            {
+                "id": row["id"],
+                "kind": row["kind"],
+                "group": row["group_name"],
+                "interval_start": row["interval_start"].isoformat(),
+                "interval_end": row["interval_end"].isoformat(),
+                "created_at": row["created_at"].isoformat(),
+                "timeframe": stats.get("timeframe"),
+                "slots": stats.get("slots", 0),
+                "observations": stats.get("observations", 0),
+                "missing": dropped.get("missing", 0),
+                "quarantined": dropped.get("quarantined", 0),
+                "median_bps": percentiles.get("p50"),
+                "max_bps": (best.get("distribution") or {}).get("max"),
+                "share_above": (best.get("above") or {}).get("share"),
+                "threshold_bps": stats.get("threshold_bps"),
+                "longest_run_minutes": (best.get("runs") or {}).get("max_minutes"),
+                "profit": (best.get("profit") or {}).get("total"),
+                "profit_currency": stats.get("profit_currency"),
+                "has_plot": bool(row["plot_path"]),
+            }
+        )
+    return summaries
+
+
+@cache
+def _templates() -> Environment:
+    return Environment(
+        loader=PackageLoader("pipeline", "templates"),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def render_page(reports: list[dict[str, Any]], dag_id: str = REPORT_DAG_ID) -> str:
+    """The HTML page (every link relative, so it works under any base URL and proxy)."""
+    from pipeline.arbitrage.study import CAVEATS
+
+    return (
+        _templates()
+        .get_template("arbitrage.html")
+        .render(reports=reports, dag_id=dag_id, caveats=CAVEATS)
+    )
+
+
+def create_app(
+    get_engine: Callable[[], Engine],
+    guard: Callable[..., Any] | None = None,
+    dag_id: str = REPORT_DAG_ID,
+) -> FastAPI:
+    """The page (`/`), its data (`/api/reports`) and the plots (`/plots/{id}.png`).
+
+    `guard` is a FastAPI dependency run before every route (Airflow's auth check in the
+    plugin); without one the app is open, which only tests and local tools should use.
+    """
+    dependencies = [Depends(guard)] if guard is not None else []
+    app = FastAPI(
+        title="cryptobots arbitrage",
+        dependencies=dependencies,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    def database() -> Engine:
+        try:
+            engine = get_engine()
+            with engine.connect():
+                return engine
+        except (ConfigurationError, sa.exc.OperationalError) as error:
+            reason = getattr(error, "orig", None) or error
+            raise HTTPException(
+                503, f"the arbitrage reports' database is unreachable: {reason}"
+            ) from None
+
+    @app.get("/", response_class=HTMLResponse)
+    def page(limit: int = Query(50, ge=1, le=500)) -> str:
+        return render_page(report_summaries(database(), limit), dag_id)
+
+    @app.get("/api/reports")
+    def reports(limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
+        return report_summaries(database(), limit)
+
+    @app.get("/plots/{report_id}.png")
+    def plot(report_id: int) -> FileResponse:
+        from pipeline.arbitrage.report import plot_path
+
+        path = plot_path(database(), report_id)
+        if path is None:
+            raise HTTPException(404, f"arbitrage report {report_id} has no plot on this host")
+        return FileResponse(path, media_type="image/png")
+
+    return app
