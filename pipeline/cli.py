@@ -202,6 +202,17 @@ def _parser() -> argparse.ArgumentParser:
         help="report folder (default: <var_dir>/reports/arbitrage/<UTC timestamp>/)",
     )
     study.set_defaults(handler=_arbitrage_study)
+    scan = arbitrage_commands.add_parser(
+        "scan",
+        help="cross-exchange spreads on the venues' live books (report only: nothing is sent)",
+    )
+    scan.add_argument(
+        "--min-spread-bps",
+        type=float,
+        help="net spread that counts (default: arbitrage.study_threshold_bps)",
+    )
+    scan.add_argument("--json", action="store_true", help="print JSON instead of text")
+    scan.set_defaults(handler=_arbitrage_scan)
 
     pools = commands.add_parser("airflow-pools", help="create the pool of each exchange in Airflow")
     pools.set_defaults(handler=_airflow_pools)
@@ -367,6 +378,14 @@ def _arbitrage_study(settings: Settings, args: argparse.Namespace) -> int:
     print()
     print(render_text(report))
     print(f"\nreport: {out / 'report.txt'}, {out / 'report.json'}")
+    return 0
+
+
+def _arbitrage_scan(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.arbitrage.scan import render, scan
+
+    report = scan(settings, min_spread_bps=args.min_spread_bps)
+    print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 
 
