@@ -78,6 +78,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--state-file", type=Path, help="keep balances and orders across restarts")
     sim.add_argument(
+        "--consistent-books",
+        action="store_true",
+        help="centre each cross market's book (ETH/BTC) on its two legs' mids (ETH/USDT, "
+        "BTC/USDT), so triangles have no edge beyond the spreads",
+    )
+    sim.add_argument(
+        "--plant",
+        action="append",
+        default=[],
+        metavar="SYMBOL:BPS:SECONDS",
+        help="plant a mispricing from the start, e.g. ETHBTC:40:600 (repeatable; at run "
+        "time: POST /sim/plant)",
+    )
+    sim.add_argument(
         "--balance",
         action="append",
         default=[],
@@ -272,6 +286,8 @@ def _simulator(settings: Settings, args: argparse.Namespace) -> int:
             fault_timeout_seconds=args.fault_timeout,
             api_keys=tuple(tuple(k.split(":", 1)) for k in args.api_key),  # type: ignore[misc]
             state_file=args.state_file,
+            consistent_books=args.consistent_books,
+            plants=tuple(_plant(text) for text in args.plant),
             initial_balances=tuple(
                 (asset.upper(), float(amount))
                 for asset, amount in (b.split("=", 1) for b in args.balance)
@@ -283,6 +299,18 @@ def _simulator(settings: Settings, args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as error:
         raise ConfigurationError(f"simulator: {error}") from None
     return 0
+
+
+def _plant(text: str) -> object:
+    from pipeline.exchanges.simulator.market import Plant
+
+    try:
+        symbol, bps, seconds = text.split(":")
+        return Plant(symbol, float(bps), float(seconds))
+    except ValueError as error:
+        raise ValueError(
+            f"--plant {text!r}: write SYMBOL:BPS:SECONDS, e.g. ETHBTC:40:600 ({error})"
+        ) from None
 
 
 def _backfill(settings: Settings, args: argparse.Namespace) -> int:

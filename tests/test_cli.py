@@ -116,3 +116,10 @@ def test_settings_command_masks_the_database_password(
     assert main(["settings"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["db_url"] == "postgresql+psycopg2://trader:***@db:5432/cb"
+
+
+def test_simulator_refuses_a_malformed_plant_naming_the_format(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulator", "--consistent-books", "--plant", "ETHBTC:forty"]) == 2
+    assert "SYMBOL:BPS:SECONDS" in capsys.readouterr().err
