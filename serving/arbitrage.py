@@ -60,6 +60,7 @@ log = logging.getLogger("serving.arbitrage")
 CLIENT_ID_PREFIX = "ab"
 UNWIND_SEQ = 10  # unwind legs are numbered from here, after the cycle's own
 MAX_EXIT_LEGS = 8  # an exit never needs more than the cycle's length; this bounds a loop
+MAX_REFUSED_EXITS = 3  # then the exposure is recorded as left open, for a person to close
 CANDIDATES = 5  # best cycles at the top of the books that are sized against depth
 FILLED = 1 - 1e-9
 
@@ -255,10 +256,7 @@ class ArbitrageTrader:
     def on_books(self, books: Mapping[str, Any], seen: float, now_ms: int) -> str:
         """Detection, sizing, the gate, then the cycle (the part bench (c) times)."""
         self.last_books_ms = now_ms
-        for symbol, book in books.items():
-            self.graph.update_book(symbol, book)
-            bids, asks = book.get("bids"), book.get("asks")
-            self.tops[symbol] = (bids[0][0] if bids else None, asks[0][0] if asks else None)
+        self._observe(books)
         cycles = [self.triangles.cycle(int(i)) for i in self.triangles.evaluate()]
         if self.search is not None:
             cycles += [c for c in self.search.run() if len(c.legs) > 3]
@@ -288,6 +286,13 @@ class ArbitrageTrader:
             log.info("cycle %s refused: %s", _path(cycle), refused)
             return "refused"
         return self._trade(cycle, size, seen, now_ms)
+
+    def _observe(self, books: Mapping[str, Any]) -> None:
+        """Books into the graph's weights and the top of each book."""
+        for symbol, book in books.items():
+            self.graph.update_book(symbol, book)
+            bids, asks = book.get("bids"), book.get("asks")
+            self.tops[symbol] = (bids[0][0] if bids else None, asks[0][0] if asks else None)
 
     def _trade(self, cycle: Cycle, size: CycleSize, seen: float, now_ms: int) -> str:
         oid = opportunity_id(self.account, self.venue, cycle, now_ms)
@@ -352,7 +357,7 @@ class ArbitrageTrader:
                 why = execution.error or f"{execution.status}, {execution.filled} of {amount}"
                 return self._fail(oid, seq, f"leg {seq} {leg.symbol} {leg.side}: {why}")
             have = received
-        return "done" if self._close(oid) else "unwinding"
+        return "done" if self._close_or_recheck(oid) else "unwinding"
 
     def _leg_amount(self, leg: Any, price: float, have: float) -> float:
         """The base amount a leg trades with `have` of its source currency: all of it for
@@ -369,7 +374,14 @@ class ArbitrageTrader:
         store.finish_opportunity(
             self.engine, oid, status="unwinding", failed_leg=seq, reason=reason
         )
-        return "unwound" if self._close(oid) else "unwinding"
+        return "unwound" if self._close_or_recheck(oid) else "unwinding"
+
+    def _close_or_recheck(self, oid: str) -> bool:
+        """`_close`; when something is left open, nothing new starts until it is closed."""
+        closed = self._close(oid)
+        if not closed:
+            self.reconciled = False
+        return closed
 
     def _settle(self, leg: Mapping[str, Any], execution: Execution) -> tuple[float, float]:
         paper = None if self.broker.live else (self.account, self.venue)
@@ -388,10 +400,24 @@ class ArbitrageTrader:
     def _close(self, oid: str) -> bool:
         """Trade every currency the opportunity still holds back to home, then record its
         outcome. False when an exit leg could not be settled (tried again next step)."""
+        if not self.tops:  # after a restart: the minimums need prices
+            self._observe(self._books(self.config.symbols))
         for _ in range(MAX_EXIT_LEGS):
             legs = store.legs_of(self.engine, oid)
             if any(leg["status"] == "pending" for leg in legs):
                 return False
+            refusals = sum(1 for g in legs if g["kind"] == "unwind" and g["status"] == "rejected")
+            if refusals >= MAX_REFUSED_EXITS:
+                held = ", ".join(f"{a} {c}" for c, a in self._exposure(legs).items())
+                log.error(
+                    "cycle %s: exits refused %d times; %s left open", oid[:12], refusals, held
+                )
+                self._record_outcome(
+                    oid,
+                    legs,
+                    stuck=f"exits refused {refusals} times: {held} left open, close it by hand",
+                )
+                return True
             exposure = self._exposure(legs)
             if not exposure:
                 self._record_outcome(oid, legs)

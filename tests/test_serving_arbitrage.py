@@ -385,3 +385,52 @@ def test_paper_daemon_runs_from_serving_requirements_alone_trades_a_plant_and_st
     statuses = rows(engine, "SELECT status FROM arb_opportunities")
     assert [s["status"] for s in statuses] == ["done", "done"]
     assert "s3cret-token" not in log.read_text()
+
+
+def test_a_refused_exit_holds_new_cycles_until_the_exposure_is_closed(
+    sim: Running, fresh_pg, tmp_path: Path
+) -> None:
+    engine = fresh_pg()
+    trader = trader_for(settings_for(sim, engine, tmp_path), engine, live=True)
+    plant(sim)
+    leg_fault(sim, symbol="BTCUSDT", kind="reject", count=2)  # the last leg, then its exit
+    assert trader.step() == "unwinding"
+    [first] = rows(engine, "SELECT id, status FROM arb_opportunities")
+    assert first["status"] == "unwinding"
+    assert trader.status()["ready"] is False
+    assert trader.step() == "done"  # closes the first one, then trades the next
+    opportunities = rows(engine, "SELECT id, status FROM arb_opportunities ORDER BY detected_ms")
+    assert [o["status"] for o in opportunities] == ["unwound", "done"]
+    legs = rows(
+        engine,
+        "SELECT kind, symbol, status FROM arb_legs WHERE opportunity_id = :id ORDER BY seq",
+        id=first["id"],
+    )
+    assert [(g["kind"], g["status"]) for g in legs] == [
+        ("cycle", "filled"),
+        ("cycle", "filled"),
+        ("cycle", "rejected"),
+        ("unwind", "rejected"),
+        ("unwind", "filled"),
+    ]
+    assert sim.exchange.accounts.account(KEY).balances.get("BTC", 0.0) < 1e-4
+
+
+def test_an_exposure_whose_exits_keep_being_refused_is_recorded_as_left_open(
+    sim: Running, fresh_pg, tmp_path: Path
+) -> None:
+    engine = fresh_pg()
+    trader = trader_for(settings_for(sim, engine, tmp_path), engine, live=True)
+    plant(sim)
+    leg_fault(sim, symbol="BTCUSDT", kind="reject", count=4)  # the last leg and 3 exits
+    assert trader.step() == "unwinding"
+    assert trader.step() == "reconciling"
+    assert trader.step() == "reconciling"
+    # the third refusal ends it; what is left open counts as lost: the day's limit halts
+    assert trader.step() == "refused"
+    [first] = rows(engine, "SELECT * FROM arb_opportunities")
+    assert first["status"] == "unwound"
+    assert first["realized_profit"] == pytest.approx(-first["realized_start"])
+    assert trader.risk.state == "HALTED"
+    assert "exits refused 3 times" in first["reason"]
+    assert "BTC left open, close it by hand" in first["reason"]
