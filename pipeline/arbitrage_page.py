@@ -10,16 +10,13 @@ check as `guard`: only a signed-in user allowed to read the `arbitrage_report` D
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
 from typing import Any
 
-import sqlalchemy as sa
-from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse
-from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy.engine import Engine
 
-from pipeline.errors import ConfigurationError
+from pipeline.ui_pages import connected_engine, page_app, templates
 
 REPORT_DAG_ID = "arbitrage_report"
 
@@ -60,22 +57,12 @@ def report_summaries(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
     return summaries
 
 
-@cache
-def _templates() -> Environment:
-    return Environment(
-        loader=PackageLoader("pipeline", "templates"),
-        autoescape=select_autoescape(["html"]),
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-
-
 def render_page(reports: list[dict[str, Any]], dag_id: str = REPORT_DAG_ID) -> str:
     """The HTML page (every link relative, so it works under any base URL and proxy)."""
     from pipeline.arbitrage.study import CAVEATS
 
     return (
-        _templates()
+        templates()
         .get_template("arbitrage.html")
         .render(reports=reports, dag_id=dag_id, caveats=CAVEATS)
     )
@@ -91,25 +78,9 @@ def create_app(
     `guard` is a FastAPI dependency run before every route (Airflow's auth check in the
     plugin); without one the app is open, which only tests and local tools should use.
     """
-    dependencies = [Depends(guard)] if guard is not None else []
-    app = FastAPI(
-        title="cryptobots arbitrage",
-        dependencies=dependencies,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-    )
+    app = page_app("cryptobots arbitrage", guard)
 
-    def database() -> Engine:
-        try:
-            engine = get_engine()
-            with engine.connect():
-                return engine
-        except (ConfigurationError, sa.exc.OperationalError) as error:
-            reason = getattr(error, "orig", None) or error
-            raise HTTPException(
-                503, f"the arbitrage reports' database is unreachable: {reason}"
-            ) from None
+    database = connected_engine(get_engine, "the arbitrage reports' database")
 
     @app.get("/", response_class=HTMLResponse)
     def page(limit: int = Query(50, ge=1, le=500)) -> str:

@@ -12,17 +12,14 @@ session, so every promotion runs the gates and leaves its audit row.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
 from typing import Any
 
-import sqlalchemy as sa
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, Response
-from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy.engine import Engine
 
-from pipeline.errors import ConfigurationError
 from pipeline.registry import CHAMPION, get_version, list_versions, promotion_history
+from pipeline.ui_pages import connected_engine, page_app, templates
 
 PROMOTE_DAG_ID = "promote"
 SHOWN_METRICS = ("sharpe", "total_return", "max_drawdown", "trades", "exposure")
@@ -77,20 +74,10 @@ def plot_bytes(engine: Engine, name: str, version: int) -> bytes | None:
         return handle.read()
 
 
-@cache
-def _templates() -> Environment:
-    return Environment(
-        loader=PackageLoader("pipeline", "templates"),
-        autoescape=select_autoescape(["html"]),
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-
-
 def render_page(models: list[dict[str, Any]], promote_dag_id: str = PROMOTE_DAG_ID) -> str:
     """The HTML page (every link relative, so it works under any base URL and proxy)."""
     return (
-        _templates()
+        templates()
         .get_template("models.html")
         .render(models=models, dag_id=promote_dag_id, shown=SHOWN_METRICS)
     )
@@ -106,25 +93,9 @@ def create_app(
     `guard` is a FastAPI dependency run before every route (Airflow's auth check in the
     plugin); without one the app is open, which only tests and local tools should use.
     """
-    dependencies = [Depends(guard)] if guard is not None else []
-    app = FastAPI(
-        title="cryptobots models",
-        dependencies=dependencies,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-    )
+    app = page_app("cryptobots models", guard)
 
-    def registry() -> Engine:
-        try:
-            engine = get_engine()
-            with engine.connect():
-                return engine
-        except (ConfigurationError, sa.exc.OperationalError) as error:
-            reason = getattr(error, "orig", None) or error
-            raise HTTPException(
-                503, f"the model registry's database is unreachable: {reason}"
-            ) from None
+    registry = connected_engine(get_engine, "the model registry's database")
 
     def summaries(name: str | None) -> list[dict[str, Any]]:
         return model_summaries(registry(), name)
