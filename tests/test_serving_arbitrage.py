@@ -434,3 +434,28 @@ def test_an_exposure_whose_exits_keep_being_refused_is_recorded_as_left_open(
     assert trader.risk.state == "HALTED"
     assert "exits refused 3 times" in first["reason"]
     assert "BTC left open, close it by hand" in first["reason"]
+
+
+def test_on_paper_a_leg_whose_book_moved_away_expires_and_is_unwound_in_the_paper_account(
+    sim: Running, fresh_pg, tmp_path: Path
+) -> None:
+    engine = fresh_pg()
+    trader = trader_for(settings_for(sim, engine, tmp_path), engine)
+    plant(sim)
+    books = trader._books(SYMBOLS)  # seen while ETH/BTC was 40 bps rich
+    httpx.delete(f"{sim.url}/sim/plant").raise_for_status()  # gone before the legs go out
+    assert trader.on_books(books, time.perf_counter(), int(time.time() * 1000)) == "unwound"
+    [opportunity] = rows(engine, "SELECT * FROM arb_opportunities")
+    legs = rows(engine, "SELECT * FROM arb_legs ORDER BY seq")
+    assert [(g["kind"], g["symbol"], g["status"]) for g in legs[:2]] == [
+        ("cycle", "ETH/USDT", "filled"),
+        ("cycle", "ETH/BTC", "expired"),  # its limit was the planted bid
+    ]
+    assert [g["kind"] for g in legs[2:]] == ["unwind"] * len(legs[2:])
+    assert opportunity["failed_leg"] == 1
+    assert opportunity["realized_profit"] < 0
+    balances = {r["asset"]: r["amount"] for r in rows(engine, "SELECT * FROM arb_balances")}
+    assert balances["USDT"] == pytest.approx(10_000.0 + opportunity["realized_profit"], abs=1e-9)
+    assert balances.get("ETH", 0.0) < 1e-4
+    assert balances.get("BTC", 0.0) < 1e-4
+    assert not sim.exchange.accounts.account(KEY).orders, "paper sent an order"
