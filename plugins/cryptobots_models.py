@@ -62,11 +62,14 @@ class CryptobotsModelsPlugin(AirflowPlugin):
             "href": f"{URL_PREFIX.lstrip('/')}/",
             "destination": "nav",
             "url_route": "models",
+            # two or more nav views are folded into a "Plugins" menu unless top level
+            "nav_top_level": True,
         },
         {
             "name": "Arbitrage",
             "href": f"{ARBITRAGE_URL_PREFIX.lstrip('/')}/",
             "destination": "nav",
             "url_route": "arbitrage",
+            "nav_top_level": True,
         },
     ]

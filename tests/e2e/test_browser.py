@@ -310,3 +310,21 @@ def test_the_models_page_shows_the_champion(stack: Stack, ui: AirflowUI, engine:
     finally:
         ui.driver.switch_to.default_content()
     ui.shot("models-page")
+
+
+def test_the_arbitrage_page_is_in_the_navigation_beside_models(stack: Stack, ui: AirflowUI) -> None:
+    ui.ensure_signed_in(ADMIN, stack.password)
+    ui.open("/dags")
+    ui.nav_link("Models")  # both stay top level, not folded into a Plugins menu
+    ui.nav_link("Arbitrage").click()
+    ui.wait().until(ec.url_contains("/plugin/arbitrage"))
+    frame = ui.wait().until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, "iframe[src*='cryptobots-arbitrage']"))
+    )
+    ui.driver.switch_to.frame(frame)
+    try:
+        empty = ui.wait().until(ec.visibility_of_element_located((By.ID, "empty")))
+        assert "arbitrage_report" in empty.text
+    finally:
+        ui.driver.switch_to.default_content()
+    ui.shot("arbitrage-page")
