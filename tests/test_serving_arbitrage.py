@@ -4,6 +4,7 @@ cycle settles it on restart without sending a leg twice."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -226,6 +227,21 @@ def test_gate_caps_cycles_per_hour_and_notional() -> None:
     assert gate.check(10.0, now + 3_600_001) is None
 
 
+def daemon_env(sim: Running, engine: Engine, tmp_path: Path) -> dict[str, str]:
+    """The environment of a `python -m serving --strategy arbitrage` on this simulator."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
+    return env | {
+        "CRYPTOBOTS_VAR_DIR": str(tmp_path / "var"),
+        "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
+        "CRYPTOBOTS_EXCHANGES__BINANCE__URL": sim.url,
+        "CRYPTOBOTS_ARBITRAGE__SYMBOLS": json.dumps(SYMBOLS),
+        "CRYPTOBOTS_ARBITRAGE__MIN_EDGE_BPS": "1",
+        "CRYPTOBOTS_ARBITRAGE__MAX_CYCLE_NOTIONAL": "500",
+        "CRYPTOBOTS_ARBITRAGE__POLL_SECONDS": "0.1",
+        "CRYPTOBOTS_SERVING__PORT": "0",
+    }
+
+
 @contextmanager
 def trader_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
     handle = log.open("a")
@@ -271,20 +287,11 @@ def test_sigkill_in_the_middle_of_a_cycle_then_restart_sends_no_leg_twice_and_cl
     the plant is gone (expires unfilled, and the first leg's ETH must be unwound)."""
     engine = fresh_pg()
     log = tmp_path / "trader.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
-    env |= {
-        "CRYPTOBOTS_VAR_DIR": str(tmp_path / "var"),
-        "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
-        "CRYPTOBOTS_EXCHANGES__BINANCE__URL": sim.url,
+    env = daemon_env(sim, engine, tmp_path) | {
         "CRYPTOBOTS_EXCHANGES__BINANCE__CREDENTIALS": "env:SIMKEYS",
         "CRYPTOBOTS_TRADING_MODE": "live",
         "SIMKEYS_API_KEY": KEY,
         "SIMKEYS_SECRET": SECRET,
-        "CRYPTOBOTS_ARBITRAGE__SYMBOLS": '["BTC/USDT", "ETH/USDT", "ETH/BTC"]',
-        "CRYPTOBOTS_ARBITRAGE__MIN_EDGE_BPS": "1",
-        "CRYPTOBOTS_ARBITRAGE__MAX_CYCLE_NOTIONAL": "500",
-        "CRYPTOBOTS_ARBITRAGE__POLL_SECONDS": "0.1",
-        "CRYPTOBOTS_SERVING__PORT": "0",
     }
     leg_fault(sim, symbol="ETHBTC", kind="delay", count=1, seconds=4.0)
     with trader_process(env, log) as process:
@@ -340,16 +347,8 @@ def test_paper_daemon_runs_from_serving_requirements_alone_trades_a_plant_and_st
 ) -> None:
     engine = fresh_pg()
     log = tmp_path / "trader.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
-    env |= {
-        "CRYPTOBOTS_VAR_DIR": str(tmp_path / "var"),
-        "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
-        "CRYPTOBOTS_EXCHANGES__BINANCE__URL": sim.url,
-        "CRYPTOBOTS_ARBITRAGE__MIN_EDGE_BPS": "1",
-        "CRYPTOBOTS_ARBITRAGE__MAX_CYCLE_NOTIONAL": "500",
+    env = daemon_env(sim, engine, tmp_path) | {
         "CRYPTOBOTS_ARBITRAGE__MAX_CYCLES_PER_HOUR": "2",
-        "CRYPTOBOTS_ARBITRAGE__POLL_SECONDS": "0.1",
-        "CRYPTOBOTS_SERVING__PORT": "0",
         "CRYPTOBOTS_SERVING__CONTROL_TOKEN": "s3cret-token",
     }
     with log.open("a") as handle:
