@@ -40,8 +40,10 @@ from pipeline.arbitrage import (
     CycleSearch,
     CycleSize,
     ExchangeGraph,
+    Leg,
     MarketSpec,
     Triangles,
+    leg_receives,
     size_cycle,
 )
 from pipeline.errors import ConfigurationError, CryptobotsError
@@ -504,8 +506,9 @@ class ArbitrageTrader:
         best, best_value = None, -1.0
         for path in paths:
             value = amount
-            for symbol, side, _, _ in path:
-                value = _walk(books[symbol], side, value, self.fees[symbol])
+            for symbol, side, source, target in path:
+                leg = Leg(symbol, side, source, target, self.fees[symbol])  # type: ignore[arg-type]
+                value = leg_receives(leg, books[symbol], value)
             if value > best_value:
                 best, best_value = path[0], value
         return best
@@ -519,7 +522,8 @@ class ArbitrageTrader:
             amount = rules.round_amount(have)
         else:
             book = self._books([symbol])[symbol]
-            amount = rules.round_amount(_base_for(book, have) * (1 - 1e-6))
+            at_market = Leg(symbol, "buy", source, target, 0.0)  # base before the fee
+            amount = rules.round_amount(leg_receives(at_market, book, have) * (1 - 1e-6))
         row = {
             "client_order_id": leg_client_id(oid, seq),
             "opportunity_id": oid,
@@ -668,30 +672,3 @@ class ArbitrageTrader:
 
 def _path(cycle: Cycle) -> str:
     return " -> ".join(cycle.currencies)
-
-
-def _walk(book: Mapping[str, Any], side: str, amount: float, fee: float) -> float:
-    """What `amount` of a leg's source currency returns at market, after the fee."""
-    levels = book.get("asks" if side == "buy" else "bids") or []
-    got, left = 0.0, amount
-    for price, size in ((float(p), float(q)) for p, q, *_ in levels):
-        if left <= 0:
-            break
-        if side == "sell":
-            take = min(left, size)
-            got, left = got + take * price, left - take
-        else:
-            take = min(left / price, size)
-            got, left = got + take, left - take * price
-    return got * (1 - fee)
-
-
-def _base_for(book: Mapping[str, Any], quote: float) -> float:
-    """How much base `quote` buys at market, walking the asks."""
-    got, left = 0.0, quote
-    for price, size in ((float(p), float(q)) for p, q, *_ in book.get("asks") or []):
-        take = min(left / price, size)
-        got, left = got + take, left - take * price
-        if left <= 0:
-            break
-    return got

@@ -379,3 +379,14 @@ def test_package_imports_neither_ccxt_nor_airflow_nor_tensorflow() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_leg_receives_walks_the_book_with_the_fee_and_stops_at_its_depth() -> None:
+    from pipeline.arbitrage import Leg, leg_receives
+
+    book = {"bids": [[100.0, 1.0], [99.0, 2.0]], "asks": [[101.0, 1.0], [102.0, 1.0]]}
+    sell = Leg("X/USDT", "sell", "X", "USDT", 0.001)
+    assert leg_receives(sell, book, 2.0) == pytest.approx((100.0 + 99.0) * 0.999)
+    assert leg_receives(sell, book, 10.0) == pytest.approx((100.0 + 2 * 99.0) * 0.999)
+    buy = Leg("X/USDT", "buy", "USDT", "X", 0.0)
+    assert leg_receives(buy, book, 101.0 + 51.0) == pytest.approx(1.5)

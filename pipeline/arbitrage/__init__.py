@@ -33,7 +33,7 @@ from pipeline.arbitrage.graph import (
     MarketSpec,
     Triangles,
 )
-from pipeline.arbitrage.sizing import AmountRules, CycleSize, LegFill, size_cycle
+from pipeline.arbitrage.sizing import AmountRules, CycleSize, LegFill, leg_receives, size_cycle
 
 __all__ = [
     "AmountRules",
@@ -51,6 +51,7 @@ __all__ = [
     "Triangles",
     "VenueQuote",
     "cross_opportunities",
+    "leg_receives",
     "net_spread_bps",
     "size_cycle",
 ]

@@ -146,6 +146,13 @@ class _Curve:
         )
 
 
+def leg_receives(leg: Leg, book: OrderBook, paid: float) -> float:
+    """What a leg receives for `paid` of its source currency at market, walking its side of
+    `book` with its taker fee, before rounding (at most what the book's depth carries)."""
+    curve = _Curve.of(leg, book)
+    return float(curve.forward(paid)) if curve.prices.size else 0.0
+
+
 def size_cycle(
     cycle: Cycle,
     books: Mapping[str, OrderBook],
