@@ -60,6 +60,12 @@ MARKETS = [str(m) for m in (TRAINING.markets or SETTINGS.markets[:1])]
             TRAINING.episode_length, type="integer", minimum=2, description="decisions per episode"
         ),
         "seed": Param(TRAINING.seed, type="integer", minimum=0),
+        "ensemble": Param(
+            TRAINING.ensemble,
+            type="integer",
+            minimum=1,
+            description="seeds trained per algorithm, exported as one averaged policy",
+        ),
         "shorting": Param(TRAINING.shorting, type="boolean"),
         "auto_promote": Param(
             False, type="boolean", description="gate the best run and promote it if it passes"
@@ -99,6 +105,7 @@ def train() -> None:
                     "decision_every": params["decision_every"],
                     "episode_length": params["episode_length"],
                     "seed": params["seed"],
+                    "ensemble": params["ensemble"],
                     "shorting": params["shorting"],
                 },
             }

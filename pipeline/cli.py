@@ -129,6 +129,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, help="seed of weights, exploration and episodes")
     train.add_argument("--shorting", action="store_true", help="allow short positions")
     train.add_argument(
+        "--ensemble",
+        type=int,
+        metavar="K",
+        help="seeds per algorithm averaged into one policy (default training.ensemble)",
+    )
+    train.add_argument(
         "--walk-forward",
         type=int,
         metavar="N",
@@ -501,6 +507,7 @@ def _train_fold(settings, engine, market, train, valid, args) -> dict:  # type: 
             decision_every=args.decision_every,
             seed=args.seed,
             shorting=args.shorting or None,
+            ensemble=args.ensemble,
         )
         run_id = train_candidate(settings, engine, request, snapshot, progress=not args.quiet)
         evaluation = evaluate_run(settings, engine, run_id)

@@ -287,6 +287,12 @@ class TrainingSettings(BaseModel):
     fee_bps: float = Field(default=10.0, ge=0, description="taker fee, basis points")
     slippage_bps: float = Field(default=5.0, ge=0, description="slippage, basis points")
     seed: int = Field(default=0, ge=0, description="seed of weights, exploration, episodes")
+    ensemble: int = Field(
+        default=5,
+        ge=1,
+        description="models trained per algorithm with different seeds and exported as one "
+        "policy that averages their action probabilities (A2C) or Q-values (DQN)",
+    )
 
 
 class PromotionSettings(BaseModel):

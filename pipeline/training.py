@@ -39,7 +39,13 @@ from pipeline.evaluate import (
     metrics_table,
     plot_equity,
 )
-from pipeline.export import Lineage, check_parity, export_onnx, parity_observations
+from pipeline.export import (
+    OUTPUT_NAMES,
+    Lineage,
+    check_parity,
+    export_onnx,
+    parity_observations,
+)
 from pipeline.features import (
     Candles,
     FeatureSpec,
@@ -95,12 +101,18 @@ class TrainRequest:
     fee_bps: float = 10.0
     slippage_bps: float = 5.0
     seed: int = 0
+    ensemble: int = 1
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ConfigurationError(
                 f"algorithm {self.algorithm!r} is not known: use one of {', '.join(ALGORITHMS)}"
+            )
+        if self.ensemble < 1:
+            raise ConfigurationError(
+                f"ensemble must be at least 1 member, got {self.ensemble}: set "
+                "training.ensemble (CRYPTOBOTS_TRAINING__ENSEMBLE) to 1 or more"
             )
         if self.valid.start < self.train.end:
             raise ConfigurationError(
@@ -130,6 +142,7 @@ class TrainRequest:
             "fee_bps": t.fee_bps,
             "slippage_bps": t.slippage_bps,
             "seed": t.seed,
+            "ensemble": t.ensemble,
         }
         chosen = {**defaults, **{k: v for k, v in changes.items() if v is not None}}
         return cls(algorithm=algorithm, market=market, train=train, valid=valid, **chosen)
@@ -145,6 +158,12 @@ class TrainRequest:
         from pipeline.rl.env import LONG_FLAT, LONG_FLAT_SHORT
 
         return LONG_FLAT_SHORT if self.shorting else LONG_FLAT
+
+    @property
+    def member_seeds(self) -> tuple[int, ...]:
+        """Seeds of the ensemble's members: disjoint for different master seeds, and the
+        master seed itself for a single model."""
+        return tuple(self.seed * self.ensemble + k for k in range(self.ensemble))
 
 
 @dataclass(frozen=True)
@@ -371,6 +390,7 @@ def train_candidate(
     """Train one agent on the snapshot's training window; record and return its run id."""
     from pipeline.rl import actor_critic, dqn
     from pipeline.rl.env import EnvConfig, TradingEnv
+    from pipeline.rl.networks import ensemble_of
 
     snapshot = load_snapshot(snapshot_path)
     if (snapshot.market, snapshot.train, snapshot.valid) != (
@@ -392,21 +412,19 @@ def train_candidate(
         fee_bps=request.fee_bps,
         slippage_bps=request.slippage_bps,
     )
-    if request.algorithm == "dqn":
-        module: Any = dqn
-        config: Any = dqn.DQNConfig(
-            total_steps=request.steps, seed=request.seed, **request.overrides
-        )
-    else:
-        module = actor_critic
-        config = actor_critic.A2CConfig(
-            total_steps=request.steps, seed=request.seed, **request.overrides
-        )
+    module: Any = dqn if request.algorithm == "dqn" else actor_critic
+    make_config = dqn.DQNConfig if request.algorithm == "dqn" else actor_critic.A2CConfig
+    configs = [
+        make_config(total_steps=request.steps, seed=seed, **request.overrides)
+        for seed in request.member_seeds
+    ]
     params = {
         "algorithm": request.algorithm,
-        "config": dataclasses.asdict(config),
+        "config": dataclasses.asdict(configs[0]),
         "env": dataclasses.asdict(env_config),
         "decision_every": request.decision_every,
+        "ensemble": request.ensemble,
+        "member_seeds": list(request.member_seeds),
     }
     start_run(
         engine,
@@ -429,21 +447,25 @@ def train_candidate(
     )
     try:
         env = TradingEnv(prepared.train, env_config)
-        result = module.train(
-            config,
-            env,
-            prepared.spec.mean,
-            prepared.spec.std,
-            directory,
-            require_gpu=settings.require_gpu,
-            progress=progress,
-            on_chunk=on_chunk,
-        )
+        results = [
+            module.train(
+                config,
+                env,
+                prepared.spec.mean,
+                prepared.spec.std,
+                directory / f"member-{k}" if request.ensemble > 1 else directory,
+                require_gpu=settings.require_gpu,
+                progress=progress,
+                on_chunk=on_chunk,
+            )
+            for k, config in enumerate(configs)
+        ]
+        policy = ensemble_of([r.model for r in results], OUTPUT_NAMES[request.algorithm])
         model_path = directory / "model.keras"
-        result.model.save(model_path)
+        policy.save(model_path)
         (directory / "feature_spec.json").write_text(prepared.spec.to_json() + "\n")
         onnx_path = export_onnx(
-            result.model,
+            policy,
             Lineage(
                 algorithm=request.algorithm,
                 feature_spec=prepared.spec,
@@ -460,7 +482,7 @@ def train_candidate(
             directory / "policy.onnx",
         )
         parity = check_parity(
-            result.model,
+            policy,
             onnx_path,
             parity_observations(prepared.parity_features, request.action_map),
         )
@@ -480,11 +502,11 @@ def train_candidate(
         engine,
         run_id,
         "trained",
-        device=result.device,
-        env_steps=result.env_steps,
-        updates=result.updates,
-        train_seconds=result.seconds,
-        params={**params, "device": result.device},
+        device=results[0].device,
+        env_steps=sum(r.env_steps for r in results),
+        updates=sum(r.updates for r in results),
+        train_seconds=sum(r.seconds for r in results),
+        params={**params, "device": results[0].device},
         artifacts={
             "run_dir": str(directory),
             "snapshot": str(snapshot_path),

@@ -147,6 +147,38 @@ def test_trained_and_evaluated_runs_record_their_lineage_and_metrics(
     assert best["run_id"] == max(sharpes, key=sharpes.get)
 
 
+def test_an_ensemble_exports_one_policy_averaging_its_members_probabilities(
+    settings: Settings, engine: Engine
+) -> None:
+    import onnxruntime as ort
+
+    snapshot = snapshot_window(settings, engine, BTC, TRAIN, VALID)
+    ensemble = train_candidate(settings, engine, request("a2c", seed=3, ensemble=2), snapshot)
+    run = get_run(engine, ensemble)
+    assert run["params"]["member_seeds"] == [6, 7]
+    assert run["metrics"]["parity_max_abs_diff"] <= 1e-5
+    members = [
+        get_run(engine, train_candidate(settings, engine, request("a2c", seed=s), snapshot))
+        for s in (6, 7)
+    ]
+    width = ort.InferenceSession(run["artifacts"]["onnx"]).get_inputs()[0].shape[1]
+    obs = np.random.default_rng(0).normal(size=(64, width)).astype(np.float32)
+    obs[:, -1] = np.arange(64) % 2
+
+    def probabilities(path: str) -> np.ndarray:
+        logits = ort.InferenceSession(path).run(None, {"obs": obs})[0]
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    expected = np.mean([probabilities(m["artifacts"]["onnx"]) for m in members], axis=0)
+    np.testing.assert_allclose(probabilities(run["artifacts"]["onnx"]), expected, atol=1e-5)
+
+
+def test_an_ensemble_of_no_members_is_refused_naming_the_setting() -> None:
+    with pytest.raises(ConfigurationError, match="CRYPTOBOTS_TRAINING__ENSEMBLE"):
+        request("dqn", ensemble=0)
+
+
 def test_a_run_that_crashes_is_recorded_as_failed_with_the_error(
     settings: Settings, engine: Engine
 ) -> None:
@@ -173,7 +205,7 @@ def test_train_command_prints_metrics_beside_the_baselines_and_saves_the_plot(
     command = [sys.executable, "-m", "pipeline", "train", "--market", str(BTC)]
     command += ["--train-start", "2019-10-01", "--train-end", "2019-12-01"]
     command += ["--valid-end", "2020-01-01", "--steps", "20000", "--envs", "16", "--quiet"]
-    command += ["--episode-length", "20"]
+    command += ["--episode-length", "20", "--ensemble", "2"]
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("policy", "buy_and_hold", "flat", "momentum", "best by validation Sharpe"):

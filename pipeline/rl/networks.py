@@ -103,3 +103,33 @@ def policy_of(model: keras.Model) -> keras.Model:
     if len(model.outputs) == 1:
         return model
     return keras.Model(model.inputs[0], model.outputs[0], name="policy")
+
+
+def ensemble_of(policies: Sequence[keras.Model], kind: str) -> keras.Model:
+    """One policy network averaging several trained ones: obs -> scores of the same kind.
+
+    Q-values (`kind` "q_values") are averaged. Logits ("logits") are combined so that
+    their softmax is the average of the members' action probabilities: the log of the
+    mean probability, computed as logsumexp of the members' log-softmax minus log K (no
+    log of zero). One member is returned unchanged.
+    """
+    if not policies:
+        raise ValueError("an ensemble needs at least one member")
+    if kind not in ("q_values", "logits"):
+        raise ValueError(f"unknown score kind {kind!r}: q_values or logits")
+    if len(policies) == 1:
+        return policies[0]
+    obs = keras.Input(tuple(policies[0].inputs[0].shape[1:]), name="obs", dtype="float32")
+    scores = [
+        keras.ops.cast(
+            keras.Model(policy.inputs[0], policy.outputs[0], name=f"member_{k}")(obs), "float32"
+        )
+        for k, policy in enumerate(policies)
+    ]
+    stacked = keras.ops.stack(scores, axis=0)
+    if kind == "q_values":
+        combined = keras.ops.mean(stacked, axis=0)
+    else:
+        log_probs = keras.ops.log_softmax(stacked, axis=-1)
+        combined = keras.ops.logsumexp(log_probs, axis=0) - np.log(len(policies))
+    return keras.Model(obs, keras.layers.Identity(name=kind, dtype="float32")(combined))
