@@ -3,13 +3,17 @@
 
 Nightly retraining of the trading agents on the candles stored by `market_data`.
 
-For each market: **snapshot** the training window and the later validation
-window (relative to the run date, or to the `valid_end` param) into a file so
-every algorithm sees the same data -> **train** each algorithm (one mapped task
-per market and algorithm, routed to the `gpu` queue) -> **evaluate** the greedy
-policy on the validation window beside buy-and-hold, flat and momentum, with the
-same costs -> **select** the best run by validation Sharpe -> **auto_promote** it
-through the promotion gates when the `auto_promote` param is on.
+For each market: **snapshot** the `folds` walk-forward folds ending at the run
+date (or the `valid_end` param): consecutive validation windows of `valid_days`,
+each with the training window right before it, into files so every algorithm sees
+the same data -> **train** each algorithm on each fold (one mapped task per market,
+fold and algorithm, routed to the `gpu` queue; `ensemble` seeds averaged into one
+policy) -> **evaluate** each greedy policy on its fold beside buy-and-hold, flat and
+momentum, with the same costs -> **select** per market the algorithm with the best
+median fold Sharpe, with its evidence (chained out-of-sample Sharpe, worst fold,
+probabilistic and deflated Sharpe ratios, bootstrap interval); the newest fold's
+model is the candidate -> **auto_promote** it through the promotion gates when the
+`auto_promote` param is on.
 
 Every run is a row of `training_runs` (hyperparameters, data windows, feature
 spec, device, metrics, artifacts). Edit the budget, windows, algorithms, markets
@@ -43,6 +47,12 @@ MARKETS = [str(m) for m in (TRAINING.markets or SETTINGS.markets[:1])]
         "markets": Param(MARKETS, type="array", description="exchange:BASE/QUOTE:timeframe"),
         "train_days": Param(TRAINING.train_days, type="integer", minimum=7),
         "valid_days": Param(TRAINING.valid_days, type="integer", minimum=2),
+        "folds": Param(
+            TRAINING.folds,
+            type="integer",
+            minimum=1,
+            description="walk-forward folds of valid_days each; the newest is the candidate",
+        ),
         "valid_end": Param(
             "",
             type="string",
@@ -89,8 +99,16 @@ def train() -> None:
         end_ms = int(end.timestamp() * 1000)  # type: ignore[attr-defined]
         settings = load_settings()
         return [
-            snapshot_job(settings, market, end_ms, params["train_days"], params["valid_days"])
+            fold
             for market in params["markets"]
+            for fold in snapshot_job(
+                settings,
+                market,
+                end_ms,
+                params["train_days"],
+                params["valid_days"],
+                params["folds"],
+            )
         ]
 
     @task
@@ -117,7 +135,10 @@ def train() -> None:
     def train_agent(job: dict, **context: object) -> str:
         from pipeline.training import train_job
 
-        orchestrator_run = f"{context['run_id']}/{job['snapshot']['market']}/{job['algorithm']}"
+        snap = job["snapshot"]
+        orchestrator_run = (
+            f"{context['run_id']}/{snap['market']}/{job['algorithm']}/fold-{snap['fold']}"
+        )
         return train_job(
             load_settings(), job["snapshot"], job["algorithm"], job["changes"], orchestrator_run
         )
@@ -142,12 +163,16 @@ def train() -> None:
         if not context["params"]["auto_promote"]:  # type: ignore[index]
             return {"promoted": False, "why": "auto_promote is off"}
         settings = load_settings()
-        return promote_run(
-            settings,
-            create_engine(settings.db_url),
-            best["run_id"],
-            who=f"airflow:{context['run_id']}",
-        )
+        engine = create_engine(settings.db_url)
+        try:
+            return {
+                market: promote_run(
+                    settings, engine, chosen["run_id"], who=f"airflow:{context['run_id']}"
+                )
+                for market, chosen in best["markets"].items()
+            }
+        finally:
+            engine.dispose()
 
     runs = train_agent.expand(job=plan(snapshot()))
     auto_promote(select(evaluate.expand(training_run=runs)))

@@ -1,10 +1,13 @@
 """Promotion: re-evaluate a candidate and the champion from their ONNX files on the same
 most recent window, apply the gates, and move the `champion` alias.
 
-Gates (settings `promotion`): the candidate's Sharpe must beat the champion's by
-`sharpe_margin` and its max drawdown must stay within `max_drawdown`; the first
-model ever needs only its export parity, and whether it beats buy-and-hold is
-reported, not required. `force` with a reason overrides failed gates and is
+Gates (settings `promotion`): every model, the first included, needs its export
+parity and evidence: the deflated Sharpe ratio of its walk-forward folds at least
+`min_dsr` and no fold deeper in drawdown than `max_fold_drawdown` (a version without
+folds is judged by the probabilistic Sharpe ratio of the promotion window alone).
+Against a champion, the candidate's Sharpe must also beat the champion's by
+`sharpe_margin` and its max drawdown stay within `max_drawdown`. Whether it beats
+buy-and-hold is reported, not required. `force` with a reason overrides failed gates and is
 recorded as forced. Both models are run by ONNX Runtime from the verified
 artifacts, never from Keras: the file that will trade is the one judged.
 """
@@ -20,6 +23,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.errors import ConfigurationError, DataValidationError, ModelRejected
 from pipeline.evaluate import CostModel, evaluate_policy
+from pipeline.evidence import MIN_RETURNS, probabilistic_sharpe_ratio
 from pipeline.export import PARITY_TOLERANCE
 from pipeline.features import FeatureSpec, compute_features, fill_gaps
 from pipeline.registry import alias, get_version, load_verified, move_alias
@@ -69,11 +73,40 @@ def evaluate_version(
         tf_ms * every,
         CostModel(fee_bps=t.fee_bps, slippage_bps=t.slippage_bps),
     )
+    returns = backtests["policy"].returns
     return {
         "version": version,
         "window": [window.start, window.end],
         "policy": backtests["policy"].metrics,
         "buy_and_hold": backtests["buy_and_hold"].metrics,
+        "psr": probabilistic_sharpe_ratio(returns) if len(returns) >= MIN_RETURNS else 0.0,
+    }
+
+
+def evidence_check(
+    candidate: dict[str, Any], walk_forward: dict[str, Any] | None, policy: PromotionSettings
+) -> dict[str, Any]:
+    """The evidence gate: the walk-forward folds' deflated Sharpe ratio and worst fold
+    drawdown when the version has them (the train DAG stores them), else the probabilistic
+    Sharpe ratio of the promotion window alone (one window: weak evidence by nature)."""
+    if walk_forward:
+        dsr = float(walk_forward["confidence"]["dsr"])
+        worst = float(walk_forward["worst_drawdown"])
+        return {
+            "passed": dsr >= policy.min_dsr and worst <= policy.max_fold_drawdown,
+            "source": f"walk-forward, {len(walk_forward['folds'])} folds",
+            "dsr": dsr,
+            "min_dsr": policy.min_dsr,
+            "worst_fold_drawdown": worst,
+            "max_fold_drawdown": policy.max_fold_drawdown,
+            "median_fold_sharpe": walk_forward["median_sharpe"],
+        }
+    psr = float(candidate.get("psr", 0.0))
+    return {
+        "passed": psr >= policy.min_dsr,
+        "source": "the promotion window only (no walk-forward folds: train with the train DAG)",
+        "dsr": psr,
+        "min_dsr": policy.min_dsr,
     }
 
 
@@ -82,11 +115,13 @@ def gates(
     champion: dict[str, Any] | None,
     parity_max_abs_diff: float | None,
     policy: PromotionSettings,
+    walk_forward: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Each gate's verdict and numbers; `passed` when every required gate passes."""
     parity_ok = parity_max_abs_diff is not None and parity_max_abs_diff <= PARITY_TOLERANCE
     checks: dict[str, Any] = {
         "parity": {"passed": parity_ok, "max_abs_diff": parity_max_abs_diff},
+        "evidence": evidence_check(candidate, walk_forward, policy),
         "beats_buy_and_hold": {
             "passed": candidate["policy"]["sharpe"] > candidate["buy_and_hold"]["sharpe"],
             "required": False,
@@ -146,8 +181,14 @@ def gate_pair(
     settings: Settings, engine: Engine, name: str, version: int, pair: dict[str, Any]
 ) -> dict[str, Any]:
     """The gates of an evaluated pair (see `gates`)."""
-    parity = (get_version(engine, name, version)["metrics"] or {}).get("parity_max_abs_diff")
-    return gates(pair["candidate"], pair["champion"], parity, settings.promotion)
+    metrics = get_version(engine, name, version)["metrics"] or {}
+    return gates(
+        pair["candidate"],
+        pair["champion"],
+        metrics.get("parity_max_abs_diff"),
+        settings.promotion,
+        metrics.get("walk_forward"),
+    )
 
 
 def apply_promotion(
@@ -207,8 +248,8 @@ def promote(
 
 
 def best_recent_candidate(engine: Engine, name: str) -> int:
-    """The candidate of the latest training batch (one Airflow run, or the newest CLI run)
-    with the best validation Sharpe."""
+    """The candidate of the latest training batch (one Airflow run, or the newest CLI run):
+    the one the train DAG selected by walk-forward score, else the best validation Sharpe."""
     import sqlalchemy as sa
 
     from pipeline.db.schema import model_versions, training_runs
@@ -242,10 +283,13 @@ def best_recent_candidate(engine: Engine, name: str) -> int:
     if not batch:
         raise ModelRejected(f"{name}: the latest training batch has no candidate left")
 
-    def sharpe(row: Any) -> float:
-        return float(((row.metrics or {}).get("validation") or {}).get("sharpe", float("-inf")))
+    def rank(row: Any) -> tuple[int, float]:
+        metrics = row.metrics or {}
+        if metrics.get("walk_forward"):
+            return 1, float(metrics["walk_forward"]["median_sharpe"])
+        return 0, float((metrics.get("validation") or {}).get("sharpe", float("-inf")))
 
-    return int(max(batch, key=sharpe).version)
+    return int(max(batch, key=rank).version)
 
 
 def promote_run(settings: Settings, engine: Engine, run_id: str, *, who: str) -> dict[str, Any]:

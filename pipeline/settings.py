@@ -287,6 +287,13 @@ class TrainingSettings(BaseModel):
     fee_bps: float = Field(default=10.0, ge=0, description="taker fee, basis points")
     slippage_bps: float = Field(default=5.0, ge=0, description="slippage, basis points")
     seed: int = Field(default=0, ge=0, description="seed of weights, exploration, episodes")
+    folds: int = Field(
+        default=4,
+        ge=1,
+        description="walk-forward folds the train DAG scores each algorithm on: consecutive "
+        "validation windows of valid_days, each trained only on candles before it; the "
+        "newest fold's model is the candidate",
+    )
     ensemble: int = Field(
         default=5,
         ge=1,
@@ -308,6 +315,20 @@ class PromotionSettings(BaseModel):
     )
     max_drawdown: float = Field(
         default=0.5, gt=0, le=1, description="the candidate's max drawdown must stay within this"
+    )
+    min_dsr: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description="evidence gate, every model including the first: the deflated Sharpe ratio "
+        "of its walk-forward folds (or, without them, the probabilistic Sharpe ratio on the "
+        "promotion window) must reach this",
+    )
+    max_fold_drawdown: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="evidence gate: the deepest drawdown of any walk-forward fold",
     )
 
 

@@ -386,8 +386,12 @@ def train_candidate(
     orchestrator_run: str | None = None,
     progress: bool = False,
     on_chunk: Callable[[dict[str, float]], None] | None = None,
+    register_version: bool = True,
 ) -> str:
-    """Train one agent on the snapshot's training window; record and return its run id."""
+    """Train one agent on the snapshot's training window; record and return its run id.
+
+    Every run is exported and parity-checked; `register_version` makes it a candidate
+    in the registry (an older walk-forward fold's run is evidence only, never shipped)."""
     from pipeline.rl import actor_critic, dqn
     from pipeline.rl.env import EnvConfig, TradingEnv
     from pipeline.rl.networks import ensemble_of
@@ -487,13 +491,17 @@ def train_candidate(
             parity_observations(prepared.parity_features, request.action_map),
         )
         name = model_name(str(request.market))
-        version = register(
-            engine,
-            settings.artifact_root,
-            onnx_path,
-            name,
-            metrics={"parity_max_abs_diff": parity.max_abs_diff},
-            training_run=run_id,
+        version = (
+            register(
+                engine,
+                settings.artifact_root,
+                onnx_path,
+                name,
+                metrics={"parity_max_abs_diff": parity.max_abs_diff},
+                training_run=run_id,
+            )
+            if register_version
+            else None
         )
     except BaseException as error:
         update_run(engine, run_id, "failed", error=f"{type(error).__name__}: {error}"[:4000])
@@ -587,7 +595,11 @@ def evaluate_run(settings: Settings, engine: Engine, run_id: str) -> Evaluation:
         engine,
         run_id,
         "evaluated",
-        metrics={**(run["metrics"] or {}), **backtests["policy"].metrics},
+        metrics={
+            **(run["metrics"] or {}),
+            **backtests["policy"].metrics,
+            "series": series_of(backtests),
+        },
         baselines={name: b.metrics for name, b in backtests.items() if name != "policy"},
         artifacts={
             **artifacts,
@@ -604,6 +616,19 @@ def evaluate_run(settings: Settings, engine: Engine, run_id: str) -> Evaluation:
             {"validation": backtests["policy"].metrics, "validation_plot": plot_uri},
         )
     return Evaluation(run_id=run_id, backtests=backtests, plot=plot)
+
+
+def series_of(backtests: Mapping[str, Backtest]) -> dict[str, Any]:
+    """The step returns and positions of each backtest, JSON-able: what a walk-forward
+    score chains across folds."""
+    first = next(iter(backtests.values()))
+    return {
+        "ts": first.ts.tolist(),
+        **{
+            name: {"returns": b.returns.tolist(), "positions": b.positions.tolist()}
+            for name, b in backtests.items()
+        },
+    }
 
 
 def select_best(engine: Engine, run_ids: list[str]) -> dict[str, Any]:
@@ -654,21 +679,46 @@ def _slug(text: str) -> str:
 
 
 def snapshot_job(
-    settings: Settings, market: str, end_ms: int, train_days: int, valid_days: int
-) -> dict[str, Any]:
-    """Snapshot one market's windows ending at `end_ms`; a plain dict for the next tasks."""
+    settings: Settings,
+    market: str,
+    end_ms: int,
+    train_days: int,
+    valid_days: int,
+    folds: int = 1,
+) -> list[dict[str, Any]]:
+    """Snapshot one market's walk-forward folds ending at `end_ms` (the newest fold's
+    model is the candidate, the older ones are its evidence); plain dicts for the next
+    tasks."""
     from pipeline.db.engine import create_engine
 
     parsed = Market.model_validate(market)
-    train, valid = windows_before(end_ms, train_days, valid_days, parsed.timeframe_ms)
     spec = FeatureSpec(features=settings.training.features)
-    path = snapshot_window(settings, create_engine(settings.db_url), parsed, train, valid, spec)
-    return {
-        "market": str(parsed),
-        "snapshot": str(path),
-        "train": [train.start, train.end],
-        "valid": [valid.start, valid.end],
-    }
+    engine = create_engine(settings.db_url)
+    try:
+        windows = walk_forward_folds(
+            end_ms,
+            folds,
+            train_days,
+            valid_days,
+            parsed.timeframe_ms,
+            earliest_training_start(engine, parsed, spec) if folds > 1 else None,
+        )
+        snapshots = []
+        for fold, (train, valid) in enumerate(windows):
+            path = snapshot_window(settings, engine, parsed, train, valid, spec)
+            snapshots.append(
+                {
+                    "market": str(parsed),
+                    "snapshot": str(path),
+                    "train": [train.start, train.end],
+                    "valid": [valid.start, valid.end],
+                    "fold": fold,
+                    "folds": folds,
+                }
+            )
+        return snapshots
+    finally:
+        engine.dispose()
 
 
 def train_job(
@@ -689,13 +739,18 @@ def train_job(
         Window(*snapshot["valid"]),
         **changes,
     )
-    return train_candidate(
-        settings,
-        create_engine(settings.db_url),
-        request,
-        snapshot["snapshot"],
-        orchestrator_run=orchestrator_run,
-    )
+    engine = create_engine(settings.db_url)
+    try:
+        return train_candidate(
+            settings,
+            engine,
+            request,
+            snapshot["snapshot"],
+            orchestrator_run=orchestrator_run,
+            register_version=snapshot.get("fold", 0) == snapshot.get("folds", 1) - 1,
+        )
+    finally:
+        engine.dispose()
 
 
 def evaluate_job(settings: Settings, run_id: str) -> dict[str, Any]:
@@ -716,26 +771,159 @@ def evaluate_job(settings: Settings, run_id: str) -> dict[str, Any]:
     }
 
 
+def select_walk_forward(engine: Engine, run_ids: list[str]) -> dict[str, Any]:
+    """Per market, the algorithm with the best walk-forward score over its folds (see
+    `pipeline.walk_forward`); its newest fold's run is the candidate, and the evidence
+    (folds, chained metrics, PSR, DSR, bootstrap interval) is stored on the candidate's
+    model version for the promotion gate and the Models page.
+
+    Returns {"markets": {market: summary}} and, at the top level, the summary of the
+    market with the best median fold Sharpe.
+    """
+    from pipeline import walk_forward
+
+    runs = [get_run(engine, run_id) for run_id in run_ids]
+    evaluated = [
+        r for r in runs if r["status"] == "evaluated" and (r["metrics"] or {}).get("series")
+    ]
+    if not evaluated:
+        raise DataValidationError(
+            f"none of the runs {run_ids} has been evaluated: nothing to select"
+        )
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for run in evaluated:
+        groups.setdefault(run["market"], {}).setdefault(run["algorithm"], []).append(run)
+    summaries = {}
+    for market, by_algorithm in groups.items():
+        step_ms = Market.model_validate(market).timeframe_ms * int(
+            next(iter(by_algorithm.values()))[0]["params"].get("decision_every", 1)
+        )
+        folds = {
+            algorithm: [
+                {
+                    "valid": [_ms(r["valid_start"]), _ms(r["valid_end"])],
+                    "series": r["metrics"]["series"],
+                }
+                for r in algorithm_runs
+            ]
+            for algorithm, algorithm_runs in by_algorithm.items()
+        }
+        chosen = walk_forward.select(folds, step_ms)
+        best = chosen["best"]
+        candidate = max(by_algorithm[best], key=lambda r: _ms(r["valid_end"]))
+        evidence = {**chosen["scores"][best], "algorithm": best, "candidates": sorted(folds)}
+        artifacts = candidate["artifacts"] or {}
+        if artifacts.get("model_version"):
+            set_metrics(
+                engine,
+                artifacts["model_name"],
+                int(artifacts["model_version"]),
+                {"walk_forward": evidence},
+            )
+        summaries[market] = {
+            "run_id": candidate["id"],
+            "algorithm": best,
+            "market": market,
+            "model_name": artifacts.get("model_name"),
+            "model_version": artifacts.get("model_version"),
+            "folds": len(folds[best]),
+            "median_sharpe": evidence["median_sharpe"],
+            "worst_drawdown": evidence["worst_drawdown"],
+            "chained_sharpe": evidence["chained"]["sharpe"],
+            "psr": evidence["confidence"]["psr"],
+            "dsr": evidence["confidence"]["dsr"],
+            "scores": {
+                algorithm: {
+                    "median_sharpe": score["median_sharpe"],
+                    "chained_sharpe": score["chained"]["sharpe"],
+                    "worst_drawdown": score["worst_drawdown"],
+                }
+                for algorithm, score in chosen["scores"].items()
+            },
+        }
+    top = max(summaries.values(), key=lambda s: s["median_sharpe"])
+    return {**top, "markets": summaries}
+
+
 def select_job(settings: Settings, run_ids: list[str]) -> dict[str, Any]:
-    """The best run by validation Sharpe among `run_ids` (see `select_best`)."""
+    """The best algorithm per market by walk-forward score (see `select_walk_forward`)."""
     from pipeline.db.engine import create_engine
 
-    return select_best(create_engine(settings.db_url), run_ids)
+    engine = create_engine(settings.db_url)
+    try:
+        return select_walk_forward(engine, run_ids)
+    finally:
+        engine.dispose()
+
+
+def _ms(value: Any) -> int:
+    """A datetime or ms value as ms since the epoch."""
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return int(moment.timestamp() * 1000)
+    return int(value)
+
+
+MIN_TRAIN_DAYS = 180
 
 
 def walk_forward_folds(
-    end_ms: int, folds: int, train_days: int, valid_days: int, timeframe_ms: int
+    end_ms: int,
+    folds: int,
+    train_days: int,
+    valid_days: int,
+    timeframe_ms: int,
+    earliest_ms: int | None = None,
+    min_train_days: int = MIN_TRAIN_DAYS,
 ) -> list[tuple[Window, Window]]:
     """`folds` consecutive validation windows ending at `end_ms`, each with the training
-    window right before it (chronological; validation windows never overlap)."""
+    window right before it (chronological; validation windows never overlap).
+
+    With `earliest_ms` (the first candle a training window may start at, after the
+    features' look-back), a training window reaching further back starts there
+    instead: an early fold trains on the history there is. A fold left with fewer than
+    `min_train_days` (or `train_days`, if smaller) of training is refused by name.
+    """
     if folds < 1:
         raise ConfigurationError(f"walk-forward needs at least one fold, got {folds}")
     end = end_ms - end_ms % timeframe_ms
     result = []
     for i in range(folds, 0, -1):
         fold_end = end - (i - 1) * valid_days * DAY_MS
-        result.append(windows_before(fold_end, train_days, valid_days, timeframe_ms))
+        train, valid = windows_before(fold_end, train_days, valid_days, timeframe_ms)
+        if earliest_ms is not None and train.start < earliest_ms:
+            start = earliest_ms + (-earliest_ms) % DAY_MS
+            need = min(min_train_days, train_days)
+            if train.end - start < need * DAY_MS:
+                raise DataValidationError(
+                    f"walk-forward fold {folds - i + 1} of {folds} (validation {valid}) has "
+                    f"only {max(train.end - start, 0) / DAY_MS:.0f} days of candles to train "
+                    f"on after {_iso(earliest_ms)}, fewer than {need}: use fewer folds, "
+                    "shorter validation windows, or backfill earlier history"
+                )
+            train = Window(start, train.end)
+        result.append((train, valid))
     return result
+
+
+def first_candle(engine: Engine, market: Market) -> int | None:
+    """Open time (ms) of the oldest stored candle of `market`, or None when none is."""
+    with engine.connect() as conn:
+        first = conn.execute(
+            sa.select(sa.func.min(ohlcv.c.ts)).where(
+                ohlcv.c.exchange == market.exchange,
+                ohlcv.c.symbol == market.symbol,
+                ohlcv.c.timeframe == market.timeframe,
+            )
+        ).scalar()
+    return None if first is None else int(first)
+
+
+def earliest_training_start(engine: Engine, market: Market, spec: FeatureSpec) -> int | None:
+    """The first time a training window of `market` can start: the oldest stored candle
+    plus the features' look-back."""
+    first = first_candle(engine, market)
+    return None if first is None else first + (spec.window - 1) * market.timeframe_ms
 
 
 def verdict(metrics: Mapping[str, float], baselines: Mapping[str, Mapping[str, float]]) -> str:

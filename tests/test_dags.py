@@ -247,6 +247,8 @@ def test_train_dag_then_promote_dag_make_the_best_candidate_champion(
         "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
         "CRYPTOBOTS_VAR_DIR": str(Path(airflow_env["AIRFLOW_HOME"]) / "var"),
         "CRYPTOBOTS_PROMOTION__WINDOW_DAYS": "14",
+        "CRYPTOBOTS_PROMOTION__MIN_DSR": "0",  # a tiny budget: the gates' wiring, not evidence
+        "CRYPTOBOTS_PROMOTION__MAX_FOLD_DRAWDOWN": "1",
     }
     report = run_python(
         """
@@ -256,7 +258,7 @@ def test_train_dag_then_promote_dag_make_the_best_candidate_champion(
         run = dag.test(run_conf={
             "markets": ["binance:BTC/USDT:1h"], "valid_end": "2020-01-01",
             "train_days": 30, "valid_days": 14, "dqn_steps": 2000, "a2c_steps": 20000,
-            "episode_length": 10,
+            "episode_length": 10, "folds": 2, "ensemble": 2,
         })
         select = [ti for ti in run.get_task_instances() if ti.task_id == "select"][0]
         print(json.dumps({
@@ -270,14 +272,28 @@ def test_train_dag_then_promote_dag_make_the_best_candidate_champion(
     )
     assert report["state"] == "success", report["tasks"]
     states = {(task, index): state for task, index, state in report["tasks"]}
-    assert states[("train_agent", 0)] == states[("train_agent", 1)] == "success"
+    assert [states[("train_agent", i)] for i in range(4)] == ["success"] * 4
     with engine.connect() as conn:
         runs = conn.execute(
             sa.text("SELECT id, algorithm, status, orchestrator_run FROM training_runs")
         ).all()
-    assert sorted(run[1:3] for run in runs) == [("a2c", "evaluated"), ("dqn", "evaluated")]
+        versions = conn.execute(
+            sa.text("SELECT version, training_run, metrics FROM model_versions")
+        ).all()
+    assert (
+        sorted(run[1:3] for run in runs) == [("a2c", "evaluated")] * 2 + [("dqn", "evaluated")] * 2
+    )
     assert all(run[3] for run in runs)
-    assert report["best"]["run_id"] in {run[0] for run in runs}
+    best = report["best"]
+    assert best["run_id"] in {run[0] for run in runs}
+    assert best["folds"] == 2
+    assert len(versions) == 2, "only the newest fold's models are candidates"
+    chosen = next(v for v in versions if v[1] == best["run_id"])
+    evidence = chosen[2]["walk_forward"]
+    assert len(evidence["folds"]) == 2
+    assert evidence["algorithm"] == best["algorithm"]
+    assert evidence["confidence"]["n_trials"] == 2
+    assert 0 <= evidence["confidence"]["dsr"] <= evidence["confidence"]["psr"] <= 1
 
     promoted = run_python(
         """

@@ -41,7 +41,11 @@ def world(pg_url: str, data_dir: Path, tmp_path_factory) -> Iterator[tuple[Engin
     upgrade(engine)
     with running(SimulatorConfig(data_dir=data_dir)) as sim:
         backfill(exchange_client(sim.url), engine, BTC, ms("2019-08-25"), END)
-    settings = Settings(var_dir=tmp_path_factory.mktemp("var"), db_url=pg_url)
+    settings = Settings(
+        var_dir=tmp_path_factory.mktemp("var"),
+        db_url=pg_url,
+        promotion=PromotionSettings(min_dsr=0.0),  # tiny test models: the other gates
+    )
     train, valid = Window(ms("2019-09-01"), ms("2019-12-01")), Window(ms("2019-12-01"), END)
     snapshot = snapshot_window(settings, engine, BTC, train, valid)
     onnx_files = []
@@ -65,18 +69,57 @@ def fresh_model(world) -> tuple[str, list[int]]:
 
 
 def with_gates(settings: Settings, **gates_: float) -> Settings:
-    return settings.model_copy(update={"promotion": PromotionSettings(**gates_)})
+    return settings.model_copy(
+        update={"promotion": PromotionSettings(**{"min_dsr": 0.0, **gates_})}
+    )
 
 
-def test_the_first_model_becomes_champion_on_parity_alone(world) -> None:
+def test_the_first_model_becomes_champion_on_parity_and_evidence(world) -> None:
     engine, settings, _ = world
     name, (first, _) = fresh_model(world)
     event = promote(settings, engine, name, first, who="t", reason="first", end_ms=END)
     assert alias(engine, name)["version"] == first
     assert event["from_version"] is None
     assert event["gates"]["passed"]
-    assert set(event["gates"]["checks"]) == {"parity", "beats_buy_and_hold"}
+    assert set(event["gates"]["checks"]) == {"parity", "evidence", "beats_buy_and_hold"}
     assert event["gates"]["checks"]["beats_buy_and_hold"]["required"] is False
+
+
+def test_a_first_model_with_weak_evidence_is_refused_and_stays_a_candidate(world) -> None:
+    engine, settings, _ = world
+    name, (first, _) = fresh_model(world)
+    demanding = settings.model_copy(update={"promotion": PromotionSettings(min_dsr=0.999)})
+    with pytest.raises(ModelRejected, match=r"fails the promotion gates \['evidence'\]"):
+        promote(demanding, engine, name, first, who="t", end_ms=END)
+    assert alias(engine, name) is None
+    assert promotion_history(engine, name) == []
+
+
+def test_walk_forward_evidence_decides_the_evidence_gate() -> None:
+    candidate = {
+        "window": [0, 1],
+        "policy": {"sharpe": 2.0, "max_drawdown": 0.1},
+        "buy_and_hold": {"sharpe": 0.5, "max_drawdown": 0.3},
+        "psr": 0.99,
+    }
+    policy = PromotionSettings(min_dsr=0.9, max_fold_drawdown=0.25)
+
+    def evidence(dsr: float, worst: float) -> dict:
+        return {
+            "confidence": {"dsr": dsr},
+            "worst_drawdown": worst,
+            "median_sharpe": 1.0,
+            "folds": [{}] * 4,
+        }
+
+    assert gates(candidate, None, 0.0, policy, evidence(0.95, 0.2))["passed"]
+    weak = gates(candidate, None, 0.0, policy, evidence(0.6, 0.2))
+    assert not weak["passed"]
+    assert weak["checks"]["evidence"]["source"] == "walk-forward, 4 folds"
+    assert not gates(candidate, None, 0.0, policy, evidence(0.95, 0.4))["passed"]
+    window_only = gates(candidate, None, 0.0, policy)["checks"]["evidence"]
+    assert window_only["passed"]
+    assert window_only["source"].startswith("the promotion window only")
 
 
 def test_a_worse_candidate_is_refused_and_nothing_changes(world) -> None:
@@ -129,6 +172,7 @@ def test_gates_compare_sharpe_with_a_margin_and_cap_the_drawdown() -> None:
             "window": [0, 1],
             "policy": {"sharpe": sharpe, "max_drawdown": drawdown},
             "buy_and_hold": {"sharpe": 0.5, "max_drawdown": 0.3},
+            "psr": 0.99,
         }
 
     policy = PromotionSettings(sharpe_margin=0.2, max_drawdown=0.25)
@@ -143,6 +187,7 @@ def test_models_cli_lists_promotes_and_rolls_back(world, monkeypatch, capsys) ->
     monkeypatch.setenv("CRYPTOBOTS_DB_URL", settings.db_url)
     monkeypatch.setenv("CRYPTOBOTS_VAR_DIR", str(settings.var_dir))
     monkeypatch.setenv("CRYPTOBOTS_PROMOTION__SHARPE_MARGIN", "-1000")
+    monkeypatch.setenv("CRYPTOBOTS_PROMOTION__MIN_DSR", "0")
     name, (first, second) = fresh_model(world)
     for version in (first, second):
         assert main(["models", "--name", name, "promote", str(version), "--end", "2020-01-01"]) == 0
