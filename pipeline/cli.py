@@ -138,8 +138,13 @@ def _parser() -> argparse.ArgumentParser:
         "--walk-forward",
         type=int,
         metavar="N",
-        help="N consecutive validation windows ending at --valid-end, each trained right "
-        "before it (training.train_days / valid_days); prints a summary",
+        help="replay the nightly procedure over the N validation windows ending at "
+        "--valid-end (each champion chosen before its window), beside the old single-seed "
+        "procedure and the baselines; prints per fold and chained",
+    )
+    train.add_argument(
+        "--seeds",
+        help="with --walk-forward: comma-separated master seeds to replay (default --seed)",
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
@@ -173,6 +178,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     launch.add_argument("--train-days", type=int, default=60, help="demo training window")
     launch.add_argument("--valid-days", type=int, default=14, help="demo validation window")
+    launch.add_argument(
+        "--folds", type=int, default=2, help="demo walk-forward folds of --valid-days each"
+    )
+    launch.add_argument("--ensemble", type=int, default=2, help="demo seeds per algorithm")
     launch.add_argument("--dqn-steps", type=int, default=20_000, help="demo DQN budget")
     launch.add_argument("--a2c-steps", type=int, default=200_000, help="demo A2C budget")
     launch.add_argument(
@@ -373,6 +382,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         history_days=args.history_days or settings.airflow.history_days,
         train_days=args.train_days,
         valid_days=args.valid_days,
+        folds=args.folds,
+        ensemble=args.ensemble,
         dqn_steps=args.dqn_steps,
         a2c_steps=args.a2c_steps,
         algorithms=tuple(a.strip() for a in args.algorithms.split(",") if a.strip()),
@@ -435,14 +446,7 @@ def _airflow_pools(settings: Settings, args: argparse.Namespace) -> int:
 def _train(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.db.engine import create_engine
     from pipeline.settings import Market
-    from pipeline.training import (
-        WALK_FORWARD_HEADER,
-        Window,
-        fold_summary,
-        select_best,
-        text_table,
-        walk_forward_folds,
-    )
+    from pipeline.training import Window, select_best
 
     try:
         market = Market.model_validate(args.market) if args.market else settings.markets[0]
@@ -454,34 +458,52 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     end = _optional_time("--valid-end", args.valid_end) or _latest_candle_end(engine, market)
     end -= end % market.timeframe_ms
     if args.walk_forward:
-        folds = walk_forward_folds(
-            end, args.walk_forward, t.train_days, t.valid_days, market.timeframe_ms
+        from pipeline.walk_forward_report import report
+
+        seeds = [args.seed if args.seed is not None else t.seed]
+        if args.seeds:
+            try:
+                seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+            except ValueError:
+                raise ConfigurationError(
+                    f"--seeds {args.seeds!r}: comma-separated integers, e.g. 0,1,2,3,4"
+                ) from None
+        report(
+            settings,
+            engine,
+            market,
+            end,
+            args.walk_forward,
+            seeds,
+            args.algo or list(t.algorithms),
+            changes={
+                "steps": args.steps,
+                "num_envs": args.envs,
+                "episode_length": args.episode_length,
+                "decision_every": args.decision_every,
+                "shorting": args.shorting or None,
+            },
+            progress=not args.quiet,
         )
-    else:
-        given_train_end = _optional_time("--train-end", args.train_end)
-        valid_start = (
-            _optional_time("--valid-start", args.valid_start)
-            or given_train_end
-            or end - t.valid_days * day
-        )
-        train_end = given_train_end or valid_start
-        train_start = (
-            _optional_time("--train-start", args.train_start) or train_end - t.train_days * day
-        )
-        folds = [(Window(train_start, train_end), Window(valid_start, end))]
-    summary: list[list[str]] = []
-    for train, valid in folds:
-        evaluations = _train_fold(settings, engine, market, train, valid, args)
-        best = select_best(engine, [e.run_id for e in evaluations.values()])
-        verdict = "beats" if best["beats_baselines"] else "does NOT beat"
-        print(
-            f"\nbest by validation Sharpe: {best['run_id']} ({best['algorithm']}, "
-            f"Sharpe {best['sharpe']:.2f}; {verdict} every baseline)"
-        )
-        summary += fold_summary(evaluations, valid)
-    if len(folds) > 1:
-        print("\nwalk-forward summary (each row: trained before its validation window)")
-        print(text_table(WALK_FORWARD_HEADER, summary))
+        return 0
+    given_train_end = _optional_time("--train-end", args.train_end)
+    valid_start = (
+        _optional_time("--valid-start", args.valid_start)
+        or given_train_end
+        or end - t.valid_days * day
+    )
+    train_end = given_train_end or valid_start
+    train_start = (
+        _optional_time("--train-start", args.train_start) or train_end - t.train_days * day
+    )
+    train, valid = Window(train_start, train_end), Window(valid_start, end)
+    evaluations = _train_fold(settings, engine, market, train, valid, args)
+    best = select_best(engine, [e.run_id for e in evaluations.values()])
+    verdict = "beats" if best["beats_baselines"] else "does NOT beat"
+    print(
+        f"\nbest by validation Sharpe: {best['run_id']} ({best['algorithm']}, "
+        f"Sharpe {best['sharpe']:.2f}; {verdict} every baseline)"
+    )
     return 0
 
 

@@ -18,61 +18,39 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from sqlalchemy.engine import Engine
 
 from pipeline.errors import ConfigurationError, DataValidationError, ModelRejected
-from pipeline.evaluate import CostModel, evaluate_policy
+from pipeline.evaluate import CostModel
 from pipeline.evidence import MIN_RETURNS, probabilistic_sharpe_ratio
 from pipeline.export import PARITY_TOLERANCE
-from pipeline.features import FeatureSpec, compute_features, fill_gaps
 from pipeline.registry import alias, get_version, load_verified, move_alias
 from pipeline.settings import Market, PromotionSettings, Settings
-from pipeline.training import DAY_MS, Window, decision_steps, latest_candle_end, load_candles
+from pipeline.training import DAY_MS, Window, backtest_onnx, latest_candle_end
 
 
 def evaluate_version(
     settings: Settings, engine: Engine, name: str, version: int, end_ms: int
 ) -> dict[str, Any]:
     """Backtest a registered version's ONNX file on the `window_days` before `end_ms`."""
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory(prefix="cryptobots-eval-") as folder:
         verified = load_verified(engine, name, version, Path(folder))
-        session = ort.InferenceSession(str(verified.path), providers=["CPUExecutionProvider"])
-    lineage = verified.lineage
-    market = Market.model_validate(lineage.data_window["market"])
-    every = int(lineage.data_window.get("decision_every", 1))
-    tf_ms = market.timeframe_ms
-    end = end_ms - end_ms % tf_ms
-    window = Window(end - settings.promotion.window_days * DAY_MS, end)
-    spec = FeatureSpec(features=lineage.feature_spec.features)
-    start = window.start - (spec.window - 1) * tf_ms
-    candles = load_candles(engine, market, start, window.end)
-    if len(candles) == 0 or candles.ts[0] > start:
-        raise DataValidationError(
-            f"{name} v{version}: the stored candles of {market} do not cover {window} and its "
-            f"feature look-back: backfill it (python -m pipeline backfill --market {market} ...)"
+        lineage = verified.lineage
+        market = Market.model_validate(lineage.data_window["market"])
+        end = end_ms - end_ms % market.timeframe_ms
+        window = Window(end - settings.promotion.window_days * DAY_MS, end)
+        t = settings.training
+        backtests = backtest_onnx(
+            engine,
+            verified.path,
+            market,
+            window,
+            lineage.feature_spec.features,
+            lineage.action_map,
+            int(lineage.data_window.get("decision_every", 1)),
+            CostModel(fee_bps=t.fee_bps, slippage_bps=t.slippage_bps),
+            what=f"{name} v{version}",
         )
-    candles, _ = fill_gaps(candles, tf_ms)
-    matrix = compute_features(candles, spec)
-    ts, opens, closes, features = decision_steps(candles, matrix, window, tf_ms, every)
-    input_name = session.get_inputs()[0].name
-
-    def policy(obs: np.ndarray) -> np.ndarray:
-        return session.run(None, {input_name: np.asarray(obs, np.float32)})[0]
-
-    t = settings.training
-    backtests = evaluate_policy(
-        policy,
-        features[:-1],
-        ts,
-        opens,
-        closes,
-        lineage.action_map,
-        tf_ms * every,
-        CostModel(fee_bps=t.fee_bps, slippage_bps=t.slippage_bps),
-    )
     returns = backtests["policy"].returns
     return {
         "version": version,

@@ -631,6 +631,56 @@ def series_of(backtests: Mapping[str, Backtest]) -> dict[str, Any]:
     }
 
 
+def window_steps(
+    engine: Engine,
+    market: Market,
+    window: Window,
+    features: tuple[str, ...],
+    every: int,
+    what: str = "the model",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ts, open, close, features) of the decision steps of a window of stored candles
+    (see `decision_steps`), the features' look-back read from before the window."""
+    tf_ms = market.timeframe_ms
+    spec = FeatureSpec(features=features)
+    start = window.start - (spec.window - 1) * tf_ms
+    candles = load_candles(engine, market, start, window.end)
+    if len(candles) == 0 or candles.ts[0] > start:
+        raise DataValidationError(
+            f"{what}: the stored candles of {market} do not cover {window} and its feature "
+            f"look-back: backfill it (python -m pipeline backfill --market {market} "
+            f"--start {_iso(start)} --end {_iso(window.end)})"
+        )
+    candles, _ = fill_gaps(candles, tf_ms)
+    return decision_steps(candles, compute_features(candles, spec), window, tf_ms, every)
+
+
+def backtest_onnx(
+    engine: Engine,
+    onnx_path: Path | str,
+    market: Market,
+    window: Window,
+    features: tuple[str, ...],
+    action_map: tuple[float, ...],
+    every: int,
+    cost: CostModel,
+    what: str = "the model",
+) -> dict[str, Backtest]:
+    """Backtest an ONNX policy file (run by ONNX Runtime) and the baselines on any window
+    of stored candles, the features computed from candles before it as look-back."""
+    import onnxruntime as ort
+
+    ts, opens, closes, rows = window_steps(engine, market, window, features, every, what)
+    tf_ms = market.timeframe_ms
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return session.run(None, {input_name: np.asarray(obs, np.float32)})[0]
+
+    return evaluate_policy(policy, rows[:-1], ts, opens, closes, action_map, tf_ms * every, cost)
+
+
 def select_best(engine: Engine, run_ids: list[str]) -> dict[str, Any]:
     """The evaluated run with the best validation Sharpe: id, algorithm, market, metrics."""
     runs = [get_run(engine, run_id) for run_id in run_ids]
@@ -801,7 +851,7 @@ def select_walk_forward(engine: Engine, run_ids: list[str]) -> dict[str, Any]:
         folds = {
             algorithm: [
                 {
-                    "valid": [_ms(r["valid_start"]), _ms(r["valid_end"])],
+                    "valid": [ms_of(r["valid_start"]), ms_of(r["valid_end"])],
                     "series": r["metrics"]["series"],
                 }
                 for r in algorithm_runs
@@ -810,7 +860,7 @@ def select_walk_forward(engine: Engine, run_ids: list[str]) -> dict[str, Any]:
         }
         chosen = walk_forward.select(folds, step_ms)
         best = chosen["best"]
-        candidate = max(by_algorithm[best], key=lambda r: _ms(r["valid_end"]))
+        candidate = max(by_algorithm[best], key=lambda r: ms_of(r["valid_end"]))
         evidence = {**chosen["scores"][best], "algorithm": best, "candidates": sorted(folds)}
         artifacts = candidate["artifacts"] or {}
         if artifacts.get("model_version"):
@@ -856,7 +906,7 @@ def select_job(settings: Settings, run_ids: list[str]) -> dict[str, Any]:
         engine.dispose()
 
 
-def _ms(value: Any) -> int:
+def ms_of(value: Any) -> int:
     """A datetime or ms value as ms since the epoch."""
     if isinstance(value, datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -257,3 +257,46 @@ def test_daily_decisions_fall_at_midnight_and_fill_at_the_next_open() -> None:
     np.testing.assert_array_equal(rows[:, 0], [23, 47, 71, 95])
     np.testing.assert_array_equal(closes, price[[23, 47, 71, 95]] + 0.5)
     np.testing.assert_array_equal(opens[1:], price[[24, 48, 72]])
+
+
+def test_walk_forward_report_replays_both_procedures_beside_the_baselines(
+    tmp_path: Path, engine: Engine
+) -> None:
+    from pipeline.walk_forward_report import report
+
+    settings = Settings(
+        var_dir=tmp_path,
+        db_url=engine.url.render_as_string(hide_password=False),
+        training={"train_days": 30, "valid_days": 14, "folds": 2, "ensemble": 2},
+    )
+    lines: list[str] = []
+    summary = report(
+        settings,
+        engine,
+        BTC,
+        ms("2020-01-01"),
+        1,
+        [0, 1],
+        ["dqn", "a2c"],
+        changes={"steps": 3_000, "num_envs": 8, "episode_length": 8},
+        say=lines.append,
+    )
+    assert set(summary["seeds"]) == {0, 1}
+    for figures in summary["seeds"].values():
+        for procedure in ("new", "old"):
+            chained = figures[procedure]
+            assert chained["steps"] == 13  # 14 daily decisions, the last one closes
+            assert chained["worst_fold_return"] == pytest.approx(chained["total_return"])
+            assert 0 <= chained["dsr"] <= chained["psr"] <= 1
+    assert set(summary["baselines"]) == {"buy_and_hold", "momentum_24h", "momentum_168h"}
+    assert summary["new_stable_folds"] in (0, 1)
+    assert "chained out-of-sample folds" in summary["text"]
+    with engine.connect() as conn:
+        registered = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM model_versions v JOIN training_runs r "
+                "ON r.id = v.training_run WHERE r.params::text LIKE :p"
+            ),
+            {"p": '%"episode_length": 8%'},
+        ).scalar()
+    assert registered == 0, "a replay registers no candidate"

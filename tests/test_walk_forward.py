@@ -92,5 +92,5 @@ def test_early_folds_train_on_the_history_there_is() -> None:
 def test_a_fold_without_enough_history_is_refused_with_the_fix() -> None:
     end = int(datetime(2021, 3, 15, tzinfo=UTC).timestamp() * 1000)
     earliest = int(datetime(2020, 6, 1, tzinfo=UTC).timestamp() * 1000)
-    with pytest.raises(DataValidationError, match="fewer folds.*backfill earlier history"):
+    with pytest.raises(DataValidationError, match=r"fewer folds.*backfill earlier history"):
         walk_forward_folds(end, 4, 730, 90, 3_600_000, earliest)

@@ -112,6 +112,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "CRYPTOBOTS_SERVING__LOOP_SECONDS": "0.2",
         "CRYPTOBOTS_SERVING__MODEL_POLL_SECONDS": "2",
         "CRYPTOBOTS_PROMOTION__WINDOW_DAYS": "20",
+        # the browser test promotes a tiny demo model through the form: the gates' wiring
+        "CRYPTOBOTS_PROMOTION__MIN_DSR": "0",
         # the recorded data's flash moves and the accelerated clock would only pause entries
         "CRYPTOBOTS_SERVING__RISK__FLASH_MOVE": "10",
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
@@ -119,7 +121,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     }
     argv = [
         sys.executable, "-m", "pipeline", "run",
-        "--history-days", "60", "--train-days", "20", "--valid-days", "5",
+        "--history-days", "62", "--train-days", "20", "--valid-days", "5", "--folds", "2",
         "--algorithms", "dqn", "--dqn-steps", "5000", "--decision-every", "1",
         "--simulator-speed", str(SPEED), "--airflow-port", str(ports["airflow"]),
         "--trader-port", str(ports["trader"]), "--status-every", "5",
