@@ -74,6 +74,57 @@ class CostModel:
         return (self.fee_bps + self.slippage_bps) / 1e4
 
 
+@dataclass(frozen=True)
+class VolatilityTarget:
+    """Position sizing shared by the environment, the backtests and the trader: each
+    action's target position is scaled by target / realized annualized volatility,
+    capped at `max_scale`, so a long position carries about the same risk in calm and
+    wild markets.
+
+    The realized volatility is the feature `feature` (a standard deviation of candle
+    log returns, e.g. `vol_168` over a week of hourly candles) times the square root of
+    candles per year; the policy's observation keeps the unscaled position, so the
+    sizing changes what a decision earns, not what the policy sees.
+    """
+
+    target: float = 0.3
+    feature: str = "vol_168"
+    max_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.target) and self.target > 0):
+            raise ValueError(f"VolatilityTarget.target must be > 0, got {self.target!r}")
+        if not (math.isfinite(self.max_scale) and self.max_scale > 0):
+            raise ValueError(f"VolatilityTarget.max_scale must be > 0, got {self.max_scale!r}")
+
+    def scale(self, features: npt.ArrayLike, names: Sequence[str], timeframe_ms: int) -> np.ndarray:
+        """Scale of every row of a raw (unnormalized) feature matrix [n, F]."""
+        if self.feature not in names:
+            raise DataValidationError(
+                f"volatility targeting reads the feature {self.feature!r}, which the model's "
+                f"features {list(names)} lack: add it to training.features or set "
+                "training.target_volatility to null"
+            )
+        column = np.asarray(features, dtype=np.float64)[:, list(names).index(self.feature)]
+        annual = column * math.sqrt(YEAR_MS / timeframe_ms)
+        return np.minimum(self.max_scale, self.target / np.maximum(annual, 1e-12))
+
+    def to_dict(self) -> dict[str, float | str]:
+        """JSON-able, for the model's metadata."""
+        return {"target": self.target, "feature": self.feature, "max_scale": self.max_scale}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object] | None) -> VolatilityTarget | None:
+        """The sizing a model was trained with, or None for unscaled positions."""
+        if not data:
+            return None
+        return cls(
+            target=float(data["target"]),  # type: ignore[arg-type]
+            feature=str(data["feature"]),
+            max_scale=float(data["max_scale"]),  # type: ignore[arg-type]
+        )
+
+
 def step_growth(
     open_next: npt.ArrayLike,
     close_now: npt.ArrayLike,
@@ -318,11 +369,14 @@ def evaluate_policy(
     timeframe_ms: int,
     cost: CostModel = CostModel(),
     name: str = "policy",
+    scale: npt.ArrayLike | None = None,
 ) -> dict[str, Backtest]:
     """Backtest the greedy policy and every baseline on the same window and costs.
 
     `features` has one row per decision index (n rows); ts/open/close have n + 1.
-    All start flat. Returns {name: policy backtest, then one entry per baseline}.
+    `scale` (n values, see `VolatilityTarget`) sizes the policy's positions; the walk
+    itself runs on the unscaled positions the policy observes. All start flat.
+    Returns {name: policy backtest, then one entry per baseline}.
     """
     if name in BASELINES:
         raise ValueError(f"policy name {name!r} collides with a baseline {BASELINES}")
@@ -333,6 +387,12 @@ def evaluate_policy(
             f"features [n, F] need n + 1 candles; got features {feats.shape}, close {closes.shape}"
         )
     runs = {name: greedy_positions(policy, feats, action_map)}
+    if scale is not None:
+        sizes = np.asarray(scale, dtype=np.float64)
+        if sizes.shape != (feats.shape[0],):
+            raise ValueError(f"scale {sizes.shape} must have one value per row {feats.shape[0]}")
+        _require_finite("scale", sizes)
+        runs[name] = runs[name] * sizes
     for baseline in BASELINES:
         runs[baseline] = baseline_positions(baseline, closes, action_map)[:-1]
     return {

@@ -54,6 +54,8 @@ class Lineage:
     data_window: Mapping[str, Any]
     code_version: str
     created_at: str = ""
+    sizing: Mapping[str, Any] | None = None
+    """The position sizing the policy was trained with (`evaluate.VolatilityTarget`)."""
 
     def props(self) -> dict[str, str]:
         """The metadata_props entries, every value a string (JSON where structured)."""
@@ -65,6 +67,7 @@ class Lineage:
             "data_window": json.dumps(dict(self.data_window), sort_keys=True),
             "code_version": self.code_version,
             "created_at": self.created_at or datetime.now(UTC).isoformat(timespec="seconds"),
+            "sizing": json.dumps(dict(self.sizing) if self.sizing else None, sort_keys=True),
         }
 
     @classmethod
@@ -85,6 +88,7 @@ class Lineage:
                 data_window=json.loads(props["data_window"]),
                 code_version=props["code_version"],
                 created_at=props["created_at"],
+                sizing=json.loads(props.get("sizing", "null")),
             )
         except (ValueError, TypeError, KeyError) as error:
             raise ModelRejected(f"{where} has malformed metadata: {error}") from error

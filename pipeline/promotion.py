@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from pipeline.errors import ConfigurationError, DataValidationError, ModelRejected
-from pipeline.evaluate import CostModel
+from pipeline.evaluate import CostModel, VolatilityTarget
 from pipeline.evidence import MIN_RETURNS, probabilistic_sharpe_ratio
 from pipeline.export import PARITY_TOLERANCE
 from pipeline.registry import alias, get_version, load_verified, move_alias
@@ -50,6 +50,7 @@ def evaluate_version(
             int(lineage.data_window.get("decision_every", 1)),
             CostModel(fee_bps=t.fee_bps, slippage_bps=t.slippage_bps),
             what=f"{name} v{version}",
+            sizing=VolatilityTarget.from_dict(lineage.sizing),
         )
     returns = backtests["policy"].returns
     return {

@@ -287,6 +287,12 @@ class TrainingSettings(BaseModel):
     fee_bps: float = Field(default=10.0, ge=0, description="taker fee, basis points")
     slippage_bps: float = Field(default=5.0, ge=0, description="slippage, basis points")
     seed: int = Field(default=0, ge=0, description="seed of weights, exploration, episodes")
+    target_volatility: float | None = Field(
+        default=0.3,
+        gt=0,
+        description="size every position to this annualized volatility (the week's realized "
+        "volatility, feature vol_168), capped at the action map's position; null: unscaled",
+    )
     folds: int = Field(
         default=4,
         ge=1,

@@ -35,6 +35,7 @@ from pipeline.errors import ConfigurationError, DataValidationError
 from pipeline.evaluate import (
     Backtest,
     CostModel,
+    VolatilityTarget,
     evaluate_policy,
     metrics_table,
     plot_equity,
@@ -102,6 +103,7 @@ class TrainRequest:
     slippage_bps: float = 5.0
     seed: int = 0
     ensemble: int = 1
+    target_volatility: float | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -143,6 +145,7 @@ class TrainRequest:
             "slippage_bps": t.slippage_bps,
             "seed": t.seed,
             "ensemble": t.ensemble,
+            "target_volatility": t.target_volatility,
         }
         chosen = {**defaults, **{k: v for k, v in changes.items() if v is not None}}
         return cls(algorithm=algorithm, market=market, train=train, valid=valid, **chosen)
@@ -158,6 +161,13 @@ class TrainRequest:
         from pipeline.rl.env import LONG_FLAT, LONG_FLAT_SHORT
 
         return LONG_FLAT_SHORT if self.shorting else LONG_FLAT
+
+    @property
+    def sizing(self) -> VolatilityTarget | None:
+        """Position sizing by volatility target, or None for the action map's positions."""
+        if self.target_volatility is None:
+            return None
+        return VolatilityTarget(target=self.target_volatility)
 
     @property
     def member_seeds(self) -> tuple[int, ...]:
@@ -304,6 +314,8 @@ class Prepared:
     valid_open: np.ndarray
     valid_close: np.ndarray
     decision_every: int = 1
+    valid_scale: np.ndarray | None = None
+    """Position size of each validation decision (None: unscaled)."""
     parity_features: np.ndarray | None = None
     """Hourly feature rows for the ONNX parity check: the validation window's first,
     then the training window's (so short windows still give enough)."""
@@ -333,10 +345,13 @@ def decision_steps(
 
 
 def prepare(
-    snapshot: Snapshot, spec: FeatureSpec = DEFAULT_SPEC, decision_every: int = 1
+    snapshot: Snapshot,
+    spec: FeatureSpec = DEFAULT_SPEC,
+    decision_every: int = 1,
+    sizing: VolatilityTarget | None = None,
 ) -> Prepared:
     """Compute features once, cut both windows into decision steps, fit normalization on
-    the training window's candles."""
+    the training window's candles, size positions by `sizing` when given."""
     from pipeline.rl.env import MarketArrays
 
     candles, tf_ms = snapshot.candles, snapshot.market.timeframe_ms
@@ -344,9 +359,12 @@ def prepare(
     train_rows = (candles.ts >= snapshot.train.start) & (candles.ts < snapshot.train.end)
     valid_rows = (candles.ts >= snapshot.valid.start) & (candles.ts < snapshot.valid.end)
     fitted = fit_normalization(spec, matrix[train_rows])
-    train = MarketArrays.from_candles(
-        *decision_steps(candles, matrix, snapshot.train, tf_ms, decision_every)
-    )
+
+    def sizes(rows: np.ndarray) -> np.ndarray | None:
+        return None if sizing is None else sizing.scale(rows, spec.features, tf_ms)
+
+    steps = decision_steps(candles, matrix, snapshot.train, tf_ms, decision_every)
+    train = MarketArrays.from_candles(*steps, scale=sizes(steps[3]))
     ts, opens, closes, features = decision_steps(
         candles, matrix, snapshot.valid, tf_ms, decision_every
     )
@@ -358,6 +376,7 @@ def prepare(
         valid_open=opens,
         valid_close=closes,
         decision_every=decision_every,
+        valid_scale=sizes(features[:-1]),
         parity_features=np.concatenate([matrix[valid_rows], matrix[train_rows]]),
     )
 
@@ -408,7 +427,7 @@ def train_candidate(
         )
     run_id = run_id or new_run_id(request.algorithm, request.market, orchestrator_run)
     directory = run_dir(settings, run_id)
-    prepared = prepare(snapshot, request.spec, request.decision_every)
+    prepared = prepare(snapshot, request.spec, request.decision_every, request.sizing)
     env_config = EnvConfig(
         num_envs=request.num_envs,
         episode_length=request.episode_length,
@@ -429,6 +448,7 @@ def train_candidate(
         "decision_every": request.decision_every,
         "ensemble": request.ensemble,
         "member_seeds": list(request.member_seeds),
+        "sizing": None if request.sizing is None else request.sizing.to_dict(),
     }
     start_run(
         engine,
@@ -482,6 +502,7 @@ def train_candidate(
                     "decision_every": request.decision_every,
                 },
                 code_version=code_version(),
+                sizing=None if request.sizing is None else request.sizing.to_dict(),
             ),
             directory / "policy.onnx",
         )
@@ -562,8 +583,12 @@ def evaluate_run(settings: Settings, engine: Engine, run_id: str) -> Evaluation:
     snapshot = load_snapshot(artifacts["snapshot"])
     spec = FeatureSpec.from_dict(run["feature_spec"])
     every = int(run["params"].get("decision_every", 1))
+    sizing = VolatilityTarget.from_dict(run["params"].get("sizing"))
     prepared = prepare(
-        snapshot, FeatureSpec(name=spec.name, version=spec.version, features=spec.features), every
+        snapshot,
+        FeatureSpec(name=spec.name, version=spec.version, features=spec.features),
+        every,
+        sizing,
     )
     session = ort.InferenceSession(artifacts["onnx"], providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
@@ -581,6 +606,7 @@ def evaluate_run(settings: Settings, engine: Engine, run_id: str) -> Evaluation:
         tuple(run["action_map"]),
         snapshot.market.timeframe_ms * every,
         CostModel(fee_bps=env["fee_bps"], slippage_bps=env["slippage_bps"]),
+        scale=prepared.valid_scale,
     )
     directory = Path(artifacts["run_dir"])
     plot = plot_equity(
@@ -665,9 +691,11 @@ def backtest_onnx(
     every: int,
     cost: CostModel,
     what: str = "the model",
+    sizing: VolatilityTarget | None = None,
 ) -> dict[str, Backtest]:
     """Backtest an ONNX policy file (run by ONNX Runtime) and the baselines on any window
-    of stored candles, the features computed from candles before it as look-back."""
+    of stored candles, the features computed from candles before it as look-back, the
+    positions sized as the model was trained (`sizing`)."""
     import onnxruntime as ort
 
     ts, opens, closes, rows = window_steps(engine, market, window, features, every, what)
@@ -678,7 +706,10 @@ def backtest_onnx(
     def policy(obs: np.ndarray) -> np.ndarray:
         return session.run(None, {input_name: np.asarray(obs, np.float32)})[0]
 
-    return evaluate_policy(policy, rows[:-1], ts, opens, closes, action_map, tf_ms * every, cost)
+    scale = None if sizing is None else sizing.scale(rows[:-1], features, tf_ms)
+    return evaluate_policy(
+        policy, rows[:-1], ts, opens, closes, action_map, tf_ms * every, cost, scale=scale
+    )
 
 
 def select_best(engine: Engine, run_ids: list[str]) -> dict[str, Any]:

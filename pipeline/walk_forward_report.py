@@ -32,6 +32,7 @@ from pipeline.evaluate import (
     YEAR_MS,
     Backtest,
     CostModel,
+    VolatilityTarget,
     backtest_positions,
     baseline_positions,
     compute_metrics,
@@ -106,6 +107,7 @@ def _next_window(
         int(run["params"].get("decision_every", 1)),
         CostModel(fee_bps=t.fee_bps, slippage_bps=t.slippage_bps),
         what=f"training run {run['id']}",
+        sizing=VolatilityTarget.from_dict(run["params"].get("sizing")),
     )["policy"]
 
 

@@ -24,8 +24,10 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 from pipeline.errors import ModelRejected
+from pipeline.evaluate import VolatilityTarget
 from pipeline.features import FeatureSpec
 from pipeline.registry import ALIAS_CHANNEL, CHAMPION, alias, load_verified
+from pipeline.settings import Market
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,15 @@ class Policy:
     provider: str
     session: Any = field(repr=False)
     input_name: str = field(repr=False)
+    sizing: VolatilityTarget | None = None
+    timeframe_ms: int = 3_600_000
+
+    def scale(self, features: np.ndarray) -> float:
+        """Size of this decision's position (the model's volatility target; 1 without)."""
+        if self.sizing is None:
+            return 1.0
+        row = np.asarray(features, dtype=np.float64)[None, :]
+        return float(self.sizing.scale(row, self.spec.features, self.timeframe_ms)[0])
 
     def scores(self, obs: np.ndarray) -> np.ndarray:
         """[batch, actions] q-values or logits for float32 observations [batch, dim+1]."""
@@ -106,6 +117,8 @@ def load_policy(
         provider=session.get_providers()[0],
         session=session,
         input_name=input_name,
+        sizing=VolatilityTarget.from_dict(lineage.sizing),
+        timeframe_ms=Market.model_validate(lineage.data_window["market"]).timeframe_ms,
     )
 
 

@@ -222,9 +222,10 @@ class Trader:
         lap("features")
         equity = position.equity(price)
         held = position.base * price / equity if equity > 0 else 0.0
-        snapped = min(policy.action_map, key=lambda p: abs(p - held))
+        scale = policy.scale(features)
+        snapped = min(policy.action_map, key=lambda p: abs(p - held / scale))
         action, scores, obs_hash = policy.decide(features, snapped)
-        target = policy.action_map[action]
+        target = policy.action_map[action] * scale
         lap("inference")
         decision: dict[str, Any] = {
             "account": self.account,

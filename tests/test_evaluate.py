@@ -331,3 +331,31 @@ def test_walk_forward_windows_are_chronological_and_disjoint(span, train, valid,
 def test_importing_the_module_does_not_load_matplotlib() -> None:
     code = "import sys, pipeline.evaluate; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_volatility_target_scales_down_to_the_target_and_never_levers_up() -> None:
+    from pipeline.evaluate import VolatilityTarget
+
+    hourly = np.array([[0.02 / np.sqrt(YEAR_MS / H)], [0.9 / np.sqrt(YEAR_MS / H)]])
+    scale = VolatilityTarget(target=0.3, feature="vol_168").scale(hourly, ["vol_168"], H)
+    np.testing.assert_allclose(scale, [1.0, 0.3 / 0.9])
+
+
+def test_volatility_target_needs_its_feature_and_names_the_setting() -> None:
+    from pipeline.evaluate import VolatilityTarget
+
+    with pytest.raises(DataValidationError, match=r"training\.target_volatility"):
+        VolatilityTarget().scale(np.ones((2, 1)), ["vol_24"], H)
+
+
+def test_a_scaled_policy_is_backtested_at_its_scaled_positions() -> None:
+    n = 6
+    closes = np.linspace(100, 110, n + 1)
+    always_long = lambda obs: np.tile([0.0, 1.0], (len(obs), 1))  # noqa: E731
+    scale = np.full(n, 0.5)
+    sized = evaluate_policy(
+        always_long, np.zeros((n, 1)), np.arange(n + 1), closes, closes, (0.0, 1.0), H,
+        scale=scale,
+    )  # fmt: skip
+    np.testing.assert_array_equal(sized["policy"].positions, scale)
+    np.testing.assert_array_equal(sized["buy_and_hold"].positions, np.ones(n))

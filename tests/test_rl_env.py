@@ -87,6 +87,54 @@ def test_rewards_equal_the_backtest_of_the_same_positions() -> None:
     np.testing.assert_allclose(np.exp(rewards), 1 + reference.returns, rtol=2e-6)
 
 
+def sized(n: int, seed: int = 3) -> tuple[MarketArrays, dict]:
+    _, raw = market(n=n)
+    raw["scale"] = np.random.default_rng(seed).uniform(0.2, 1.0, n)
+    data = MarketArrays.from_candles(
+        raw["ts"], raw["open"], raw["close"], raw["features"], scale=raw["scale"]
+    )
+    return data, raw
+
+
+def test_sized_rewards_equal_the_backtest_of_the_scaled_positions() -> None:
+    data, raw = sized(60)
+    actions = np.random.default_rng(1).integers(0, 3, size=40)
+    env = one_env(data, action_map=LONG_FLAT_SHORT, episode_length=40)
+    state = EnvState(tf.constant([0]), tf.constant([0]), tf.constant([0.0]), tf.constant([0.0]))
+    rng = tf.random.Generator.from_seed(0)
+    rewards, observed = [], []
+    for action in actions:
+        out = env.step(state, tf.constant([int(action)]), rng)
+        rewards.append(out.reward.numpy()[0])
+        observed.append(out.final_obs.numpy()[0, -1])
+        state = out.state
+    chosen = np.asarray(LONG_FLAT_SHORT)[actions]
+    reference = backtest_positions(
+        "sized",
+        raw["ts"][:41],
+        raw["open"][:41],
+        raw["close"][:41],
+        chosen * raw["scale"][:40],
+        HOUR,
+    )
+    np.testing.assert_allclose(np.exp(rewards), 1 + reference.returns, rtol=2e-6)
+    np.testing.assert_array_equal(observed, chosen.astype(np.float32))  # unscaled in the obs
+
+
+def test_sized_gym_twin_gives_the_same_rewards() -> None:
+    data, _ = sized(80)
+    config = EnvConfig(num_envs=1, episode_length=30, action_map=LONG_FLAT_SHORT)
+    env, gym_env = TradingEnv(data, config), TradingGymEnv(data, config)
+    gym_env.reset(seed=0, options={"start": 7})
+    state = EnvState(tf.constant([7]), tf.constant([0]), tf.constant([0.0]), tf.constant([0.0]))
+    rng = tf.random.Generator.from_seed(0)
+    for action in np.random.default_rng(2).integers(0, 3, size=30):
+        out = env.step(state, tf.constant([int(action)]), rng)
+        _, reward, _, _, _ = gym_env.step(int(action))
+        assert reward == pytest.approx(float(out.reward.numpy()[0]), abs=1e-6)
+        state = out.state
+
+
 def test_gym_twin_gives_the_same_rewards_and_observations() -> None:
     data, _ = market(n=80)
     config = EnvConfig(num_envs=1, episode_length=30, action_map=LONG_FLAT_SHORT)

@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -427,3 +428,36 @@ def test_one_trader_trades_several_markets_each_with_its_own_champion(
     models = dict(rows(engine, "SELECT DISTINCT market, model_name FROM decisions"))
     assert models == {MARKET: NAME, eth: eth_name}
     assert len(rows(engine, "SELECT market FROM positions")) == 2
+
+
+def test_a_volatility_targeted_champion_holds_its_scaled_position_without_churning(
+    fresh_pg, clock_sim: Running, tmp_path: Path
+) -> None:
+    spec = FeatureSpec(features=("ret_1", "vol_168"), mean=(0.0, 0.0), std=(0.01, 0.01))
+    model = q_network(spec.dim + 1, 2, spec.mean, spec.std, seed=5)
+    head = model.get_layer("q_values")
+    head.set_weights([np.zeros_like(head.get_weights()[0]), np.array([0.0, 10.0], np.float32)])
+    lineage = Lineage(
+        "dqn",
+        spec,
+        (0.0, 1.0),
+        "run-sized",
+        {"market": MARKET, "valid": [1, 2], "decision_every": 1},
+        "test",
+        sizing={"target": 0.05, "feature": "vol_168", "max_scale": 1.0},
+    )
+    path = export_onnx(model, lineage, tmp_path / "sized.onnx")
+    engine = fresh_pg()
+    version = register(engine, f"file://{tmp_path / 'artifacts'}", path, NAME)
+    move_alias(engine, NAME, version, seen_generation=None, who="test", reason="sized")
+    trader = paper_trader(settings_for(engine, clock_sim, tmp_path), engine, clock_sim)
+    run_until(trader, lambda: decided(engine) >= 4, 60)
+
+    targets = [t for (t,) in rows(engine, "SELECT target FROM decisions ORDER BY candle_ts")]
+    assert all(0 < t < 0.5 for t in targets), targets  # BTC's weekly vol is far above 5%
+    [(base, quote)] = rows(engine, "SELECT base, quote FROM positions")
+    [(price,)] = rows(engine, "SELECT price FROM decisions ORDER BY candle_ts DESC LIMIT 1")
+    held = base * price / (base * price + quote)
+    assert held == pytest.approx(targets[-1], rel=0.05)
+    sells = rows(engine, "SELECT count(*) FROM orders WHERE side = 'sell'")[0][0]
+    assert sells <= len(targets) - 1, "a held long must not be sold out and bought back"

@@ -80,12 +80,20 @@ class MarketArrays:
     features: np.ndarray
     gap: np.ndarray
     bar: np.ndarray
+    scale: np.ndarray | None = None
+    """Position size of each decision row (`evaluate.VolatilityTarget`); None: 1."""
 
     @classmethod
     def from_candles(
-        cls, ts: np.ndarray, open_: np.ndarray, close: np.ndarray, features: np.ndarray
+        cls,
+        ts: np.ndarray,
+        open_: np.ndarray,
+        close: np.ndarray,
+        features: np.ndarray,
+        scale: np.ndarray | None = None,
     ) -> MarketArrays:
-        """Decision rows for candles 0..n-2 (candle n-1 only supplies the last fill)."""
+        """Decision rows for candles 0..n-2 (candle n-1 only supplies the last fill);
+        `scale`, when given, has one value per candle like `features`."""
         if len(ts) < 2 or not len(ts) == len(open_) == len(close) == len(features):
             raise DataValidationError(
                 f"market arrays need at least 2 candles of equal length; got ts {len(ts)}, "
@@ -105,7 +113,13 @@ class MarketArrays:
             features=np.asarray(features[:-1], dtype=np.float32),
             gap=(open_[1:] / close[:-1] - 1.0).astype(np.float32),
             bar=(close[1:] / open_[1:] - 1.0).astype(np.float32),
+            scale=None if scale is None else np.asarray(scale[:-1], dtype=np.float32),
         )
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """The scale of every decision row (ones without position sizing)."""
+        return np.ones(len(self.ts), np.float32) if self.scale is None else self.scale
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -160,6 +174,7 @@ class TradingEnv:
         self.features = tf.constant(data.features)
         self.gap = tf.constant(data.gap)
         self.bar = tf.constant(data.bar)
+        self.scale = tf.constant(data.sizes)
         self.action_positions = tf.constant(config.action_map, dtype=tf.float32)
         self.cost_rate = tf.constant(config.cost.rate, dtype=tf.float32)
         self.num_starts = len(data) - config.episode_length
@@ -192,26 +207,30 @@ class TradingEnv:
         return state, self.observe(state)
 
     def step(self, state: EnvState, action: tf.Tensor, rng: tf.random.Generator) -> StepResult:
-        """Fill every episode's target at the next open, earn the candle, auto-reset ends."""
+        """Fill every episode's target at the next open, earn the candle, auto-reset ends.
+
+        The state holds the unscaled position (what the policy observes); what is held
+        is that position times the row's scale."""
         action = tf.cast(action, tf.int32)
-        target = tf.gather(self.action_positions, action)
-        old = state.position
+        chosen = tf.gather(self.action_positions, action)
+        target = chosen * tf.gather(self.scale, state.index)
+        old = state.position * tf.gather(self.scale, tf.maximum(state.index - 1, 0))
         growth = (
             (1.0 + old * tf.gather(self.gap, state.index))
             * (1.0 - self.cost_rate * tf.abs(target - old))
             * (1.0 + target * tf.gather(self.bar, state.index))
         )
         reward = tf.math.log(tf.maximum(growth, 1e-9))
-        moved = EnvState(state.index + 1, state.step + 1, target, state.episode_return + reward)
+        moved = EnvState(state.index + 1, state.step + 1, chosen, state.episode_return + reward)
         final_obs = self.observe(moved)
         truncated = moved.step >= self.config.episode_length
         terminated = tf.zeros_like(truncated)
         fresh = self._starts(rng, self.config.num_envs)
-        zeros = tf.zeros_like(target)
+        zeros = tf.zeros_like(chosen)
         next_state = EnvState(
             tf.where(truncated, fresh, moved.index),
             tf.where(truncated, tf.zeros_like(moved.step), moved.step),
-            tf.where(truncated, zeros, target),
+            tf.where(truncated, zeros, chosen),
             tf.where(truncated, zeros, moved.episode_return),
         )
         obs = tf.where(truncated[:, None], self.observe(next_state), final_obs)
@@ -311,9 +330,11 @@ class TradingGymEnv(gym.Env):
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Fill the target at the next open, earn the candle; truncate at the episode length."""
-        target = self.positions[int(action)]
-        old = self._position
+        chosen = self.positions[int(action)]
         t = self._index
+        sizes = self.data.sizes
+        target = chosen * sizes[t]
+        old = self._position * sizes[max(t - 1, 0)]
         growth = (
             (np.float32(1.0) + old * self.data.gap[t])
             * (np.float32(1.0) - self.rate * np.abs(target - old))
@@ -322,6 +343,6 @@ class TradingGymEnv(gym.Env):
         reward = float(np.log(max(growth, np.float32(1e-9))))
         self._index += 1
         self._step += 1
-        self._position = target
+        self._position = chosen
         truncated = self._step >= self.config.episode_length
         return self._obs(), reward, False, truncated, {"index": self._index}
