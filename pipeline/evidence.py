@@ -195,6 +195,28 @@ def drawdown_quantile(
     return float(np.quantile(max_drawdowns(paths), quantile))
 
 
+WATCH_HORIZONS = (5, 10, 20, 40, 60, 90, 120, 180, 270, 365)
+
+
+def drawdown_expectations(
+    returns: npt.ArrayLike,
+    source: str,
+    horizons: tuple[int, ...] = WATCH_HORIZONS,
+    quantile: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """What a backtest makes usual, for the champion watch: per horizon (a number of
+    decisions), the `quantile` of the maximum drawdown over that many decisions."""
+    r = _returns(returns)
+    return {
+        "horizons": list(horizons),
+        "drawdown": [drawdown_quantile(r, h, quantile, seed=seed) for h in horizons],
+        "quantile": quantile,
+        "source": source,
+        "steps": int(r.shape[0]),
+    }
+
+
 @dataclass(frozen=True)
 class Confidence:
     """How sure a backtest's Sharpe ratio is (Sharpe figures annualized)."""

@@ -52,6 +52,7 @@ def model_summaries(engine: Engine, name: str | None = None) -> list[dict[str, A
                 "opset": row["opset"],
                 "training_run": row["training_run"],
                 "validation": metrics.get("validation", {}),
+                "evidence": _evidence(metrics.get("walk_forward")),
                 "has_plot": bool(metrics.get("validation_plot")),
             }
         )
@@ -61,6 +62,22 @@ def model_summaries(engine: Engine, name: str | None = None) -> list[dict[str, A
             for event in promotion_history(engine, model["name"])
         ]
     return list(by_name.values())
+
+
+def _evidence(walk_forward: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The walk-forward evidence the promotion gate reads, in short."""
+    if not walk_forward:
+        return None
+    confidence = walk_forward.get("confidence", {})
+    return {
+        "folds": len(walk_forward.get("folds", [])),
+        "median_sharpe": walk_forward.get("median_sharpe"),
+        "worst_drawdown": walk_forward.get("worst_drawdown"),
+        "dsr": confidence.get("dsr"),
+        "psr": confidence.get("psr"),
+        "sharpe_low": confidence.get("sharpe_low"),
+        "sharpe_high": confidence.get("sharpe_high"),
+    }
 
 
 def plot_bytes(engine: Engine, name: str, version: int) -> bytes | None:

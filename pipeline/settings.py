@@ -404,6 +404,18 @@ class ServingSettings(BaseModel):
         default=0.1, gt=0, lt=1, description="paper margin: equity/short value that liquidates"
     )
     risk: RiskSettings = Field(default_factory=RiskSettings)
+    watch_enabled: bool = Field(
+        default=True,
+        description="the champion watch: roll back (or flatten and pause) when the champion's "
+        "drawdown goes beyond what its backtest made usual",
+    )
+    watch_max_drawdown: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="the champion watch's own drawdown limit, used beside (below) the "
+        "backtest's, or alone for a model without one",
+    )
 
 
 class Withdrawal(BaseModel):

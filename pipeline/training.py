@@ -40,6 +40,7 @@ from pipeline.evaluate import (
     metrics_table,
     plot_equity,
 )
+from pipeline.evidence import MIN_RETURNS, drawdown_expectations
 from pipeline.export import (
     OUTPUT_NAMES,
     Lineage,
@@ -635,11 +636,20 @@ def evaluate_run(settings: Settings, engine: Engine, run_id: str) -> Evaluation:
     )
     if artifacts.get("model_version"):
         plot_uri, _, _ = store_artifact(settings.artifact_root, plot, kind="plots", suffix=".png")
+        returns = backtests["policy"].returns
         set_metrics(
             engine,
             artifacts["model_name"],
             int(artifacts["model_version"]),
-            {"validation": backtests["policy"].metrics, "validation_plot": plot_uri},
+            {
+                "validation": backtests["policy"].metrics,
+                "validation_plot": plot_uri,
+                **(
+                    {"expectations": drawdown_expectations(returns, "the validation window")}
+                    if len(returns) >= MIN_RETURNS
+                    else {}
+                ),
+            },
         )
     return Evaluation(run_id=run_id, backtests=backtests, plot=plot)
 
@@ -895,11 +905,19 @@ def select_walk_forward(engine: Engine, run_ids: list[str]) -> dict[str, Any]:
         evidence = {**chosen["scores"][best], "algorithm": best, "candidates": sorted(folds)}
         artifacts = candidate["artifacts"] or {}
         if artifacts.get("model_version"):
+            returns, _ = walk_forward.chain(
+                sorted(folds[best], key=lambda f: f["valid"][0]), "policy", step_ms
+            )
             set_metrics(
                 engine,
                 artifacts["model_name"],
                 int(artifacts["model_version"]),
-                {"walk_forward": evidence},
+                {
+                    "walk_forward": evidence,
+                    "expectations": drawdown_expectations(
+                        returns, f"{len(folds[best])} walk-forward folds"
+                    ),
+                },
             )
         summaries[market] = {
             "run_id": candidate["id"],

@@ -46,6 +46,21 @@ class Metrics:
             "cryptobots_exchange_errors", "failed exchange calls", ["exchange"], registry=r
         )
         self.db_up = Gauge("cryptobots_db_up", "1 when the state database answers", registry=r)
+        self.watch_drawdown = Gauge(
+            "cryptobots_watch_drawdown",
+            "drawdown since the champion took over",
+            ["market"],
+            registry=r,
+        )
+        self.watch_limit = Gauge(
+            "cryptobots_watch_limit",
+            "drawdown the champion's backtest makes usual over as many decisions",
+            ["market"],
+            registry=r,
+        )
+        self.watch_breaches = Counter(
+            "cryptobots_watch_breaches", "champion watch breaches", ["market"], registry=r
+        )
         self.stale = Counter(
             "cryptobots_stale_candles", "decisions skipped on stale data", ["market"], registry=r
         )

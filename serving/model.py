@@ -106,6 +106,16 @@ def load_policy(
     context = [f for f in lineage.feature_spec.features if f.startswith("ctx:")]
     if context:
         raise ModelRejected(f"{label}: context features {context} are not served yet")
+    sizing = VolatilityTarget.from_dict(lineage.sizing)
+    timeframe_ms = 3_600_000
+    if sizing is not None:
+        market = lineage.data_window.get("market")
+        if not market:
+            raise ModelRejected(
+                f"{label}: sized by volatility but its lineage names no market (timeframe): "
+                "export it with python -m pipeline train"
+            )
+        timeframe_ms = Market.model_validate(market).timeframe_ms
     return Policy(
         name=name,
         version=version,
@@ -117,8 +127,8 @@ def load_policy(
         provider=session.get_providers()[0],
         session=session,
         input_name=input_name,
-        sizing=VolatilityTarget.from_dict(lineage.sizing),
-        timeframe_ms=Market.model_validate(lineage.data_window["market"]).timeframe_ms,
+        sizing=sizing,
+        timeframe_ms=timeframe_ms,
     )
 
 

@@ -476,6 +476,44 @@ def record_equity(
             )
 
 
+def equity_since_version(
+    engine: Engine, account: str, market: str, name: str, version: int
+) -> list[float]:
+    """Equity points of `market` since `version` of `name` most recently took over its
+    decisions: the point before its first decision, then one per decision."""
+    with engine.connect() as conn:
+        other = conn.execute(
+            sa.select(sa.func.max(decisions.c.candle_ts)).where(
+                decisions.c.account == account,
+                decisions.c.market == market,
+                sa.or_(decisions.c.model_name != name, decisions.c.model_version != version),
+            )
+        ).scalar()
+        first = conn.execute(
+            sa.select(sa.func.min(decisions.c.candle_ts)).where(
+                decisions.c.account == account,
+                decisions.c.market == market,
+                decisions.c.model_name == name,
+                decisions.c.model_version == version,
+                decisions.c.candle_ts > (other if other is not None else -1),
+            )
+        ).scalar()
+        if first is None:
+            return []
+        before = conn.execute(
+            sa.select(equity.c.equity)
+            .where(equity.c.account == account, equity.c.market == market, equity.c.ts < first)
+            .order_by(equity.c.ts.desc())
+            .limit(1)
+        ).scalar()
+        points = conn.execute(
+            sa.select(equity.c.equity)
+            .where(equity.c.account == account, equity.c.market == market, equity.c.ts >= first)
+            .order_by(equity.c.ts)
+        ).scalars()
+        return ([] if before is None else [float(before)]) + [float(p) for p in points]
+
+
 def record_transitions(engine: Engine, account: str, transitions: Iterable[Any]) -> None:
     """Persist risk-gate transitions (objects with market, from_state, to_state, reason)."""
     rows = [

@@ -28,7 +28,14 @@ from sqlalchemy.engine import Engine
 from pipeline.errors import CryptobotsError, DataValidationError, TemporaryExchangeError
 from pipeline.exchanges.client import ExchangeClient
 from pipeline.features import Candles, fill_gaps, latest_features
-from pipeline.registry import model_name
+from pipeline.registry import (
+    PromotionConflict,
+    alias,
+    get_version,
+    model_name,
+    move_alias,
+    promotion_history,
+)
 from pipeline.settings import Market, Settings
 from serving import store
 from serving.allocation import split_balances
@@ -36,6 +43,7 @@ from serving.broker import Broker, client_order_id
 from serving.metrics import RISK_CODES, Metrics
 from serving.model import AliasNotifications, ModelWatch, Policy
 from serving.risk import MarketRules, OrderIntent, RiskGate
+from serving.watch import Expectations, Verdict, judge
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,10 @@ class MarketState:
     timings: dict[str, float] = field(default_factory=dict)  # ms per stage, last decision
     position: store.Position | None = None  # cached: this process is the only writer
     rows: dict[int, list] = field(default_factory=dict)  # recent candles by open time
+    watched: int | None = None  # the model version the champion watch follows
+    watch_equity: list[float] = field(default_factory=list)  # since that version took over
+    expectations: Expectations | None = None  # what its backtest makes usual
+    verdict: Verdict | None = None  # the watch's latest judgement
 
 
 @dataclass
@@ -295,7 +307,65 @@ class Trader:
             self._count(key, execution)
         state.handled = last
         self._mark(key, price, last, after)
+        if self.settings.serving.watch_enabled:
+            self._watch(state, policy, now)
         return 1
+
+    # -- the champion watch ---------------------------------------------------------------
+
+    def _watch(self, state: MarketState, policy: Policy, now: int) -> None:
+        """Judge the champion's record since it took over this market; on a breach roll
+        back to the previous champion, or flatten and pause when there is none."""
+        key = str(state.market)
+        if state.watched != policy.version:
+            state.watched = policy.version
+            state.watch_equity = store.equity_since_version(
+                self.engine, self.account, key, policy.name, policy.version
+            )
+            metrics = get_version(self.engine, policy.name, policy.version)["metrics"]
+            state.expectations = Expectations.from_metrics(metrics)
+        elif state.position is not None and state.last_price is not None:
+            state.watch_equity.append(state.position.equity(state.last_price))
+        if state.verdict is not None and state.verdict.breached:
+            return  # acted on already; waiting for the model to change
+        label = f"{policy.name} v{policy.version} on {key}"
+        verdict = judge(
+            label, state.watch_equity, state.expectations, self.settings.serving.watch_max_drawdown
+        )
+        state.verdict = verdict
+        self.metrics.watch_drawdown.labels(key).set(verdict.drawdown)
+        if verdict.limit is not None:
+            self.metrics.watch_limit.labels(key).set(verdict.limit)
+        if verdict.breached:
+            self.metrics.watch_breaches.labels(key).inc()
+            self._watch_breach(state, policy, verdict, now)
+
+    def _watch_breach(self, state: MarketState, policy: Policy, verdict: Verdict, now: int) -> None:
+        reason = f"champion watch: {verdict.reason}"
+        current = alias(self.engine, policy.name)
+        history = promotion_history(self.engine, policy.name)
+        previous = history[0]["from_version"] if history else None
+        if current is not None and current["version"] == policy.version and previous is not None:
+            try:
+                move_alias(
+                    self.engine,
+                    policy.name,
+                    previous,
+                    seen_generation=current["generation"],
+                    who="watchdog",
+                    reason=reason,
+                    gates={"watch": verdict.to_dict()},
+                    action="rollback",
+                )
+            except PromotionConflict:
+                log.warning("%s: the champion moved meanwhile; the watch leaves it", reason)
+                return
+            log.error("%s: rolled back to v%d", reason, previous)
+            self.last_model_poll = float("-inf")  # load the previous champion before deciding
+            return
+        log.error("%s: no earlier champion to roll back to: flattening and pausing", reason)
+        self.risk.pause(now, reason)
+        self.flatten_requested = True
 
     def _carry(
         self, state: MarketState, exchange: ExchangeClient, candles: Candles, now: int
@@ -605,9 +675,17 @@ class Trader:
             self.risk.pause(self._now(), reason)
 
     def resume(self) -> None:
-        """Lift the operator's pause."""
+        """Lift the operator's pause; a champion watch that paused judges afresh from here."""
         with self.lock:
             self.risk.resume(self._now())
+            for state in self.markets.values():
+                if state.verdict is not None and state.verdict.breached:
+                    state.verdict = None
+                    state.watch_equity = (
+                        [state.position.equity(state.last_price)]
+                        if state.position is not None and state.last_price is not None
+                        else []
+                    )
 
     def flatten(self) -> None:
         """Close every position on the next step (reducing orders pass a HALT)."""
@@ -629,6 +707,8 @@ class Trader:
             policy = self.watches[state.model].current()
             if policy is None:
                 reasons.append(f"{key}: no champion model loaded")
+            if state.verdict is not None and state.verdict.breached:
+                reasons.append(f"{key}: champion watch: {state.verdict.reason}")
             now = self.exchange_now.get(state.market.exchange)
             if state.last_closed is None:
                 reasons.append(f"{key}: no candle seen yet")
@@ -655,7 +735,11 @@ class Trader:
                 for name, w in self.watches.items()
             },
             "markets": {
-                key: {"last_closed": s.last_closed, "handled": s.handled}
+                key: {
+                    "last_closed": s.last_closed,
+                    "handled": s.handled,
+                    "watch": None if s.verdict is None else s.verdict.to_dict(),
+                }
                 for key, s in self.markets.items()
             },
         }

@@ -66,7 +66,18 @@ def registry(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
         "trades": 7.0,
         "exposure": 0.5,
     }
-    set_metrics(engine, NAME, versions[1], {"validation": validation, "validation_plot": plot_uri})
+    walk_forward = {
+        "folds": [{}] * 4,
+        "median_sharpe": 1.5,
+        "worst_drawdown": 0.12,
+        "confidence": {"dsr": 0.91, "psr": 0.97, "sharpe_low": 0.4, "sharpe_high": 2.6},
+    }
+    set_metrics(
+        engine,
+        NAME,
+        versions[1],
+        {"validation": validation, "validation_plot": plot_uri, "walk_forward": walk_forward},
+    )
     move_alias(engine, NAME, versions[0], seen_generation=None, who="alice", reason="<b>first</b>")
     return {"engine": engine, "url": pg_url, "root": root, "folder": folder, "versions": versions}
 
@@ -107,6 +118,17 @@ def test_the_page_lists_versions_with_metrics_champion_and_promote_buttons(
     assert "api/v2/dags/${DAG_ID}/dagRuns" in html
     assert "&lt;b&gt;first&lt;/b&gt;" in html
     assert "<b>first</b>" not in html
+    assert "DSR 0.91 · PSR 0.97<br>4 folds, median Sharpe 1.50<br>worst fold dd 12.0%" in html
+    assert "none: one window only" in html
+
+
+def test_a_model_without_a_champion_says_the_trader_stays_flat(fresh_pg, tmp_path: Path) -> None:
+    engine = fresh_pg()
+    model = q_network(SPEC.dim + 1, 2, SPEC.mean, SPEC.std, seed=3)
+    lineage = Lineage("dqn", SPEC, (0.0, 1.0), "run-3", {"valid": [1, 2]}, "test")
+    register(engine, f"file://{tmp_path}", export_onnx(model, lineage, tmp_path / "p.onnx"), NAME)
+    html = TestClient(create_app(lambda: engine)).get("/").text
+    assert "no champion: the trader stays flat until a candidate passes the gates" in html
 
 
 def test_the_plot_endpoint_serves_the_stored_png(client: TestClient, registry: dict):

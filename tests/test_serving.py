@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from pipeline.exchanges.simulator.app import Running
 from pipeline.export import Lineage, export_onnx
 from pipeline.features import FeatureSpec
-from pipeline.registry import alias, model_name, move_alias, register
+from pipeline.registry import alias, model_name, move_alias, register, set_metrics
 from pipeline.rl.networks import q_network
 from pipeline.settings import Settings
 from serving.broker import PaperBroker, client_order_id
@@ -430,10 +430,8 @@ def test_one_trader_trades_several_markets_each_with_its_own_champion(
     assert len(rows(engine, "SELECT market FROM positions")) == 2
 
 
-def test_a_volatility_targeted_champion_holds_its_scaled_position_without_churning(
-    fresh_pg, clock_sim: Running, tmp_path: Path
-) -> None:
-    spec = FeatureSpec(features=("ret_1", "vol_168"), mean=(0.0, 0.0), std=(0.01, 0.01))
+def export_always_long(path: Path, spec: FeatureSpec = SPEC, sizing: dict | None = None) -> Path:
+    """A DQN policy whose Q-values always prefer long: a model bad on purpose in a fall."""
     model = q_network(spec.dim + 1, 2, spec.mean, spec.std, seed=5)
     head = model.get_layer("q_values")
     head.set_weights([np.zeros_like(head.get_weights()[0]), np.array([0.0, 10.0], np.float32)])
@@ -441,12 +439,20 @@ def test_a_volatility_targeted_champion_holds_its_scaled_position_without_churni
         "dqn",
         spec,
         (0.0, 1.0),
-        "run-sized",
+        f"run-{path.stem}",
         {"market": MARKET, "valid": [1, 2], "decision_every": 1},
         "test",
-        sizing={"target": 0.05, "feature": "vol_168", "max_scale": 1.0},
+        sizing=sizing,
     )
-    path = export_onnx(model, lineage, tmp_path / "sized.onnx")
+    return export_onnx(model, lineage, path)
+
+
+def test_a_volatility_targeted_champion_holds_its_scaled_position_without_churning(
+    fresh_pg, clock_sim: Running, tmp_path: Path
+) -> None:
+    spec = FeatureSpec(features=("ret_1", "vol_168"), mean=(0.0, 0.0), std=(0.01, 0.01))
+    sizing = {"target": 0.05, "feature": "vol_168", "max_scale": 1.0}
+    path = export_always_long(tmp_path / "sized.onnx", spec, sizing)
     engine = fresh_pg()
     version = register(engine, f"file://{tmp_path / 'artifacts'}", path, NAME)
     move_alias(engine, NAME, version, seen_generation=None, who="test", reason="sized")
@@ -461,3 +467,72 @@ def test_a_volatility_targeted_champion_holds_its_scaled_position_without_churni
     assert held == pytest.approx(targets[-1], rel=0.05)
     sells = rows(engine, "SELECT count(*) FROM orders WHERE side = 'sell'")[0][0]
     assert sells <= len(targets) - 1, "a held long must not be sold out and bought back"
+
+
+def promoted_always_long(engine: Engine, tmp_path: Path, after: int | None) -> int:
+    """An always-long champion whose backtest promised almost no drawdown."""
+    root = f"file://{tmp_path / 'artifacts'}"
+    version = register(engine, root, export_always_long(tmp_path / "long.onnx"), NAME)
+    expectations = {
+        "horizons": [5, 20, 60],
+        "drawdown": [1e-5, 1e-5, 1e-5],
+        "quantile": 0.95,
+        "source": "a promise too good",
+    }
+    set_metrics(engine, NAME, version, {"expectations": expectations})
+    current = alias(engine, NAME)
+    move_alias(
+        engine,
+        NAME,
+        version,
+        seen_generation=None if current is None else current["generation"],
+        who="test",
+        reason="bad on purpose",
+    )
+    assert (current or {}).get("version") == after
+    return version
+
+
+def test_a_champion_beyond_its_backtests_drawdown_is_rolled_back_by_the_watchdog(
+    registry: tuple[Engine, str, list[int]], clock_sim: Running, tmp_path: Path
+) -> None:
+    engine, _, (first, _) = registry
+    bad = promoted_always_long(engine, tmp_path, after=first)
+    trader = paper_trader(settings_for(engine, clock_sim, tmp_path), engine, clock_sim)
+    watchdog = "SELECT from_version, to_version, action, reason, gates FROM promotion_events "
+    watchdog += "WHERE who = 'watchdog'"
+    run_until(trader, lambda: bool(rows(engine, watchdog)), 90)
+
+    [(from_version, to_version, action, reason, gates)] = rows(engine, watchdog)
+    assert (from_version, to_version, action) == (bad, first, "rollback")
+    assert "beyond" in reason
+    assert "a promise too good" in reason
+    assert gates["watch"]["breached"] is True
+    assert gates["watch"]["drawdown"] > gates["watch"]["limit"]
+    assert alias(engine, NAME)["version"] == first
+    run_until(trader, lambda: trader.watches[NAME].current().version == first, 30)
+    decided_before = decided(engine)
+    run_until(trader, lambda: decided(engine) > decided_before, 30)
+    newest = "SELECT model_version FROM decisions ORDER BY candle_ts DESC LIMIT 1"
+    [(latest,)] = rows(engine, newest)
+    assert latest == first
+
+
+def test_without_an_earlier_champion_the_watch_flattens_and_pauses(
+    fresh_pg, clock_sim: Running, tmp_path: Path
+) -> None:
+    engine = fresh_pg()
+    promoted_always_long(engine, tmp_path, after=None)
+    trader = paper_trader(settings_for(engine, clock_sim, tmp_path), engine, clock_sim)
+    run_until(trader, lambda: trader.risk.snapshot()["global"]["operator_paused"], 90)
+    trader.step()
+    [(base,)] = rows(engine, "SELECT base FROM positions")
+    assert abs(base) < 1e-5, "more than one lot step left"
+
+    ready, reasons = trader.readiness()
+    assert not ready
+    assert any("champion watch" in r and "beyond" in r for r in reasons)
+    assert rows(engine, "SELECT count(*) FROM promotion_events WHERE who = 'watchdog'") == [(0,)]
+    assert trader.status()["markets"][MARKET]["watch"]["breached"] is True
+    trader.resume()
+    assert not any("champion watch" in r for r in trader.readiness()[1])
