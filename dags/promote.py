@@ -7,13 +7,15 @@ only: trigger it from the UI's params form (or `airflow dags trigger promote
 
 **verify** the artifact (checksum, ONNX checker, signature against its feature
 spec) -> **evaluate** the candidate and the current champion from their ONNX files
-on the same most recent window -> **gate** (export parity; Sharpe above the
-champion's by the configured margin; drawdown within the limit; the first model
-needs only parity) -> **promote** (moves the `champion` alias with an audit row;
-refused unless the gates pass or `force` is set with a reason) -> **report**.
+on the same most recent window -> **gate** (export parity; evidence for every
+model, the first included: the deflated Sharpe ratio of its walk-forward folds and
+its worst fold's drawdown; against a champion also a Sharpe above the champion's by
+the configured margin and a drawdown within the limit) -> **promote** (moves the
+`champion` alias with an audit row; refused unless the gates pass or `force` is set
+with a reason) -> **report**.
 
-`version` 0 picks the best candidate (by validation Sharpe) of the latest training
-run. A promotion that lost a race with another one fails with a conflict and
+`version` 0 picks the candidate the latest training run selected by its
+walk-forward score. A promotion that lost a race with another one fails with a conflict and
 changes nothing.
 """
 
@@ -38,7 +40,7 @@ SETTINGS = load_settings()
     params={
         "name": Param(model_name(str(SETTINGS.markets[0])), type="string"),
         "version": Param(
-            0, type="integer", minimum=0, description="0 = best candidate of the last training run"
+            0, type="integer", minimum=0, description="0 = the last training run's pick"
         ),
         "force": Param(False, type="boolean", description="override failed gates"),
         "reason": Param(
