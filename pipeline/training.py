@@ -209,17 +209,23 @@ def load_candles(engine: Engine, market: Market, start: int, end: int) -> Candle
     return Candles.from_rows(rows)
 
 
-def latest_candle_end(engine: Engine, market: Market) -> int | None:
-    """Close time (ms) of the newest stored candle of `market`, or None when none is."""
+def _stored_ts(engine: Engine, market: Market, bound: Callable[..., Any]) -> int | None:
+    """`bound` (sa.func.min or max) of the stored open times of `market`."""
     with engine.connect() as conn:
-        latest = conn.execute(
-            sa.select(sa.func.max(ohlcv.c.ts)).where(
+        found = conn.execute(
+            sa.select(bound(ohlcv.c.ts)).where(
                 ohlcv.c.exchange == market.exchange,
                 ohlcv.c.symbol == market.symbol,
                 ohlcv.c.timeframe == market.timeframe,
             )
         ).scalar()
-    return None if latest is None else int(latest) + market.timeframe_ms
+    return None if found is None else int(found)
+
+
+def latest_candle_end(engine: Engine, market: Market) -> int | None:
+    """Close time (ms) of the newest stored candle of `market`, or None when none is."""
+    latest = _stored_ts(engine, market, sa.func.max)
+    return None if latest is None else latest + market.timeframe_ms
 
 
 def snapshot_window(
@@ -1007,15 +1013,7 @@ def walk_forward_folds(
 
 def first_candle(engine: Engine, market: Market) -> int | None:
     """Open time (ms) of the oldest stored candle of `market`, or None when none is."""
-    with engine.connect() as conn:
-        first = conn.execute(
-            sa.select(sa.func.min(ohlcv.c.ts)).where(
-                ohlcv.c.exchange == market.exchange,
-                ohlcv.c.symbol == market.symbol,
-                ohlcv.c.timeframe == market.timeframe,
-            )
-        ).scalar()
-    return None if first is None else int(first)
+    return _stored_ts(engine, market, sa.func.min)
 
 
 def earliest_training_start(engine: Engine, market: Market, spec: FeatureSpec) -> int | None:
