@@ -123,3 +123,11 @@ def test_parity_needs_a_thousand_real_observations(real: tuple[FeatureSpec, np.n
     _, features = real
     with pytest.raises(ModelRejected, match="at least 1000 observations"):
         parity_observations(features[:100], LONG_FLAT)
+
+
+def test_greedy_actions_that_differ_only_on_a_float_tie_are_not_a_parity_failure() -> None:
+    from pipeline.export import greedy_disagreements
+
+    theirs = np.array([[0.10038567, 0.10038567], [0.2, 0.9], [0.5, 0.1]], np.float32)
+    ours = np.array([[0.10038563, 0.10038567], [0.9, 0.2], [0.5, 0.1]], np.float32)
+    assert greedy_disagreements(ours, theirs, 1e-5).tolist() == [1]

@@ -1,0 +1,115 @@
+"""Wall time of one default nightly `train` run, beside the single-seed run it replaced.
+
+Both run the functions the `train` DAG's tasks call, one after the other as a single
+worker would (snapshot, train each job, evaluate each run, select), on binance
+BTC/USDT 1h candles backfilled through the simulator into a scratch Postgres
+database, ending 2021-03-15:
+
+- nightly (today's defaults, `TrainingSettings`): `folds` walk-forward folds per
+  algorithm, each an ensemble of `ensemble` seeds, positions sized to the volatility
+  target, selection by walk-forward score with its evidence and expectations;
+- baseline (before issue 15): one fold, one seed per algorithm, unsized, selection by
+  validation Sharpe.
+
+Floor (issue 15): the nightly run within 15 minutes on two CPU cores.
+
+    python -m bench.nightly_train [--end 2021-03-15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.common import scratch_database
+from pipeline.backfill import backfill
+from pipeline.exchanges.client import open_exchange
+from pipeline.exchanges.simulator.app import SimulatorConfig, running
+from pipeline.settings import Market, Settings
+from pipeline.training import (
+    evaluate_job,
+    select_best,
+    select_job,
+    snapshot_job,
+    train_job,
+)
+
+MARKET = Market.model_validate("binance:BTC/USDT:1h")
+FLOOR_SECONDS = 15 * 60
+
+
+def _ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def nightly(settings: Settings, end_ms: int, folds: int, changes: dict[str, Any]) -> dict:
+    """The train DAG's tasks in a row; returns the selection and the seconds taken."""
+    t = settings.training
+    started = time.perf_counter()
+    snapshots = snapshot_job(settings, str(MARKET), end_ms, t.train_days, t.valid_days, folds)
+    runs = [
+        train_job(settings, snapshot, algorithm, changes, orchestrator_run=None)
+        for snapshot in snapshots
+        for algorithm in t.algorithms
+    ]
+    evaluations = [evaluate_job(settings, run_id) for run_id in runs]
+    if folds > 1:
+        chosen = select_job(settings, [e["run_id"] for e in evaluations])
+    else:
+        from pipeline.db.engine import create_engine
+
+        engine = create_engine(settings.db_url)
+        chosen = select_best(engine, [e["run_id"] for e in evaluations])
+        engine.dispose()
+    return {"seconds": time.perf_counter() - started, "runs": len(runs), "chosen": chosen}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--end", default="2021-03-15", help="end of the newest fold (UTC)")
+    args = parser.parse_args()
+    end_ms = _ms(args.end)
+    defaults = Settings().training
+    with scratch_database("bench_nightly") as engine, tempfile.TemporaryDirectory() as var:
+        url = engine.url.render_as_string(hide_password=False)
+        data_dir = Settings().data_dir
+        with running(SimulatorConfig(data_dir=Path(data_dir))) as sim:
+            settings = Settings(
+                db_url=url,
+                var_dir=Path(var),
+                exchanges={"binance": {"ccxt_id": "binance", "url": sim.url}},
+            )
+            exchange = open_exchange(settings, "binance")
+            backfill(exchange, engine, MARKET, _ms("2017-08-17"), end_ms)
+        baseline_unsized = settings.model_copy(
+            update={"training": settings.training.model_copy(update={"target_volatility": None})}
+        )
+        baseline = nightly(baseline_unsized, end_ms, 1, {"ensemble": 1, "seed": 0})
+        new = nightly(settings, end_ms, defaults.folds, {})
+    ratio = new["seconds"] / baseline["seconds"]
+    verdict = "PASS" if new["seconds"] <= FLOOR_SECONDS else "FAIL"
+    print(f"{'run':<44} {'jobs':>5} {'wall':>9}")
+    print(
+        f"{'baseline: 1 fold, 1 seed, unsized':<44} {baseline['runs']:>5} "
+        f"{baseline['seconds']:>8.1f}s"
+    )
+    print(
+        f"{f'nightly: {defaults.folds} folds x ensemble {defaults.ensemble}, sized':<44} "
+        f"{new['runs']:>5} {new['seconds']:>8.1f}s"
+    )
+    floor = f"{FLOOR_SECONDS / 60:.0f} min"
+    print(f"ratio nightly / baseline: {ratio:.1f}x; floor <= {floor}: {verdict}")
+    chosen = new["chosen"]
+    print(
+        f"selected {chosen['algorithm']}: median fold Sharpe {chosen['median_sharpe']:.2f}, "
+        f"worst fold drawdown {chosen['worst_drawdown']:.1%}, PSR {chosen['psr']:.2f}, "
+        f"DSR {chosen['dsr']:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
