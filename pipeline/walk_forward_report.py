@@ -90,7 +90,19 @@ def _trained(
         settings, engine, request, snapshot, progress=progress, register_version=False
     )
     evaluate_run(settings, engine, run_id)
+    _release_models()
     return get_run(engine, run_id)
+
+
+def _release_models() -> None:
+    """Free what TensorFlow keeps of finished runs: hundreds of runs in one process
+    otherwise run out of memory (seen: LLVM "Cannot allocate memory" after about 200)."""
+    import gc
+
+    import keras
+
+    keras.backend.clear_session(free_memory=True)
+    gc.collect()
 
 
 def _next_window(
