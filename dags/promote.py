@@ -10,9 +10,14 @@ spec) -> **evaluate** the candidate and the current champion from their ONNX fil
 on the same most recent window -> **gate** (export parity; evidence for every
 model, the first included: the deflated Sharpe ratio of its walk-forward folds and
 its worst fold's drawdown; against a champion also a Sharpe above the champion's by
-the configured margin and a drawdown within the limit) -> **promote** (moves the
-`champion` alias with an audit row; refused unless the gates pass or `force` is set
-with a reason) -> **report**.
+the configured margin and a drawdown within the limit) -> **ask** whether a person
+must approve: always when trading live, with `promotion.require_approval` or this
+run's `approval` param, and only for a promotion that would go ahead -> **approve**
+(Browse > Required Actions: the gates, the walk-forward folds with PSR/DSR, the
+promotion window and the equity plot; no answer within
+`promotion.approval_timeout_hours` is a rejection) -> **apply** (moves the `champion`
+alias with an audit row; refused unless the gates pass or `force` is set with a
+reason) -> **report** (a rejection is audited here and the champion stays).
 
 `version` 0 picks the candidate the latest training run selected by its
 walk-forward score. A promotion that lost a race with another one fails with a conflict and
@@ -21,13 +26,17 @@ changes nothing.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pendulum
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
 from pipeline.registry import model_name
 from pipeline.settings import load_settings
 
 SETTINGS = load_settings()
+PLOTS = "/cryptobots-models/plots"
 
 
 @dag(
@@ -43,6 +52,12 @@ SETTINGS = load_settings()
             0, type="integer", minimum=0, description="0 = the last training run's pick"
         ),
         "force": Param(False, type="boolean", description="override failed gates"),
+        "approval": Param(
+            False,
+            type="boolean",
+            description="ask a person in Browse > Required Actions before the champion moves "
+            "(always asked when trading live or with promotion.require_approval)",
+        ),
         "reason": Param(
             None, type=["null", "string"], description="why (optional; required with force)"
         ),
@@ -86,14 +101,54 @@ def promote() -> None:
         engine = create_engine(settings.db_url)
         return {**pair, "verdict": gate_pair(settings, engine, pair["name"], pair["version"], pair)}
 
-    @task
+    @task.branch
+    def ask(gated: dict, **context: object) -> str:
+        from airflow.configuration import conf
+
+        from pipeline.approval import ask
+        from pipeline.db.engine import create_engine
+
+        params: dict = context["params"]  # type: ignore[assignment]
+        settings = load_settings()
+        base = conf.get("api", "base_url", fallback="") or ""
+        plot = f"{base.rstrip('/')}{PLOTS}/{gated['name']}/{gated['version']}.png"
+        engine = create_engine(settings.db_url)
+        try:
+            request = ask(
+                settings,
+                engine,
+                gated,
+                force=params["force"],
+                asked=params["approval"],
+                plot_url=plot,
+            )
+        finally:
+            engine.dispose()
+        context["ti"].xcom_push(key="request", value=request)  # type: ignore[attr-defined]
+        return "approve" if request["ask"] else "apply"
+
+    approve = ApprovalOperator(
+        task_id="approve",
+        subject="{{ ti.xcom_pull(task_ids='ask', key='request')['subject'] }}",
+        body="{{ ti.xcom_pull(task_ids='ask', key='request')['body'] }}",
+        defaults=ApprovalOperator.REJECT,
+        response_timeout=timedelta(hours=SETTINGS.promotion.approval_timeout_hours),
+        retries=0,
+    )
+
+    @task(trigger_rule="none_failed_min_one_success")
     def apply(gated: dict, **context: object) -> dict:
+        from pipeline.approval import decision, needs_person
         from pipeline.db.engine import create_engine
         from pipeline.promotion import apply_promotion
 
         params: dict = context["params"]  # type: ignore[assignment]
+        settings = load_settings()
+        approval = None
+        if needs_person(settings, gated["verdict"], params["force"], params["approval"]):
+            approval = decision(context["ti"].xcom_pull(task_ids="approve"))  # type: ignore[attr-defined]
         return apply_promotion(
-            create_engine(load_settings().db_url),
+            create_engine(settings.db_url),
             gated["name"],
             gated["version"],
             gated["verdict"],
@@ -101,17 +156,31 @@ def promote() -> None:
             who=f"airflow:{context['run_id']}",
             reason=params["reason"] or None,
             force=params["force"],
+            approval=approval,
         )
 
-    @task
-    def report(event: dict) -> str:
-        forced = " (forced)" if event["forced"] else ""
-        return (
-            f"{event['name']}: champion v{event['from_version'] or '-'} -> "
-            f"v{event['to_version']}{forced}"
-        )
+    @task(trigger_rule="none_failed")
+    def report(gated: dict, **context: object) -> str:
+        from pipeline.approval import conclude
+        from pipeline.db.engine import create_engine
 
-    report(apply(gate(evaluate(verify()))))
+        ti = context["ti"]
+        engine = create_engine(load_settings().db_url)
+        try:
+            return conclude(
+                engine,
+                gated,
+                ti.xcom_pull(task_ids="apply"),  # type: ignore[attr-defined]
+                ti.xcom_pull(task_ids="approve"),  # type: ignore[attr-defined]
+            )
+        finally:
+            engine.dispose()
+
+    gated = gate(evaluate(verify()))
+    moved = apply(gated)
+    ask(gated) >> [approve, moved]
+    approve >> moved
+    moved >> report(gated)
 
 
 dag_object = promote()

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from pipeline.approval import approval_required
 from pipeline.errors import ConfigurationError, DataValidationError, ModelRejected
 from pipeline.evaluate import CostModel, VolatilityTarget
 from pipeline.evidence import MIN_RETURNS, probabilistic_sharpe_ratio
@@ -180,8 +181,10 @@ def apply_promotion(
     who: str,
     reason: str | None,
     force: bool,
+    approval: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Move the champion if the gates passed (or `force` with a reason); else refuse."""
+    """Move the champion if the gates passed (or `force` with a reason) and, where a
+    person had to decide (`approval`, see pipeline.approval), they approved; else refuse."""
     if force and not (reason or "").strip():
         raise ConfigurationError("a forced promotion needs a reason (--reason TEXT)")
     if not verdict["passed"] and not force:
@@ -192,6 +195,13 @@ def apply_promotion(
             f"{name} v{version} fails the promotion gates {failed}: {verdict['checks']}; "
             "nothing changed (force it with --force --reason TEXT if you must)"
         )
+    if approval is not None:
+        if not approval["approved"]:
+            raise ModelRejected(
+                f"{name} v{version} was rejected by {approval['by']}: nothing changed"
+            )
+        verdict = {**verdict, "approval": approval}
+        reason = f"{reason + '; ' if reason else ''}approved by {approval['by']}"
     return move_alias(
         engine,
         name,
@@ -280,6 +290,16 @@ def promote_run(settings: Settings, engine: Engine, run_id: str, *, who: str) ->
     name, version = artifacts.get("model_name"), artifacts.get("model_version")
     if not name or not version:
         raise ModelRejected(f"training run {run_id} registered no model version")
+    if approval_required(settings):
+        return {
+            "promoted": False,
+            "name": name,
+            "version": int(version),
+            "why": f"a person approves every promotion here (trading_mode {settings.trading_mode}, "
+            f"promotion.require_approval {settings.promotion.require_approval}): trigger the "
+            f"promote DAG with name {name} and version {version}, then answer it under "
+            "Browse > Required Actions",
+        }
     try:
         event = promote(
             settings,

@@ -33,6 +33,9 @@ from pipeline.errors import CryptobotsError, ModelRejected
 CHAMPION = "champion"
 ALIAS_CHANNEL = "cryptobots_alias_moved"
 """Postgres NOTIFY channel: the payload is the model name whose alias moved."""
+MOVES = ("promote", "rollback")
+"""Audit actions that moved an alias; `reject` rows record a refused promotion."""
+REJECT = "reject"
 
 
 class PromotionConflict(CryptobotsError):
@@ -351,21 +354,56 @@ def move_alias(
     return event
 
 
-def promotion_history(engine: Engine, name: str, alias_name: str = CHAMPION) -> list[dict]:
-    """Moves of an alias, newest first."""
+def promotion_history(
+    engine: Engine,
+    name: str,
+    alias_name: str = CHAMPION,
+    actions: tuple[str, ...] | None = None,
+) -> list[dict]:
+    """Audit rows of an alias, newest first: every one, or only those of `actions`
+    (`MOVES` for the moves, without refused promotions)."""
+    query = sa.select(promotion_events).where(
+        promotion_events.c.name == name, promotion_events.c.alias == alias_name
+    )
+    if actions is not None:
+        query = query.where(promotion_events.c.action.in_(actions))
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(promotion_events)
-            .where(promotion_events.c.name == name, promotion_events.c.alias == alias_name)
-            .order_by(promotion_events.c.id.desc())
-        ).mappings()
+        rows = conn.execute(query.order_by(promotion_events.c.id.desc())).mappings()
         return [dict(r) for r in rows]
+
+
+def record_refusal(
+    engine: Engine,
+    name: str,
+    version: int,
+    *,
+    who: str,
+    reason: str,
+    gates: dict[str, Any] | None = None,
+    alias_name: str = CHAMPION,
+) -> dict[str, Any]:
+    """Audit a promotion a person refused (action `reject`): the alias stays where it is."""
+    current = alias(engine, name, alias_name)
+    event = {
+        "name": name,
+        "alias": alias_name,
+        "from_version": None if current is None else current["version"],
+        "to_version": version,
+        "action": REJECT,
+        "who": who,
+        "reason": reason,
+        "gates": json.loads(json.dumps(gates or {})),
+        "forced": False,
+    }
+    with engine.begin() as conn:
+        conn.execute(sa.insert(promotion_events).values(**event))
+    return event
 
 
 def rollback(engine: Engine, name: str, *, who: str, reason: str | None = None) -> dict:
     """Point the champion back at the version it held before its last move."""
     current = alias(engine, name)
-    history = promotion_history(engine, name)
+    history = promotion_history(engine, name, actions=MOVES)
     if current is None or not history or history[0]["from_version"] is None:
         raise ModelRejected(f"{name} has no earlier champion to roll back to")
     return move_alias(

@@ -336,6 +336,14 @@ class PromotionSettings(BaseModel):
         le=1,
         description="evidence gate: the deepest drawdown of any walk-forward fold",
     )
+    require_approval: bool = Field(
+        default=False,
+        description="a person approves every promotion in Airflow's Required Actions "
+        "(always asked when trading_mode is live)",
+    )
+    approval_timeout_hours: float = Field(
+        default=24.0, gt=0, description="an approval unanswered this long counts as a rejection"
+    )
 
 
 class RiskSettings(BaseModel):

@@ -29,6 +29,7 @@ from pipeline.errors import CryptobotsError, DataValidationError, TemporaryExcha
 from pipeline.exchanges.client import ExchangeClient
 from pipeline.features import Candles, fill_gaps, latest_features
 from pipeline.registry import (
+    MOVES,
     PromotionConflict,
     alias,
     get_version,
@@ -343,7 +344,7 @@ class Trader:
     def _watch_breach(self, state: MarketState, policy: Policy, verdict: Verdict, now: int) -> None:
         reason = f"champion watch: {verdict.reason}"
         current = alias(self.engine, policy.name)
-        history = promotion_history(self.engine, policy.name)
+        history = promotion_history(self.engine, policy.name, actions=MOVES)
         previous = history[0]["from_version"] if history else None
         if current is not None and current["version"] == policy.version and previous is not None:
             try:

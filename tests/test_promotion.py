@@ -7,18 +7,21 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy.engine import Engine
 
+from pipeline.approval import approval_required, ask, conclude, decision, needs_person
 from pipeline.backfill import backfill
 from pipeline.cli import main
 from pipeline.db.engine import create_engine
 from pipeline.db.migrate import upgrade
 from pipeline.errors import ConfigurationError, ModelRejected
-from pipeline.promotion import gates, promote
-from pipeline.registry import alias, get_version, promotion_history, register
+from pipeline.promotion import apply_promotion, evaluate_pair, gate_pair, gates, promote
+from pipeline.registry import MOVES, alias, get_version, promotion_history, register, set_metrics
 from pipeline.settings import Market, PromotionSettings, Settings
-from pipeline.training import TrainRequest, Window, snapshot_window, train_candidate
+from pipeline.training import DAY_MS, TrainRequest, Window, snapshot_window, train_candidate
+from pipeline.walk_forward import score
 from tests.conftest import exchange_client
 
 BTC = Market.model_validate("binance:BTC/USDT:1h")
@@ -215,3 +218,151 @@ def test_auto_promotion_of_a_training_run_promotes_then_reports_a_refusal(world)
     again = promote_run(settings, engine, run["id"], who="t")
     assert again["promoted"] is False
     assert "already the champion" in again["why"]
+
+
+def test_auto_promotion_waits_for_a_person_when_trading_live(world) -> None:
+    engine, settings, _ = world
+    from pipeline.promotion import promote_run
+    from pipeline.training_runs import recent_runs
+
+    run = next(r for r in recent_runs(engine) if (r["artifacts"] or {}).get("model_version"))
+    name = run["artifacts"]["model_name"]
+    before = alias(engine, name)
+    live = settings.model_copy(update={"trading_mode": "live"})
+    outcome = promote_run(live, engine, run["id"], who="t")
+    assert outcome["promoted"] is False
+    assert "Required Actions" in outcome["why"]
+    assert "promote DAG" in outcome["why"]
+    assert alias(engine, name) == before
+
+
+def test_a_person_must_approve_when_live_or_required_and_only_a_promotion_that_would_go_ahead(
+    world,
+) -> None:
+    _, settings, _ = world
+    live = settings.model_copy(update={"trading_mode": "live"})
+    required = with_gates(settings, require_approval=True)
+    passed, failed = {"passed": True}, {"passed": False}
+    assert not approval_required(settings)
+    assert approval_required(settings, asked=True)
+    assert approval_required(live)
+    assert approval_required(required)
+    assert needs_person(live, passed, force=False, asked=False)
+    assert not needs_person(live, failed, force=False, asked=False), "refused without asking"
+    assert needs_person(live, failed, force=True, asked=False), "a forced move is asked too"
+    assert not needs_person(settings, passed, force=False, asked=False)
+
+
+def approval_world(world) -> tuple[str, int, int, dict]:
+    """A model whose first version is champion and whose second, gated against it and
+    carrying walk-forward evidence, waits for a person."""
+    engine, settings, _files = world
+    name, (first, second) = fresh_model(world)
+    promote(settings, engine, name, first, who="t", reason="first", end_ms=END)
+    rng = np.random.default_rng(0)
+    folds = [
+        {
+            "valid": [END - (3 - k) * 14 * DAY_MS, END - (2 - k) * 14 * DAY_MS],
+            "series": {
+                name_: {"returns": list(rng.normal(0.0005, 0.01, 336)), "positions": [1.0] * 336}
+                for name_ in ("policy", "buy_and_hold")
+            },
+        }
+        for k in range(2)
+    ]
+    evidence = score(folds, BTC.timeframe_ms, n_trials=2)
+    set_metrics(engine, name, second, {"walk_forward": evidence})
+    pair = evaluate_pair(settings, engine, name, second, END)
+    verdict = gate_pair(with_gates(settings, sharpe_margin=-100), engine, name, second, pair)
+    return name, first, second, {**pair, "name": name, "version": second, "verdict": verdict}
+
+
+def test_the_approval_request_shows_the_gates_the_folds_and_the_window(world) -> None:
+    engine, settings, _ = world
+    name, first, second, gated = approval_world(world)
+    live = settings.model_copy(update={"trading_mode": "live"})
+    request = ask(live, engine, gated, force=False, asked=False, plot_url="/p.png")
+    assert request["ask"] is True
+    assert request["subject"] == f"Promote {name} v{second} to champion (trading live)?"
+    body = request["body"]
+    assert f"would replace **v{first}**" in body
+    assert "| evidence | yes |" in body
+    assert "| parity | yes |" in body
+    assert "Walk-forward, 2 folds" in body
+    assert "DSR" in body
+    assert "PSR" in body
+    assert body.count("| 20") >= 2, "one row per fold"
+    assert f"| champion v{first} |" in body
+    assert "| buy and hold |" in body
+    assert ask(settings, engine, gated, force=False, asked=False)["ask"] is False
+
+
+def test_a_rejection_is_audited_and_leaves_the_champion_where_it_was(world) -> None:
+    engine, _, _ = world
+    name, first, second, gated = approval_world(world)
+    response = {
+        "chosen_options": ["Reject"],
+        "responded_by_user": {"id": "7", "name": "alice"},
+        "responded_at": "2026-12-03T10:00:00+00:00",
+    }
+    line = conclude(engine, gated, None, response)
+    assert alias(engine, name)["version"] == first
+    assert line.startswith(f"{name}: v{second} promotion rejected by alice")
+    refusal = promotion_history(engine, name)[0]
+    assert (refusal["action"], refusal["who"], refusal["from_version"], refusal["to_version"]) == (
+        "reject",
+        "approval:alice",
+        first,
+        second,
+    )
+    assert refusal["gates"]["passed"] is True
+    assert promotion_history(engine, name, actions=MOVES)[0]["action"] == "promote"
+
+
+def test_an_approved_promotion_records_who_approved_it(world) -> None:
+    engine, _, _ = world
+    name, first, second, gated = approval_world(world)
+    answer = decision(
+        {
+            "chosen_options": ["Approve"],
+            "responded_by_user": {"id": "7", "name": "alice"},
+            "responded_at": "2026-12-03T10:00:00+00:00",
+        }
+    )
+    event = apply_promotion(
+        engine,
+        name,
+        second,
+        gated["verdict"],
+        gated["generation"],
+        who="t",
+        reason="weekly",
+        force=False,
+        approval=answer,
+    )
+    assert alias(engine, name)["version"] == second
+    assert event["reason"] == "weekly; approved by alice"
+    assert event["gates"]["approval"]["by"] == "alice"
+    assert conclude(engine, gated, event, None) == f"{name}: champion v{first} -> v{second}"
+
+
+def test_a_promotion_without_an_answer_or_with_a_rejection_never_moves(world) -> None:
+    engine, _, _ = world
+    name, first, second, gated = approval_world(world)
+    with pytest.raises(ModelRejected, match="needs a person's approval and has none"):
+        decision(None)
+    rejected = decision({"chosen_options": ["Reject"], "responded_by_user": None})
+    assert rejected == {"approved": False, "by": "no answer (timed out)", "at": "None"}
+    with pytest.raises(ModelRejected, match="rejected by no answer"):
+        apply_promotion(
+            engine,
+            name,
+            second,
+            gated["verdict"],
+            gated["generation"],
+            who="t",
+            reason=None,
+            force=False,
+            approval=rejected,
+        )
+    assert alias(engine, name)["version"] == first

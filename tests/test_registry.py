@@ -21,6 +21,7 @@ from pipeline.registry import (
     load_verified,
     move_alias,
     promotion_history,
+    record_refusal,
     register,
     rollback,
 )
@@ -106,6 +107,30 @@ def test_promote_then_rollback_moves_the_champion_with_an_audit_row(
         ("promote", first, second, "bob"),
         ("promote", None, first, "alice"),
     ]
+
+
+def test_a_refused_promotion_is_audited_without_moving_and_rollback_skips_it(
+    registry: tuple[Engine, str], files: list[Path]
+) -> None:
+    engine, root = registry
+    first, second, third = (register(engine, root, path, "btc") for path in files[:3])
+    move_alias(engine, "btc", first, seen_generation=None, who="alice", reason=None)
+    seen = alias(engine, "btc")["generation"]
+    move_alias(engine, "btc", second, seen_generation=seen, who="bob", reason=None)
+    refusal = record_refusal(engine, "btc", third, who="approval:carol", reason="rejected")
+    assert (refusal["action"], refusal["from_version"], refusal["to_version"]) == (
+        "reject",
+        second,
+        third,
+    )
+    assert alias(engine, "btc")["version"] == second
+    assert [h["action"] for h in promotion_history(engine, "btc")] == [
+        "reject",
+        "promote",
+        "promote",
+    ]
+    rollback(engine, "btc", who="dave")
+    assert alias(engine, "btc")["version"] == first
 
 
 def test_a_move_from_a_stale_generation_is_a_conflict_that_changes_nothing(
