@@ -133,7 +133,6 @@ def promote() -> None:
         body="{{ ti.xcom_pull(task_ids='ask', key='request')['body'] }}",
         defaults=ApprovalOperator.REJECT,
         response_timeout=timedelta(hours=SETTINGS.promotion.approval_timeout_hours),
-        retries=0,
     )
 
     @task(trigger_rule="none_failed_min_one_success")
