@@ -275,6 +275,69 @@ def test_promote_triggered_through_its_params_form_records_a_promotion(
     assert alias(engine, name)["version"] == 1
 
 
+def answer_in_the_browser(
+    ui: AirflowUI, api: AirflowAPI, run_id: str, option: str, expect: list[str]
+) -> None:
+    """Wait for the run's approve task to ask, open its Required Actions page, check the
+    evidence shown (`expect`) and press `option`."""
+    seen: dict[str, Any] = {}
+
+    def asking() -> bool:
+        seen["tasks"] = api.task_states("promote", quote(run_id, safe=""))
+        try:
+            seen["hitl"] = api.request(
+                "GET",
+                f"/dags/promote/dagRuns/{quote(run_id, safe='')}"
+                "/taskInstances/approve/-1/hitlDetails",
+            )
+        except httpx.HTTPStatusError as error:  # 404 until the task asks
+            seen["hitl"] = error.response.status_code
+            return False
+        return not seen["hitl"].get("response_received")
+
+    poll(asking, RUN_SECONDS, lambda: f"the approve task never asked: {seen}")
+    ui.open(f"/dags/promote/runs/{quote(run_id, safe='')}/tasks/approve/required_actions")
+    button = ui.wait().until(
+        ec.element_to_be_clickable((By.XPATH, f"//button[normalize-space()='{option}']"))
+    )
+    page = ui.driver.find_element(By.TAG_NAME, "body").text
+    ui.shot(f"asked-{option.lower()}")
+    for text in expect:
+        assert text in page, f"{text!r} not on the Required Actions page"
+    button.click()
+
+
+def test_a_live_style_promotion_waits_for_a_person_who_rejects_then_approves_it(
+    stack: Stack, ui: AirflowUI, api: AirflowAPI, engine: sa.Engine
+) -> None:
+    ui.ensure_signed_in(ADMIN, stack.password)
+    name = f"browser-approval-{uuid.uuid4().hex[:8]}"
+    register_copy(engine, MODEL, name)
+    evidence = ["Promote", name, "Walk-forward", "DSR", "PSR", "evidence", "buy and hold"]
+
+    rejected = api.trigger("promote", {"name": name, "version": 1, "approval": True})
+    answer_in_the_browser(ui, api, rejected, "Reject", evidence)
+    seen: dict[str, Any] = {}
+    run = poll(lambda: finished_run(api, "promote", rejected, seen), RUN_SECONDS, lambda: str(seen))
+    assert run["state"] == "success", seen
+    assert seen["tasks"].get("skipped", 0) >= 1, "apply is skipped on a rejection"
+    assert alias(engine, name) is None, "a rejection leaves the champion unchanged"
+    refusal = promotion_history(engine, name)
+    assert [(e["action"], e["who"], e["to_version"]) for e in refusal] == [
+        ("reject", f"approval:{ADMIN}", 1)
+    ]
+
+    approved = api.trigger("promote", {"name": name, "version": 1, "approval": True})
+    answer_in_the_browser(ui, api, approved, "Approve", evidence)
+    run = poll(lambda: finished_run(api, "promote", approved, seen), RUN_SECONDS, lambda: str(seen))
+    assert run["state"] == "success", seen
+    assert alias(engine, name)["version"] == 1
+    move = promotion_history(engine, name)[0]
+    assert (move["action"], move["who"]) == ("promote", f"airflow:{approved}")
+    assert move["reason"] == f"approved by {ADMIN}"
+    assert move["gates"]["approval"]["approved"] is True
+
+
 def test_the_models_page_shows_the_champion(stack: Stack, ui: AirflowUI, engine: sa.Engine) -> None:
     ui.ensure_signed_in(ADMIN, stack.password)
     champion = alias(engine, MODEL)
