@@ -39,6 +39,23 @@ SETTINGS = load_settings()
 PLOTS = "/cryptobots-models/plots"
 
 
+class AnsweredApproval(ApprovalOperator):
+    """ApprovalOperator that keeps the answer (XCom key `answer`) even on a rejection,
+    where the operator skips `apply` before its own result is stored."""
+
+    def execute_complete(self, context: dict, event: dict) -> object:
+        if "error" not in event:
+            context["ti"].xcom_push(
+                key="answer",
+                value={
+                    "chosen_options": list(event["chosen_options"]),
+                    "responded_by_user": event.get("responded_by_user"),
+                    "responded_at": str(event.get("responded_at")),
+                },
+            )
+        return super().execute_complete(context, event)
+
+
 @dag(
     dag_id="promote",
     schedule=None,
@@ -127,7 +144,7 @@ def promote() -> None:
         context["ti"].xcom_push(key="request", value=request)  # type: ignore[attr-defined]
         return "approve" if request["ask"] else "apply"
 
-    approve = ApprovalOperator(
+    approve = AnsweredApproval(
         task_id="approve",
         subject="{{ ti.xcom_pull(task_ids='ask', key='request')['subject'] }}",
         body="{{ ti.xcom_pull(task_ids='ask', key='request')['body'] }}",
@@ -145,7 +162,8 @@ def promote() -> None:
         settings = load_settings()
         approval = None
         if needs_person(settings, gated["verdict"], params["force"], params["approval"]):
-            approval = decision(context["ti"].xcom_pull(task_ids="approve"))  # type: ignore[attr-defined]
+            answer = context["ti"].xcom_pull(task_ids="approve", key="answer")  # type: ignore[attr-defined]
+            approval = decision(answer)
         return apply_promotion(
             create_engine(settings.db_url),
             gated["name"],
@@ -170,7 +188,7 @@ def promote() -> None:
                 engine,
                 gated,
                 ti.xcom_pull(task_ids="apply"),  # type: ignore[attr-defined]
-                ti.xcom_pull(task_ids="approve"),  # type: ignore[attr-defined]
+                ti.xcom_pull(task_ids="approve", key="answer"),  # type: ignore[attr-defined]
             )
         finally:
             engine.dispose()
