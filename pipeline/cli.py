@@ -20,10 +20,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
+    import sqlalchemy.exc
+
+    from pipeline.db.migrate import missing_table
+
     try:
         return int(args.handler(load_settings(), args) or 0)
     except CryptobotsError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError) as error:
+        table = missing_table(error)
+        if table is None:
+            raise
+        print(
+            f"error: the database has no table {table}: it is not migrated to this code's "
+            "schema; run: python -m pipeline db upgrade",
+            file=sys.stderr,
+        )
         return 2
 
 

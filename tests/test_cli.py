@@ -63,6 +63,30 @@ def test_doctor_names_the_fix_when_the_database_is_not_migrated(
     assert "python -m pipeline db upgrade" in checks["database"]["fix"]
 
 
+def test_a_command_on_an_unmigrated_database_names_the_fix(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["models", "list"]) == 2
+    error = capsys.readouterr().err
+    assert "the database has no table model_versions" in error
+    assert "python -m pipeline db upgrade" in error
+
+
+@pytest.mark.postgres
+def test_a_command_on_an_unmigrated_postgres_database_names_the_fix(
+    fresh_pg, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.db.migrate import downgrade
+
+    engine = fresh_pg()
+    downgrade(engine, "base")
+    monkeypatch.setenv("CRYPTOBOTS_DB_URL", engine.url.render_as_string(hide_password=False))
+    assert main(["models", "list"]) == 2
+    error = capsys.readouterr().err
+    assert "the database has no table model_versions" in error
+    assert "python -m pipeline db upgrade" in error
+
+
 @pytest.mark.postgres
 def test_doctor_fails_on_an_unreachable_database_with_the_password_masked(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

@@ -49,3 +49,14 @@ def current_revision(engine: Engine) -> str | None:
 def head_revision() -> str | None:
     """The newest revision this code knows."""
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def missing_table(error: BaseException) -> str | None:
+    """The table a database error says does not exist (SQLite's "no such table", Postgres'
+    UndefinedTable), else None: the database was never migrated, or is behind the code."""
+    text = str(getattr(error, "orig", None) or error)
+    for marker, end in (("no such table: ", None), ('relation "', '"')):
+        if marker in text:
+            name = text.split(marker, 1)[1]
+            return (name.split(end, 1)[0] if end else name.split()[0]).strip()
+    return None
