@@ -21,7 +21,9 @@ Runtime on stored candles; nothing is hand-entered.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,6 +225,58 @@ def stable_folds(returns_by_seed: Sequence[Sequence[float]], points: float = STA
     return int(np.sum(table.max(axis=0) - table.min(axis=0) <= points))
 
 
+def _replay_in_own_process(
+    settings: Settings,
+    db_url: str,
+    market: Market,
+    windows: Sequence[tuple[Window, Window]],
+    outer: int,
+    seed: int,
+    algorithms: Sequence[str],
+    changes: Mapping[str, Any],
+    progress: bool,
+) -> dict[str, list[FoldOutcome]]:
+    """`replay_seed` in a fresh process that exits afterwards: TensorFlow gives back only
+    part of each run's memory, and five seeds of ~100 trainings each in one process run
+    out of it."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
+        return pool.submit(
+            _replay_seed_job,
+            settings,
+            db_url,
+            market,
+            list(windows),
+            outer,
+            seed,
+            list(algorithms),
+            dict(changes),
+            progress,
+        ).result()
+
+
+def _replay_seed_job(
+    settings: Settings,
+    db_url: str,
+    market: Market,
+    windows: list[tuple[Window, Window]],
+    outer: int,
+    seed: int,
+    algorithms: list[str],
+    changes: dict[str, Any],
+    progress: bool,
+) -> dict[str, list[FoldOutcome]]:
+    from pipeline.db.engine import create_engine
+
+    engine = create_engine(db_url)
+    try:
+        return replay_seed(
+            settings, engine, market, windows, outer, seed, algorithms, changes, progress
+        )
+    finally:
+        engine.dispose()
+
+
 def report(
     settings: Settings,
     engine: Engine,
@@ -253,12 +307,29 @@ def report(
     step_ms = market.timeframe_ms * every
     outer_windows = [valid for _, valid in windows[t.folds :]]
     base = baselines(settings, engine, market, outer_windows, every)
-    per_seed = {
-        seed: replay_seed(
-            settings, engine, market, windows, outer, seed, algorithms, changes, progress, say
-        )
-        for seed in seeds
-    }
+    if len(seeds) == 1:
+        per_seed = {
+            seeds[0]: replay_seed(
+                settings,
+                engine,
+                market,
+                windows,
+                outer,
+                seeds[0],
+                algorithms,
+                changes,
+                progress,
+                say,
+            )
+        }
+    else:
+        url = engine.url.render_as_string(hide_password=False)
+        per_seed = {
+            seed: _replay_in_own_process(
+                settings, url, market, windows, outer, seed, algorithms, changes, progress
+            )
+            for seed in seeds
+        }
     lines = []
     for seed, outcomes in per_seed.items():
         rows = []
