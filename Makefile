@@ -10,7 +10,7 @@ UV_VERSION := 0.13.9
 SETUP_INPUTS := requirements.txt pyproject.toml
 SETUP_STAMP := $(VENV)/.cryptobots-setup
 
-.PHONY: help setup browser run test lint bench lock clean
+.PHONY: help setup browser run test lint bench gpu-check lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ lint: setup ## ruff
 
 bench: setup ## every benchmark in bench/, each printing its ratios against a baseline
 	@set -e; for script in bench/[a-z]*.py; do [ "$$script" = bench/common.py ] && continue; echo "== $$script"; $(PY) -m bench.$$(basename $$script .py); done
+
+gpu-check: setup ## prove the GPU paths (training device, ONNX Runtime CUDA vs CPU, parity); fails without a GPU
+	$(PY) -m bench.gpu_check --require-gpu $(ARGS)
 
 lock: setup ## recompile the pinned requirements files from the *.in files
 	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 requirements.in -o requirements.txt
