@@ -40,6 +40,9 @@ from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
+RESUMED_REASON = "resumed by operator"
+"""The reason of the transition an operator's resume records (risk_events)."""
+
 if TYPE_CHECKING:
     from pipeline.settings import RiskSettings
 
@@ -623,7 +626,7 @@ class RiskGate:
             self._day_start_equity = self._last_equity
         self._paused_reason = None
         self._loss_reason = None
-        self._record_global_change(before, "resumed by operator", now_ms)
+        self._record_global_change(before, RESUMED_REASON, now_ms)
 
     # --- reporting ---------------------------------------------------------------------
 

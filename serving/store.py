@@ -13,12 +13,15 @@ import contextlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline.db.schema import decisions, equity, fills, orders, positions, risk_events
+from serving.risk import RESUMED_REASON
+from serving.watch import WATCH_REASON
 
 OPEN_STATUSES = ("pending", "open", "partial")
 FINAL_STATUSES = ("filled", "canceled", "rejected", "expired")
@@ -477,10 +480,17 @@ def record_equity(
 
 
 def equity_since_version(
-    engine: Engine, account: str, market: str, name: str, version: int
+    engine: Engine,
+    account: str,
+    market: str,
+    name: str,
+    version: int,
+    since: datetime | None = None,
 ) -> list[float]:
     """Equity points of `market` since `version` of `name` most recently took over its
-    decisions: the point before its first decision, then one per decision."""
+    decisions: the point before its first decision, then one per decision. With `since`
+    (an operator's resume after a watch breach, see `watch_resumed_at`), the record
+    starts at the last point before it instead."""
     with engine.connect() as conn:
         other = conn.execute(
             sa.select(sa.func.max(decisions.c.candle_ts)).where(
@@ -501,17 +511,47 @@ def equity_since_version(
         if first is None:
             return []
         before = conn.execute(
-            sa.select(equity.c.equity)
+            sa.select(equity.c.equity, equity.c.created_at)
             .where(equity.c.account == account, equity.c.market == market, equity.c.ts < first)
             .order_by(equity.c.ts.desc())
             .limit(1)
-        ).scalar()
+        ).first()
         points = conn.execute(
-            sa.select(equity.c.equity)
+            sa.select(equity.c.equity, equity.c.created_at)
             .where(equity.c.account == account, equity.c.market == market, equity.c.ts >= first)
             .order_by(equity.c.ts)
-        ).scalars()
-        return ([] if before is None else [float(before)]) + [float(p) for p in points]
+        ).all()
+    record = ([] if before is None else [before]) + list(points)
+    if since is not None:
+        earlier = [i for i, (_, at) in enumerate(record) if _naive(at) < _naive(since)]
+        record = record[earlier[-1] :] if earlier else record
+    return [float(value) for value, _ in record]
+
+
+def watch_resumed_at(engine: Engine, account: str) -> datetime | None:
+    """When an operator last lifted a pause that the champion watch had set, or None: the
+    watch judges only what came after (a restart must not breach again on what the
+    operator already saw)."""
+    global_events = sa.and_(risk_events.c.account == account, risk_events.c.market.is_(None))
+    with engine.connect() as conn:
+        paused = conn.execute(
+            sa.select(sa.func.max(risk_events.c.at)).where(
+                global_events, risk_events.c.reason.like(f"{WATCH_REASON}%")
+            )
+        ).scalar()
+        if paused is None:
+            return None
+        return conn.execute(
+            sa.select(sa.func.min(risk_events.c.at)).where(
+                global_events,
+                risk_events.c.reason == RESUMED_REASON,
+                risk_events.c.at >= paused,
+            )
+        ).scalar()
+
+
+def _naive(at: datetime) -> datetime:
+    return at.replace(tzinfo=None) if at.tzinfo is None else at.astimezone(UTC).replace(tzinfo=None)
 
 
 def record_transitions(engine: Engine, account: str, transitions: Iterable[Any]) -> None:

@@ -44,7 +44,7 @@ from serving.broker import Broker, client_order_id
 from serving.metrics import RISK_CODES, Metrics
 from serving.model import AliasNotifications, ModelWatch, Policy
 from serving.risk import MarketRules, OrderIntent, RiskGate
-from serving.watch import Expectations, Verdict, judge
+from serving.watch import WATCH_REASON, Expectations, Verdict, judge
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +321,12 @@ class Trader:
         if state.watched != policy.version:
             state.watched = policy.version
             state.watch_equity = store.equity_since_version(
-                self.engine, self.account, key, policy.name, policy.version
+                self.engine,
+                self.account,
+                key,
+                policy.name,
+                policy.version,
+                since=store.watch_resumed_at(self.engine, self.account),
             )
             metrics = get_version(self.engine, policy.name, policy.version)["metrics"]
             state.expectations = Expectations.from_metrics(metrics)
@@ -342,7 +347,7 @@ class Trader:
             self._watch_breach(state, policy, verdict, now)
 
     def _watch_breach(self, state: MarketState, policy: Policy, verdict: Verdict, now: int) -> None:
-        reason = f"champion watch: {verdict.reason}"
+        reason = f"{WATCH_REASON}{verdict.reason}"
         current = alias(self.engine, policy.name)
         history = promotion_history(self.engine, policy.name, actions=MOVES)
         previous = history[0]["from_version"] if history else None
@@ -709,7 +714,7 @@ class Trader:
             if policy is None:
                 reasons.append(f"{key}: no champion model loaded")
             if state.verdict is not None and state.verdict.breached:
-                reasons.append(f"{key}: champion watch: {state.verdict.reason}")
+                reasons.append(f"{key}: {WATCH_REASON}{state.verdict.reason}")
             now = self.exchange_now.get(state.market.exchange)
             if state.last_closed is None:
                 reasons.append(f"{key}: no candle seen yet")

@@ -21,6 +21,9 @@ from typing import Any
 
 import numpy as np
 
+WATCH_REASON = "champion watch: "
+"""How every pause, rollback and readiness reason of the watch begins."""
+
 
 @dataclass(frozen=True)
 class Expectations:

@@ -24,6 +24,7 @@ from pipeline.features import FeatureSpec
 from pipeline.registry import alias, model_name, move_alias, register, set_metrics
 from pipeline.rl.networks import q_network
 from pipeline.settings import Settings
+from serving import store
 from serving.broker import PaperBroker, client_order_id
 from serving.metrics import Metrics
 from serving.model import CPU, AliasNotifications, ModelWatch
@@ -536,3 +537,23 @@ def test_without_an_earlier_champion_the_watch_flattens_and_pauses(
     assert trader.status()["markets"][MARKET]["watch"]["breached"] is True
     trader.resume()
     assert not any("champion watch" in r for r in trader.readiness()[1])
+
+
+def test_after_a_resume_a_restarted_watch_judges_only_what_came_after(
+    fresh_pg, clock_sim: Running, tmp_path: Path
+) -> None:
+    engine = fresh_pg()
+    version = promoted_always_long(engine, tmp_path, after=None)
+    trader = paper_trader(settings_for(engine, clock_sim, tmp_path), engine, clock_sim)
+    run_until(trader, lambda: trader.risk.snapshot()["global"]["operator_paused"], 90)
+    assert store.watch_resumed_at(engine, "paper") is None, "paused, not yet resumed"
+    trader.resume()
+    trader.step()  # records the resume
+    resumed = store.watch_resumed_at(engine, "paper")
+    assert resumed is not None
+
+    whole = store.equity_since_version(engine, "paper", MARKET, NAME, version)
+    since = store.equity_since_version(engine, "paper", MARKET, NAME, version, since=resumed)
+    assert len(whole) >= 2, "the breach needed a fall"
+    assert 1 <= len(since) < len(whole)
+    assert since == whole[len(whole) - len(since) :], "the tail of the record, from the resume"
