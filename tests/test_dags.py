@@ -258,7 +258,7 @@ def test_train_dag_then_promote_dag_make_the_best_candidate_champion(
         run = dag.test(run_conf={
             "markets": ["binance:BTC/USDT:1h"], "valid_end": "2020-01-01",
             "train_days": 30, "valid_days": 14, "dqn_steps": 2000, "a2c_steps": 20000,
-            "episode_length": 10, "folds": 2, "ensemble": 2,
+            "episode_length": 10, "folds": 2, "ensemble": 2, "algorithms": ["dqn", "a2c"],
         })
         select = [ti for ti in run.get_task_instances() if ti.task_id == "select"][0]
         print(json.dumps({

@@ -205,7 +205,7 @@ def test_train_command_prints_metrics_beside_the_baselines_and_saves_the_plot(
     command = [sys.executable, "-m", "pipeline", "train", "--market", str(BTC)]
     command += ["--train-start", "2019-10-01", "--train-end", "2019-12-01"]
     command += ["--valid-end", "2020-01-01", "--steps", "20000", "--envs", "16", "--quiet"]
-    command += ["--episode-length", "20", "--ensemble", "2"]
+    command += ["--episode-length", "20", "--ensemble", "2", "--algo", "dqn", "--algo", "a2c"]
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("policy", "buy_and_hold", "flat", "momentum", "best by validation Sharpe"):
