@@ -747,3 +747,9 @@ def test_production_docs_name_only_real_services_and_profiles(services: dict[str
     assert profiles <= {p for s in services.values() for p in s.get("profiles", [])}
     ran = set(re.findall(r"docker compose run --rm ([a-z0-9-]+)", docs))
     assert ran <= set(services)
+
+
+def test_the_live_overlay_makes_the_promote_dag_ask_a_person() -> None:
+    live = load(LIVE)["services"]
+    for service in ("airflow-scheduler", "airflow-worker"):  # LocalExecutor, CeleryExecutor
+        assert live[service]["environment"]["CRYPTOBOTS_TRADING_MODE"] == "live", service
