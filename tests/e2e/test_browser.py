@@ -259,7 +259,13 @@ def test_promote_triggered_through_its_params_form_records_a_promotion(
     )
     ui.shot("run")
     assert run["state"] == "success", seen
-    assert run["conf"] == {"name": name, "version": 1, "force": False, "reason": reason}
+    assert run["conf"] == {
+        "name": name,
+        "version": 1,
+        "force": False,
+        "approval": False,
+        "reason": reason,
+    }
 
     with engine.connect() as conn:
         events = (
