@@ -295,6 +295,11 @@ class TrainingSettings(BaseModel):
         description="size every position to this annualized volatility (the week's realized "
         "volatility, feature vol_168), capped at the action map's position; null: unscaled",
     )
+    downside_penalty: float = Field(
+        default=0.0,
+        ge=0,
+        description="reward shaping: a losing step's log growth weighs 1 + this (0: plain)",
+    )
     folds: int = Field(
         default=4,
         ge=1,

@@ -105,6 +105,7 @@ class TrainRequest:
     seed: int = 0
     ensemble: int = 1
     target_volatility: float | None = None
+    downside_penalty: float = 0.0
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -147,6 +148,7 @@ class TrainRequest:
             "seed": t.seed,
             "ensemble": t.ensemble,
             "target_volatility": t.target_volatility,
+            "downside_penalty": t.downside_penalty,
         }
         chosen = {**defaults, **{k: v for k, v in changes.items() if v is not None}}
         return cls(algorithm=algorithm, market=market, train=train, valid=valid, **chosen)
@@ -441,6 +443,7 @@ def train_candidate(
         action_map=request.action_map,
         fee_bps=request.fee_bps,
         slippage_bps=request.slippage_bps,
+        downside_penalty=request.downside_penalty,
     )
     module: Any = dqn if request.algorithm == "dqn" else actor_critic
     make_config = dqn.DQNConfig if request.algorithm == "dqn" else actor_critic.A2CConfig

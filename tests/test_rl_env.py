@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -151,6 +153,37 @@ def test_gym_twin_gives_the_same_rewards_and_observations() -> None:
         assert truncated == bool(out.truncated.numpy()[0])
         assert not terminated
         state = out.state
+
+
+def test_a_downside_penalty_weighs_losing_steps_more_in_both_twins_not_in_the_return() -> None:
+    data, _ = market(n=80)
+    plain_config = EnvConfig(num_envs=1, episode_length=30, action_map=LONG_FLAT_SHORT)
+    shaped_config = dataclasses.replace(plain_config, downside_penalty=1.5)
+    plain, shaped = TradingEnv(data, plain_config), TradingEnv(data, shaped_config)
+    gym_env = TradingGymEnv(data, shaped_config)
+    gym_env.reset(seed=0, options={"start": 7})
+    start = EnvState(tf.constant([7]), tf.constant([0]), tf.constant([0.0]), tf.constant([0.0]))
+    state_plain = state_shaped = start
+    rng = tf.random.Generator.from_seed(0)
+    losses = 0
+    for action in np.random.default_rng(2).integers(0, 3, size=29):
+        a = tf.constant([int(action)])
+        out_plain, out_shaped = plain.step(state_plain, a, rng), shaped.step(state_shaped, a, rng)
+        g = float(out_plain.reward.numpy()[0])
+        expected = g + 1.5 * min(g, 0.0)
+        assert float(out_shaped.reward.numpy()[0]) == pytest.approx(expected, abs=1e-6)
+        assert gym_env.step(int(action))[1] == pytest.approx(expected, abs=1e-6)
+        losses += g < 0
+        state_plain, state_shaped = out_plain.state, out_shaped.state
+    assert losses > 0
+    np.testing.assert_allclose(
+        state_shaped.episode_return.numpy(), state_plain.episode_return.numpy(), atol=1e-6
+    )
+
+
+def test_a_negative_downside_penalty_is_refused() -> None:
+    with pytest.raises(ValueError, match="downside_penalty must be >= 0"):
+        EnvConfig(downside_penalty=-0.5)
 
 
 def test_observation_is_the_feature_row_and_the_position_held() -> None:

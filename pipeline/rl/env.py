@@ -12,7 +12,8 @@ Semantics (the cost model of `pipeline.evaluate`, tested against it):
   The decision at t fills at the open of candle t+1: the old position is held
   from close t to open t+1, then fee + slippage are charged on the turnover
   |target - old|, then the target is held over candle t+1.
-- reward = log of the equity growth over that step, net of costs.
+- reward = log of the equity growth over that step, net of costs (a losing step
+  weighs 1 + `downside_penalty` times when that is set).
 - Episodes start at a uniformly random index of the window (position flat) and
   last `episode_length` steps, ending no later than the last decision row (whose
   observation is the final one); the last step is *truncated* (a time limit, not
@@ -52,10 +53,16 @@ class EnvConfig:
     """Taker fee in basis points of the traded notional."""
     slippage_bps: float = 5.0
     """Slippage in basis points of the traded notional."""
+    downside_penalty: float = 0.0
+    """Extra weight of a losing step in the reward: reward = g + penalty * min(g, 0),
+    g the step's log growth (0: plain log growth). Shapes learning only; episode
+    returns and every backtest stay plain."""
 
     def __post_init__(self) -> None:
         if self.num_envs < 1 or self.episode_length < 1:
             raise ValueError("num_envs and episode_length must be at least 1")
+        if self.downside_penalty < 0:
+            raise ValueError(f"downside_penalty must be >= 0, got {self.downside_penalty}")
         if 0.0 not in self.action_map or len(set(self.action_map)) != len(self.action_map):
             raise ValueError(
                 f"action map {self.action_map} must list distinct positions including 0.0 "
@@ -220,8 +227,9 @@ class TradingEnv:
             * (1.0 - self.cost_rate * tf.abs(target - old))
             * (1.0 + target * tf.gather(self.bar, state.index))
         )
-        reward = tf.math.log(tf.maximum(growth, 1e-9))
-        moved = EnvState(state.index + 1, state.step + 1, chosen, state.episode_return + reward)
+        logged = tf.math.log(tf.maximum(growth, 1e-9))
+        reward = logged + self.config.downside_penalty * tf.minimum(logged, 0.0)
+        moved = EnvState(state.index + 1, state.step + 1, chosen, state.episode_return + logged)
         final_obs = self.observe(moved)
         truncated = moved.step >= self.config.episode_length
         terminated = tf.zeros_like(truncated)
@@ -340,7 +348,8 @@ class TradingGymEnv(gym.Env):
             * (np.float32(1.0) - self.rate * np.abs(target - old))
             * (np.float32(1.0) + target * self.data.bar[t])
         )
-        reward = float(np.log(max(growth, np.float32(1e-9))))
+        logged = float(np.log(max(growth, np.float32(1e-9))))
+        reward = logged + self.config.downside_penalty * min(logged, 0.0)
         self._index += 1
         self._step += 1
         self._position = chosen
