@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -167,8 +167,14 @@ class AirflowUI:
         clock = picker.find_element(By.CSS_SELECTOR, "input[placeholder='HH:mm']")
         replace_text(clock, f"{when:%H:%M}")
         clock.send_keys(Keys.ENTER)
-        shown = f"{when:%b} {when.day}, {when:%Y %H:%M}"
-        self.wait().until(lambda _: field.text.strip() == shown)
+        shown = f"{when:%b %d, %Y %H:%M}"  # Airflow pads the day: "Dec 01, 2026 18:00"
+        try:
+            self.wait().until(lambda _: field.text.strip() == shown)
+        except TimeoutException as timeout:
+            self.shot("datetime")
+            raise AssertionError(
+                f"the date field shows {field.text.strip()!r}, not {shown!r}"
+            ) from timeout
         dialog.find_element(By.TAG_NAME, "h2").click()  # closes the picker, keeps the dialog
         self.wait().until(ec.invisibility_of_element_located((By.CSS_SELECTOR, OPEN_POPOVER)))
 
