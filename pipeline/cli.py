@@ -213,6 +213,12 @@ def _parser() -> argparse.ArgumentParser:
     launch.add_argument(
         "--simulator-speed", type=float, default=1.0, help="simulator clock speed (tests: 3600)"
     )
+    launch.add_argument(
+        "--executor",
+        choices=("local", "celery"),
+        help="Airflow's executor (default airflow.executor: local); celery needs "
+        "airflow.metadata_db_url (Postgres) and a Redis at airflow.broker_url",
+    )
     launch.add_argument("--airflow-port", type=int, default=8080)
     launch.add_argument("--trader-port", type=int, help="default: serving.port")
     launch.add_argument(
@@ -408,6 +414,9 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         trader_port=args.trader_port,
         status_every_seconds=args.status_every,
     )
+    if args.executor:
+        airflow = settings.airflow.model_copy(update={"executor": args.executor})
+        settings = settings.model_copy(update={"airflow": airflow})
     return run(settings, options)
 
 

@@ -31,12 +31,19 @@ from urllib.parse import urlparse
 
 import httpx
 
+from pipeline.deployment import (
+    ADMIN,
+    airflow_bin,
+    airflow_env,
+    check_celery,
+    metadata_url,
+    processes,
+)
 from pipeline.errors import ConfigurationError, CryptobotsError
 from pipeline.registry import model_name
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.settings import PROJECT_ROOT, Settings, mask_url
 
 DAGS = ("market_data", "backfill_history", "train", "promote")
-ADMIN = "admin"
 
 
 class Stopped(Exception):
@@ -177,10 +184,10 @@ class AirflowAPI:
     def unpause(self, dag_id: str) -> None:
         self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 
-    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
-        """A manual run of `dag_id` with `conf`; its run id."""
+    def trigger(self, dag_id: str, conf: dict[str, Any], logical_date: str | None = None) -> str:
+        """A manual run of `dag_id` with `conf` (for `logical_date`, ISO, if given); its id."""
         run = self.request(
-            "POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf}
+            "POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": logical_date, "conf": conf}
         )
         return str(run["dag_run_id"])
 
@@ -223,31 +230,6 @@ def wait_until(
             if line:
                 say(f"  {line}")
         time.sleep(1.0)
-
-
-def airflow_env(settings: Settings, options: Options) -> dict[str, str]:
-    """The environment of every child: Airflow's home, DAGs and plugins of this checkout,
-    metadata in SQLite under var/airflow, and the settings (explicit, absolute)."""
-    home = settings.var_dir / "airflow"
-    port = options.airflow_port
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    return env | {
-        "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
-        "PYTHONPATH": str(PROJECT_ROOT / "plugins"),
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
-        "CRYPTOBOTS_VAR_DIR": str(settings.var_dir),
-        "CRYPTOBOTS_DB_URL": settings.db_url,
-    }
 
 
 def simulator_port(settings: Settings) -> int | None:
@@ -317,7 +299,7 @@ def bring_up(settings: Settings, options: Options, children: Children) -> None:
     check_history(settings, options)
     state_path = settings.var_dir / "run" / "state.json"
     state = load_state(state_path)
-    env = airflow_env(settings, options)
+    env = airflow_env(settings, options.airflow_port)
 
     say(f"[1/{steps}] database {settings.masked_db_url}: migrating")
     engine = create_engine(settings.db_url)
@@ -349,8 +331,7 @@ def bring_up(settings: Settings, options: Options, children: Children) -> None:
         wait_until(lambda: _answers(ping), 120, "the simulator", children)
 
     base = f"http://127.0.0.1:{options.airflow_port}"
-    say(f"[3/{steps}] Airflow standalone (metadata {settings.var_dir / 'airflow' / 'airflow.db'})")
-    children.start("airflow", [str(Path(sys.executable).parent / "airflow"), "standalone"], env)
+    start_airflow(settings, env, children, steps)
     api = AirflowAPI(base, ADMIN, "")
     wait_until(api.healthy, 600, "Airflow's API server and scheduler", children)
     api.password = admin_password(settings.var_dir / "airflow" / "passwords.json")
@@ -414,6 +395,32 @@ def bring_up(settings: Settings, options: Options, children: Children) -> None:
     say(f"  health  http://127.0.0.1:{trader_port}/healthz   ready {ready}")
     say(f"  metrics http://127.0.0.1:{trader_port}/metrics")
     say(f"ready: Airflow {base} ({ADMIN} / {api.password}), trader {ready}; Ctrl-C stops all")
+
+
+def start_airflow(
+    settings: Settings, env: Mapping[str, str], children: Children, steps: int
+) -> None:
+    """Airflow's processes for `airflow.executor`; the Celery ones once the broker answers
+    and the metadata database is migrated."""
+    metadata = mask_url(metadata_url(settings))
+    if settings.airflow.executor == "local":
+        say(f"[3/{steps}] Airflow standalone (metadata {metadata})")
+    else:
+        check_celery(settings)
+        say(
+            f"[3/{steps}] Airflow with the CeleryExecutor (metadata {metadata}, broker "
+            f"{mask_url(settings.airflow.broker_url)}): migrating its database"
+        )
+        migrate = subprocess.run(
+            [airflow_bin(), "db", "migrate"], env=dict(env), cwd=PROJECT_ROOT,
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        if migrate.returncode:
+            raise CryptobotsError(f"airflow db migrate failed: {migrate.stdout[-1500:]}")
+    for process in processes(settings):
+        children.start(process.name, process.argv, {**env, **process.env})
+    if settings.airflow.executor == "celery":
+        say(f"  started {', '.join(children.running)} (logs in {children.log_dir})")
 
 
 LOOK_BACK_DAYS = 31  # the longest feature window (720 hourly candles) and a day to spare

@@ -228,6 +228,27 @@ class AirflowSettings(BaseModel):
         description="days of history the backfill_history DAG fetches (make run: enough for "
         "the promotion window and the features' 30-day look-back)",
     )
+    executor: Literal["local", "celery"] = Field(
+        default="local",
+        description="python -m pipeline run's Airflow: local (airflow standalone, one "
+        "machine) or celery (scheduler, DAG processor, triggerer, API server and Celery "
+        "workers as separate processes over metadata_db_url and broker_url)",
+    )
+    metadata_db_url: str = Field(
+        default="",
+        description="Airflow's own metadata database, never the cryptobots one (both keep an "
+        "alembic_version table); empty: SQLite under var_dir/airflow, which only the local "
+        "executor can use",
+    )
+    broker_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="the Celery executor's broker (Redis)"
+    )
+    worker_concurrency: int = Field(
+        default=2, ge=1, description="task slots of the Celery worker on the default queue"
+    )
+    gpu_worker_concurrency: int = Field(
+        default=1, ge=1, description="task slots of the Celery worker on the gpu queue"
+    )
 
     @field_validator("start_date")
     @classmethod

@@ -1,0 +1,185 @@
+"""The Airflow processes of one deployment over this checkout, per executor.
+
+- local: `airflow standalone` (API server, scheduler, DAG processor, triggerer and a
+  LocalExecutor in one process tree), metadata in SQLite under `var/airflow` unless
+  `airflow.metadata_db_url` names a database.
+- celery: Airflow's CeleryExecutor as it runs past one machine: the API server,
+  scheduler, DAG processor and triggerer as separate processes, and two Celery
+  workers, one on the `default` queue and one on the `gpu` queue (the train DAG's
+  training tasks), sharing nothing but the metadata database (Postgres), the broker
+  (Redis) and the secrets every Airflow process must agree on.
+
+`processes()` says what to start and with which environment; `pipeline.launch`
+starts them, and the Celery test starts the same list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import ConfigurationError
+from pipeline.settings import PROJECT_ROOT, Settings, mask_url
+
+ADMIN = "admin"
+QUEUES = ("default", "gpu")
+
+
+@dataclass(frozen=True)
+class Process:
+    """One Airflow process: its name (and log file), command line and extra environment."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def airflow_bin(name: str = "airflow") -> str:
+    """An executable of this interpreter's environment (airflow, celery, ...)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def metadata_url(settings: Settings) -> str:
+    """Airflow's metadata database: the configured one, or SQLite under var/airflow."""
+    configured = settings.airflow.metadata_db_url.strip()
+    if configured:
+        return configured
+    return f"sqlite:///{settings.var_dir / 'airflow' / 'airflow.db'}"
+
+
+def airflow_env(settings: Settings, port: int) -> dict[str, str]:
+    """The environment of every process of the deployment (Airflow's and the trader's):
+    Airflow's home, this checkout's DAGs and plugins, the executor, the metadata
+    database, the API server's address, and the settings, explicit and absolute."""
+    home = settings.var_dir / "airflow"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env |= {
+        "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
+        "PYTHONPATH": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url(settings),
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+        "CRYPTOBOTS_VAR_DIR": str(settings.var_dir),
+        "CRYPTOBOTS_DB_URL": settings.db_url,
+    }
+    if settings.airflow.executor == "celery":
+        shared = shared_secrets(home / "secrets.json")
+        env |= {
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CELERY__BROKER_URL": settings.airflow.broker_url,
+            "AIRFLOW__CORE__FERNET_KEY": shared["fernet_key"],
+            "AIRFLOW__API_AUTH__JWT_SECRET": shared["jwt_secret"],
+            "AIRFLOW__API__SECRET_KEY": shared["secret_key"],
+            # a task not acknowledged within this is sent to a worker again: longer than
+            # the longest task (training: 6 h)
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "86400",
+        }
+    return env
+
+
+def shared_secrets(path: Path) -> dict[str, str]:
+    """The Fernet key, JWT secret and API secret key every process of a distributed
+    deployment must share (each process would otherwise make up its own, and a worker's
+    task token would not verify at the API server): made once, kept in `path` (0600)."""
+    if path.exists():
+        return json.loads(path.read_text())
+    from cryptography.fernet import Fernet
+
+    made = {
+        "fernet_key": Fernet.generate_key().decode(),
+        "jwt_secret": secrets.token_urlsafe(32),
+        "secret_key": secrets.token_urlsafe(32),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        json.dump(made, out)
+    return made
+
+
+def check_celery(settings: Settings, timeout: float = 5.0) -> None:
+    """Refuse a Celery deployment that cannot work, naming the setting and the fix: the
+    metadata in SQLite (one process at a time) or a broker that does not answer."""
+    url = settings.airflow.metadata_db_url.strip()
+    if not url or url.startswith("sqlite"):
+        raise ConfigurationError(
+            "the celery executor needs Airflow's metadata in Postgres: set "
+            "CRYPTOBOTS_AIRFLOW__METADATA_DB_URL to a database of its own, e.g. "
+            "postgresql://postgres@127.0.0.1:5432/airflow (not CRYPTOBOTS_DB_URL's)"
+        )
+    if url == settings.db_url:
+        raise ConfigurationError(
+            "airflow.metadata_db_url is the cryptobots database (CRYPTOBOTS_DB_URL): give "
+            "Airflow a database of its own; both keep an alembic_version table"
+        )
+    from kombu import Connection
+
+    broker = settings.airflow.broker_url
+    try:
+        with Connection(broker, connect_timeout=timeout) as connection:
+            connection.ensure_connection(max_retries=1, timeout=timeout)
+    except Exception as error:  # kombu raises the transport's own errors
+        raise ConfigurationError(
+            f"the Celery broker {mask_url(broker)} does not answer ({error}): start Redis "
+            "there or set CRYPTOBOTS_AIRFLOW__BROKER_URL to one that runs"
+        ) from error
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a worker's log server)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def processes(settings: Settings) -> list[Process]:
+    """What to start, in order, for `settings.airflow.executor`."""
+    airflow = airflow_bin()
+    if settings.airflow.executor == "local":
+        return [Process("airflow", [airflow, "standalone"])]
+    concurrency = {
+        "default": settings.airflow.worker_concurrency,
+        "gpu": settings.airflow.gpu_worker_concurrency,
+    }
+    workers = [
+        Process(
+            f"worker-{queue}",
+            [
+                airflow,
+                "celery",
+                "worker",
+                "--queues",
+                queue,
+                "--concurrency",
+                str(concurrency[queue]),
+                "--celery-hostname",
+                f"{queue}@{socket.gethostname()}",
+            ],
+            {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())},
+        )
+        for queue in QUEUES
+    ]
+    return [
+        Process("api-server", [airflow, "api-server"]),
+        Process("scheduler", [airflow, "scheduler"]),
+        Process("dag-processor", [airflow, "dag-processor"]),
+        Process(
+            "triggerer",
+            [airflow, "triggerer"],
+            {"AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())},
+        ),
+        *workers,
+    ]

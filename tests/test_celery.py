@@ -1,0 +1,216 @@
+"""Airflow's CeleryExecutor as `python -m pipeline run --executor celery` starts it: the
+API server, scheduler, DAG processor, triggerer and two Celery workers (the `default`
+and the `gpu` queue) as separate processes over Postgres and Redis, running the
+project's DAGs against the exchange simulator."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+from celery import Celery
+from sqlalchemy.engine import Engine
+
+from pipeline.db.engine import create_engine
+from pipeline.db.migrate import upgrade
+from pipeline.deployment import ADMIN, airflow_env, check_celery, free_port
+from pipeline.errors import ConfigurationError
+from pipeline.exchanges.simulator.app import SimulatorConfig, running
+from pipeline.launch import DAGS, AirflowAPI, Children, admin_password, start_airflow
+from pipeline.settings import Settings
+from tests.conftest import PG_SERVER_URL
+
+pytestmark = pytest.mark.postgres
+
+REDIS = "redis://127.0.0.1:6379/14"  # a database of its own, emptied before and after
+RUN_SECONDS = 600
+
+
+@dataclass
+class Deployment:
+    """The running Celery deployment: its API, the cryptobots database, its settings."""
+
+    api: AirflowAPI
+    engine: Engine
+    settings: Settings
+    children: Children
+
+    def run(self, dag_id: str, conf: dict[str, Any], logical_date: str | None = None) -> str:
+        """Trigger `dag_id`, wait for it to end; its run id (failing the test unless it
+        succeeded, with the task states and the workers' logs)."""
+        run_id = self.api.trigger(dag_id, conf, logical_date)
+        deadline = time.monotonic() + RUN_SECONDS
+        while (state := self.api.run_state(dag_id, run_id)) not in ("success", "failed"):
+            self.children.check()
+            assert time.monotonic() < deadline, f"{dag_id} still {state}"
+            time.sleep(2)
+        if state != "success":
+            logs = "\n".join(
+                f"--- {log.name}\n{log.read_text()[-3000:]}"
+                for log in sorted(self.children.log_dir.glob("worker-*.log"))
+            )
+            pytest.fail(f"{dag_id}: {self.api.task_states(dag_id, run_id)}\n{logs}")
+        return run_id
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
+        return self.api.request("GET", path, params={"limit": 100})["task_instances"]
+
+
+def executed_by_worker() -> dict[str, int]:
+    """Celery tasks each worker has run so far, by its name (queue@host)."""
+    stats = Celery(broker=REDIS).control.inspect(timeout=5).stats() or {}
+    return {name: sum(s.get("total", {}).values()) for name, s in stats.items()}
+
+
+def database(pg_server: Engine, prefix: str) -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with pg_server.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    return sa.make_url(PG_SERVER_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def drop(pg_server: Engine, url: str) -> None:
+    with pg_server.connect() as conn:
+        name = sa.make_url(url).database
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory, pg_server: Engine, data_dir: Path
+) -> Iterator[Deployment]:
+    metadata, data = database(pg_server, "cb_airflow"), database(pg_server, "cb_celery")
+    broker = redis.Redis.from_url(REDIS)
+    broker.flushdb()
+    var_dir = tmp_path_factory.mktemp("celery") / "var"
+    port = free_port()
+    settings = Settings(
+        var_dir=var_dir,
+        db_url=data,
+        airflow={"executor": "celery", "metadata_db_url": metadata, "broker_url": REDIS},
+    )
+    engine = create_engine(data)
+    upgrade(engine)
+    children = Children(var_dir / "logs")
+    try:
+        with running(SimulatorConfig(data_dir=data_dir)) as simulator:
+            env = airflow_env(settings, port) | {
+                "AIRFLOW__API__WORKERS": "1",
+                "CRYPTOBOTS_EXCHANGES__BINANCE__URL": simulator.url,
+                "CRYPTOBOTS_PROMOTION__WINDOW_DAYS": "14",
+                "CRYPTOBOTS_PROMOTION__MIN_DSR": "0",  # a tiny budget: the wiring, not evidence
+                "CRYPTOBOTS_PROMOTION__MAX_FOLD_DRAWDOWN": "1",
+            }
+            start_airflow(settings, env, children, steps=1)
+            api = AirflowAPI(f"http://127.0.0.1:{port}", ADMIN, "")
+            deadline = time.monotonic() + 300
+            while not api.healthy():
+                children.check()
+                assert time.monotonic() < deadline, "the Celery deployment never got healthy"
+                time.sleep(2)
+            api.password = admin_password(var_dir / "airflow" / "passwords.json")
+            pools = [sys.executable, "-m", "pipeline", "airflow-pools"]
+            assert subprocess.run(pools, env=env, timeout=300).returncode == 0
+            while not set(DAGS) <= api.dag_ids():
+                children.check()
+                assert time.monotonic() < deadline, "the DAGs were never parsed"
+                time.sleep(2)
+            for dag_id in ("backfill_history", "train", "promote"):
+                api.unpause(dag_id)  # market_data is unpaused by its test: it runs hourly
+            yield Deployment(api, engine, settings, children)
+    finally:
+        children.stop()
+        engine.dispose()
+        broker.flushdb()
+        broker.close()
+        drop(pg_server, metadata)
+        drop(pg_server, data)
+
+
+def stored(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT symbol, count(*) FROM ohlcv GROUP BY symbol")).all()
+    return dict(rows)
+
+
+def test_backfill_history_runs_on_the_default_queues_worker(deployment: Deployment) -> None:
+    before = executed_by_worker()
+    run_id = deployment.run("backfill_history", {"days": 92, "end": "2020-01-01T00:00"})
+    tis = deployment.task_instances("backfill_history", run_id)
+    assert {ti["queue"] for ti in tis} == {"default"}
+    assert all(ti["executor"] in (None, "CeleryExecutor") for ti in tis)
+    after = executed_by_worker()
+    default = next(name for name in after if name.startswith("default@"))
+    assert after[default] - before.get(default, 0) == len(tis)
+    assert stored(deployment.engine) == {"BTC/USDT": 2208, "ETH/BTC": 2208, "ETH/USDT": 2208}
+
+
+def test_market_data_stores_the_interval_of_every_market(deployment: Deployment) -> None:
+    deployment.api.unpause("market_data")
+    deployment.run("market_data", {}, logical_date="2020-02-01T05:00:00Z")
+    with deployment.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT symbol FROM ohlcv WHERE ts = :ts ORDER BY symbol"),
+            {"ts": 1580529600000},  # 2020-02-01T04:00Z: the interval [04:00, 05:00)
+        ).scalars()
+        assert list(rows) == ["BTC/USDT", "ETH/BTC", "ETH/USDT"]
+
+
+def test_training_runs_on_the_gpu_queues_worker_and_its_candidate_is_promoted(
+    deployment: Deployment,
+) -> None:
+    before = executed_by_worker()
+    conf = {
+        "markets": ["binance:BTC/USDT:1h"], "valid_end": "2020-01-01", "train_days": 30,
+        "valid_days": 14, "a2c_steps": 20000, "episode_length": 10, "folds": 2,
+        "ensemble": 2, "algorithms": ["a2c"],
+    }  # fmt: skip
+    run_id = deployment.run("train", conf)
+    training = [
+        ti for ti in deployment.task_instances("train", run_id) if ti["task_id"] == "train_agent"
+    ]
+    assert len(training) == 2
+    assert {ti["queue"] for ti in training} == {"gpu"}
+    after = executed_by_worker()
+    gpu = next(name for name in after if name.startswith("gpu@"))
+    assert after[gpu] - before.get(gpu, 0) == len(training)
+
+    deployment.run("promote", {"version": 0})
+    with deployment.engine.connect() as conn:
+        versions = conn.execute(sa.text("SELECT count(*) FROM model_versions")).scalar()
+        champion = conn.execute(
+            sa.text("SELECT version FROM model_aliases WHERE alias = 'champion'")
+        ).scalar()
+        who = conn.execute(sa.text("SELECT who FROM promotion_events")).scalar()
+    assert versions == 1, "one candidate: the newest fold's"
+    assert champion == 1
+    assert who.startswith("airflow:")
+
+
+def test_a_celery_deployment_without_postgres_metadata_is_refused(tmp_path: Path) -> None:
+    settings = Settings(var_dir=tmp_path, airflow={"executor": "celery"})
+    with pytest.raises(ConfigurationError, match="CRYPTOBOTS_AIRFLOW__METADATA_DB_URL"):
+        check_celery(settings)
+
+
+def test_a_broker_that_does_not_answer_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    settings = Settings(
+        var_dir=tmp_path,
+        airflow={
+            "executor": "celery",
+            "metadata_db_url": "postgresql://postgres@127.0.0.1:5432/airflow",
+            "broker_url": f"redis://127.0.0.1:{free_port()}/0",
+        },
+    )
+    with pytest.raises(ConfigurationError, match="CRYPTOBOTS_AIRFLOW__BROKER_URL"):
+        check_celery(settings, timeout=2)
