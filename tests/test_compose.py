@@ -581,6 +581,47 @@ def test_airflow_services_share_the_jwt_secret_and_reach_the_execution_api(
         assert targets["AIRFLOW__CORE__FERNET_KEY"] == "airflow_fernet_key", name
 
 
+# what differs per host, or is the embedded deployment's own (paths, ports, simple auth)
+PER_HOST = {
+    "AIRFLOW_HOME", "AIRFLOW__API__PORT", "AIRFLOW__CORE__DAGS_FOLDER",
+    "AIRFLOW__CORE__PLUGINS_FOLDER", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS",
+    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL",
+}  # fmt: skip
+
+
+def test_airflow_services_set_every_setting_of_the_tested_celery_deployment(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    from pipeline.deployment import airflow_env
+    from pipeline.settings import Settings
+
+    settings = Settings(
+        var_dir=tmp_path,
+        airflow={"executor": "celery", "metadata_db_url": "postgresql://db/airflow"},
+    )
+    tested = {key for key in airflow_env(settings, 8080) if key.startswith("AIRFLOW")} - PER_HOST
+    for name, service in built_from(services, PIPELINE_DOCKERFILE).items():
+        given = set(environment(service)) | set(secret_targets(service))
+        assert tested - given == set(), name
+
+
+def test_every_class_an_airflow_setting_names_is_installed(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    import importlib
+
+    named = {
+        value
+        for service in built_from(services, PIPELINE_DOCKERFILE).values()
+        for key, value in environment(service).items()
+        if key.startswith("AIRFLOW__") and re.fullmatch(r"airflow(\.\w+)+\.[A-Z]\w+", value)
+    }
+    assert named, "no class named: the pattern is stale"
+    for path in sorted(named):
+        module, _, name = path.rpartition(".")
+        assert hasattr(importlib.import_module(module), name), path
+
+
 def test_every_secret_file_is_user_created_under_secrets_and_documented(
     compose: dict[str, Any],
 ) -> None:
