@@ -19,11 +19,21 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from pipeline.db.schema import decisions, equity, fills, orders, positions, risk_events
+from pipeline.db.schema import (
+    decisions,
+    equity,
+    fills,
+    orders,
+    positions,
+    risk_events,
+    trader_leases,
+)
+from serving.lease import LeaseLost
 from serving.risk import RESUMED_REASON
 from serving.watch import WATCH_REASON
 
 OPEN_STATUSES = ("pending", "open", "partial")
+Fence = tuple[str, int]  # (lease holder, fencing token) that must still hold the market
 FINAL_STATUSES = ("filled", "canceled", "rejected", "expired")
 
 
@@ -179,9 +189,11 @@ class DecisionWriter:
         execution: Execution | None = None,
         *,
         durable: bool = True,
+        fence: Fence | None = None,
     ) -> int:
         """Write a decision, its order (if any) and, for paper fills known at once, the
-        execution; returns the decision id.
+        execution; returns the decision id. With a `fence` (holder, token) nothing is
+        written unless that lease still holds the market: LeaseLost.
 
         A live order is written `pending` before it is sent, durably. A paper decision
         (`durable=False`) commits without waiting for the WAL flush on Postgres: only a
@@ -198,7 +210,7 @@ class DecisionWriter:
         moves = bool(decision["outcome"] in ("order", "hold") or base_change or quote_change)
         if not self.postgres:
             return _record_core(
-                self.engine, decision, values, fill_rows, moves, base_change, quote_change
+                self.engine, decision, values, fill_rows, moves, base_change, quote_change, fence
             )
         params = {
             **decision,
@@ -211,15 +223,20 @@ class DecisionWriter:
         if values:
             params |= {f"o_{k}": values.get(k) for k in _ORDER_COLUMNS}
             params["fills"] = json.dumps(fill_rows)
-        statement = _PG_STATEMENTS[(bool(values), durable)]
+        if fence is not None:
+            params |= {"lease_holder": fence[0], "lease_token": fence[1]}
+        statement = _PG_STATEMENTS[(bool(values), durable, fence is not None)]
         if self._conn is None or self._conn.closed:
             self._conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
-            return int(self._conn.execute(statement, params).scalar_one())
+            made = self._conn.execute(statement, params).scalar()
         except sa.exc.DBAPIError as error:
             if error.connection_invalidated or isinstance(error, sa.exc.OperationalError):
                 self.close()
             raise
+        if made is None:
+            raise _lost(decision, fence)
+        return int(made)
 
     def close(self) -> None:
         """Give the connection back (a later write opens a new one)."""
@@ -236,11 +253,12 @@ def record_decision(
     execution: Execution | None = None,
     *,
     durable: bool = True,
+    fence: Fence | None = None,
 ) -> int:
     """`DecisionWriter.record` once, on a connection of its own (tests, tools)."""
     writer = DecisionWriter(engine)
     try:
-        return writer.record(decision, order, execution, durable=durable)
+        return writer.record(decision, order, execution, durable=durable, fence=fence)
     finally:
         writer.close()
 
@@ -253,8 +271,10 @@ def _record_core(
     moves: bool,
     base_change: float,
     quote_change: float,
+    fence: Fence | None,
 ) -> int:
     with engine.begin() as conn:
+        _check_fence(conn, decision["account"], decision["market"], fence)
         decision_id = conn.execute(
             sa.insert(decisions).values(**decision).returning(decisions.c.id)
         ).scalar_one()
@@ -277,11 +297,12 @@ _ORDER_COLUMNS = (
     "filled", "average", "fee", "fee_currency", "exchange_order_id", "error",
 )  # fmt: skip
 _MADE = (
-    "WITH made AS (INSERT INTO decisions ({columns}) VALUES ({values}) RETURNING id), "
+    "WITH made AS (INSERT INTO decisions ({columns}) SELECT {values} WHERE {{fence}} "
+    "RETURNING id), "
     "moved AS (UPDATE positions SET base = base + :base_change, "
     "quote = quote + :quote_change, target = COALESCE(:new_target, target), "
     "borrowed = GREATEST(-(base + :base_change), 0), updated_at = now() "
-    "WHERE account = :account AND market = :market AND :moves)"
+    "WHERE account = :account AND market = :market AND :moves AND EXISTS (SELECT 1 FROM made))"
 ).format(
     columns=", ".join(_DECISION_COLUMNS),
     values=", ".join(
@@ -294,20 +315,54 @@ _ORDERED = (
 _FILLED = (
     ", filled AS (INSERT INTO fills ({columns}) SELECT {columns} FROM "
     "json_to_recordset(CAST(:fills AS JSON)) AS f(client_order_id text, trade_id text, "
-    "ts bigint, price float8, amount float8, fee float8, fee_currency text))"
+    "ts bigint, price float8, amount float8, fee float8, fee_currency text) "
+    "WHERE EXISTS (SELECT 1 FROM made))"
 ).format(columns="client_order_id, trade_id, ts, price, amount, fee, fee_currency")
+# the lease row is read FOR SHARE: a takeover waits until this write is committed (and
+# then its reconciliation sees it), or this write sees the takeover and writes nothing
+_FENCE = (
+    "EXISTS (SELECT 1 FROM trader_leases WHERE account = :account AND market = :market "
+    "AND holder = :lease_holder AND token = :lease_token FOR SHARE)"
+)
 _PG_STATEMENTS = {
     # in autocommit, the statements of one query string are one implicit transaction,
     # so SET LOCAL covers exactly the decision's write
-    (with_order, durable): sa.text(
+    (with_order, durable, fenced): sa.text(
         ("" if durable else "SET LOCAL synchronous_commit TO OFF; ")
-        + _MADE
+        + _MADE.format(fence=_FENCE if fenced else "TRUE")
         + (_ORDERED + _FILLED if with_order else "")
         + " SELECT id FROM made"
     )
     for with_order in (False, True)
     for durable in (False, True)
+    for fenced in (False, True)
 }
+
+
+def _check_fence(conn: Connection, account: str, market: str, fence: Fence | None) -> None:
+    """LeaseLost unless `fence` still holds the market's lease (locked until commit)."""
+    if fence is None:
+        return
+    holds = conn.execute(
+        sa.select(trader_leases.c.token)
+        .where(
+            trader_leases.c.account == account,
+            trader_leases.c.market == market,
+            trader_leases.c.holder == fence[0],
+            trader_leases.c.token == fence[1],
+        )
+        .with_for_update(read=True)
+    ).first()
+    if holds is None:
+        raise _lost({"account": account, "market": market}, fence)
+
+
+def _lost(decision: dict[str, Any], fence: Fence | None) -> LeaseLost:
+    return LeaseLost(
+        f"{decision['market']} ({decision['account']}): this trader's lease (token "
+        f"{fence[1] if fence else '?'}) was taken over by another trader: nothing written, "
+        "nothing sent"
+    )
 
 
 def _order_values(order: dict[str, Any] | None, execution: Execution | None) -> dict[str, Any]:
@@ -387,9 +442,11 @@ def _fill_rows(client_order_id: str, new: Iterable[Fill]) -> list[dict[str, Any]
     ]
 
 
-def record_order(engine: Engine, order: dict[str, Any]) -> None:
-    """Write an order that no decision made (an operator's flatten) as `pending`."""
+def record_order(engine: Engine, order: dict[str, Any], fence: Fence | None = None) -> None:
+    """Write an order that no decision made (an operator's flatten) as `pending`; with a
+    `fence`, only while that lease holds the market (else LeaseLost)."""
     with engine.begin() as conn:
+        _check_fence(conn, order["account"], order["market"], fence)
         conn.execute(sa.insert(orders).values(**order, status="pending", filled=0.0, fee=0.0))
 
 

@@ -284,6 +284,19 @@ equity = sa.Table(
     comment="one equity point per market and decision candle",
 )
 
+trader_leases = sa.Table(
+    "trader_leases",
+    metadata,
+    sa.Column("account", sa.String(8), nullable=False),
+    sa.Column("market", sa.String(80), nullable=False),
+    sa.Column("holder", sa.String(200), nullable=False, comment="host:pid:nonce of the trader"),
+    sa.Column("token", sa.BigInteger, nullable=False, comment="fencing token, +1 per takeover"),
+    sa.Column("expires_at", sa.BigInteger, nullable=False, comment="ms; renewed while alive"),
+    sa.Column("acquired_at", sa.BigInteger, nullable=False, comment="ms of the last takeover"),
+    sa.PrimaryKeyConstraint("account", "market"),
+    comment="which trader may trade each market: every order write checks its token",
+)
+
 risk_events = sa.Table(
     "risk_events",
     metadata,

@@ -1,0 +1,232 @@
+"""One active trader per market: a lease row per (account, market) with a fencing token.
+
+A trader takes the leases of every market it trades before it trades, and a thread of
+its own renews them while the process lives. One that stops renewing (killed, frozen,
+cut off from the database) loses them `ttl` later; a standby then takes them over with
+the token + 1 and reconciles with the exchange before its first order. Every order
+write checks, in the same statement, that the writer's token is still the lease's
+(`store.DecisionWriter`, `store.record_order`), so a frozen old leader that wakes up
+cannot write an order, and an order it cannot write is never sent.
+
+Times are the hosts' own clocks in epoch milliseconds (keep them in NTP sync); the
+margin between a lease's expiry and the renewals (every ttl / 3) absorbs small skew.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from pipeline.db.schema import trader_leases
+from pipeline.errors import CryptobotsError
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLost(CryptobotsError):
+    """Another trader holds the lease now: nothing is written or sent."""
+
+
+class _Held(Exception):
+    """A market's lease is someone else's (rolls the transaction back)."""
+
+
+def holder_id() -> str:
+    """This process, as a lease names its holder: host, pid and a nonce."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Lease:
+    """The leases of one trader's markets on one account."""
+
+    engine: Engine
+    account: str
+    markets: Sequence[str]
+    ttl_seconds: float
+    holder: str = field(default_factory=holder_id)
+    clock: Callable[[], float] = time.time
+    tokens: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def held(self) -> bool:
+        """Whether this trader holds every market's lease (as far as it knows)."""
+        with self._lock:
+            return len(self.tokens) == len(self.markets)
+
+    def token(self, market: str) -> int | None:
+        with self._lock:
+            return self.tokens.get(market)
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def acquire(self) -> bool:
+        """Take every market's lease that is free or expired (keeping those held); True
+        when all are held. Takes none unless it can take all, so two traders with the
+        same markets never split them."""
+        now = self._now_ms()
+        expires = now + int(self.ttl_seconds * 1000)
+        taken: dict[str, int] = {}
+        try:
+            with self.engine.begin() as conn:
+                taken = self._take(conn, now, expires)
+        except _Held:
+            return False
+        with self._lock:
+            changed = taken != self.tokens
+            self.tokens = taken
+        if changed:
+            log.info("lease of %s taken by %s (tokens %s)", self.account, self.holder, taken)
+        return True
+
+    def _take(self, conn: Connection, now: int, expires: int) -> dict[str, int]:
+        taken: dict[str, int] = {}
+        for market in self.markets:
+            _ensure_row(conn, self.account, market)
+            row = conn.execute(
+                sa.update(trader_leases)
+                .where(
+                    trader_leases.c.account == self.account,
+                    trader_leases.c.market == market,
+                    sa.or_(
+                        trader_leases.c.expires_at < now,
+                        trader_leases.c.holder == self.holder,
+                    ),
+                )
+                .values(
+                    holder=self.holder,
+                    expires_at=expires,
+                    token=sa.case(
+                        (trader_leases.c.holder == self.holder, trader_leases.c.token),
+                        else_=trader_leases.c.token + 1,
+                    ),
+                    acquired_at=sa.case(
+                        (trader_leases.c.holder == self.holder, trader_leases.c.acquired_at),
+                        else_=now,
+                    ),
+                )
+                .returning(trader_leases.c.token)
+            ).first()
+            if row is None:
+                raise _Held(market)  # rolls back: all or none
+            taken[market] = int(row[0])
+        return taken
+
+    def renew(self) -> bool:
+        """Extend the held leases; False, forgetting them all, when any was taken over."""
+        with self._lock:
+            held = dict(self.tokens)
+        if len(held) != len(self.markets):
+            return False
+        expires = self._now_ms() + int(self.ttl_seconds * 1000)
+        try:
+            with self.engine.begin() as conn:
+                self._extend(conn, held, expires)
+        except _Held as taken:
+            self.drop(f"{taken.args[0]}'s lease was taken over")
+            return False
+        return True
+
+    def _extend(self, conn: Connection, held: dict[str, int], expires: int) -> None:
+        for market, token in held.items():
+            renewed = conn.execute(
+                sa.update(trader_leases)
+                .where(
+                    trader_leases.c.account == self.account,
+                    trader_leases.c.market == market,
+                    trader_leases.c.holder == self.holder,
+                    trader_leases.c.token == token,
+                )
+                .values(expires_at=expires)
+            ).rowcount
+            if not renewed:
+                raise _Held(market)
+
+    def drop(self, why: str) -> None:
+        """Forget the leases (they were lost): trade nothing until they are taken again."""
+        with self._lock:
+            was, self.tokens = self.tokens, {}
+        if was:
+            log.warning("lease of %s lost by %s: %s; standing by", self.account, self.holder, why)
+
+    def release(self) -> None:
+        """Hand the leases back at once (a clean stop): a standby needs not wait for ttl."""
+        with self._lock:
+            held, self.tokens = self.tokens, {}
+        if not held:
+            return
+        with self.engine.begin() as conn:
+            for market, token in held.items():
+                conn.execute(
+                    sa.update(trader_leases)
+                    .where(
+                        trader_leases.c.account == self.account,
+                        trader_leases.c.market == market,
+                        trader_leases.c.holder == self.holder,
+                        trader_leases.c.token == token,
+                    )
+                    .values(expires_at=0)
+                )
+
+    def holders(self) -> dict[str, str]:
+        """Who holds each market's lease now (expired ones are marked so)."""
+        now = self._now_ms()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    trader_leases.c.market, trader_leases.c.holder, trader_leases.c.expires_at
+                )
+                .where(trader_leases.c.account == self.account)
+                .where(trader_leases.c.market.in_(list(self.markets)))
+            ).all()
+        return {
+            market: holder if expires >= now else f"{holder} (expired)"
+            for market, holder, expires in rows
+            if holder
+        }
+
+
+def _ensure_row(conn: Connection, account: str, market: str) -> None:
+    """The market's lease row, free, unless it exists."""
+    exists = conn.execute(
+        sa.select(sa.literal(1))
+        .select_from(trader_leases)
+        .where(trader_leases.c.account == account, trader_leases.c.market == market)
+    ).first()
+    if exists is None:
+        values = {"account": account, "market": market, "holder": "", "token": 0}
+        values |= {"expires_at": 0, "acquired_at": 0}
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        conn.execute(insert(trader_leases).values(**values).on_conflict_do_nothing())
+
+
+class Renewer(threading.Thread):
+    """Renews a lease every ttl / 3 while the process lives; a frozen process freezes
+    it too, so its lease expires, which is the point."""
+
+    def __init__(self, lease: Lease, stop: threading.Event) -> None:
+        super().__init__(name="lease-renewer", daemon=True)
+        self.lease, self.stop = lease, stop
+
+    def run(self) -> None:
+        while not self.stop.wait(self.lease.ttl_seconds / 3):
+            if not self.lease.held:
+                continue
+            try:
+                self.lease.renew()
+            except sa.exc.DBAPIError as error:
+                log.warning("lease not renewed, the database did not answer: %s", error)

@@ -1,0 +1,1 @@
+"""Builders shared by test modules (no test module imports another)."""

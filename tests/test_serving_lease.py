@@ -1,0 +1,118 @@
+"""One active trader per market: leases with fencing tokens, on both backends. A lease
+is taken whole or not at all, kept while renewed, taken over once it expired (token
++ 1), and a write with a stale token is refused with nothing written."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from serving import store
+from serving.lease import Lease, LeaseLost
+from tests.support.serving_rows import decision, paper_buy
+
+BTC, ETH = "binance:BTC/USDT:1h", "binance:ETH/USDT:1h"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def engine(migrated_engine: Engine) -> Engine:
+    with migrated_engine.begin() as conn:
+        for table in ("trader_leases", "decisions", "orders", "fills", "positions"):
+            conn.execute(sa.text(f"DELETE FROM {table}"))
+    store.ensure_position(migrated_engine, "paper", BTC, 10_000.0)
+    return migrated_engine
+
+
+def lease(engine: Engine, clock: Clock, name: str, markets=(BTC,)) -> Lease:
+    return Lease(engine, "paper", markets, ttl_seconds=10, holder=name, clock=clock)
+
+
+def test_the_first_trader_takes_the_lease_and_a_second_stands_by(engine: Engine) -> None:
+    clock = Clock()
+    active, standby = lease(engine, clock, "a"), lease(engine, clock, "b")
+    assert active.acquire()
+    assert active.held
+    assert not standby.acquire()
+    assert not standby.held
+    assert standby.holders() == {BTC: "a"}
+
+
+def test_a_renewed_lease_is_kept_past_its_first_expiry(engine: Engine) -> None:
+    clock = Clock()
+    active, standby = lease(engine, clock, "a"), lease(engine, clock, "b")
+    active.acquire()
+    clock.now += 8
+    assert active.renew()
+    clock.now += 8
+    assert not standby.acquire()
+
+
+def test_an_expired_lease_is_taken_over_with_the_next_token(engine: Engine) -> None:
+    clock = Clock()
+    active, standby = lease(engine, clock, "a"), lease(engine, clock, "b")
+    active.acquire()
+    first = active.token(BTC)
+    clock.now += 11
+    assert standby.acquire()
+    assert standby.token(BTC) == first + 1
+    assert not active.renew(), "the old holder learns it lost the lease"
+    assert not active.held
+
+
+def test_a_lease_is_taken_whole_or_not_at_all(engine: Engine) -> None:
+    clock = Clock()
+    lease(engine, clock, "a", markets=(ETH,)).acquire()
+    both = lease(engine, clock, "b", markets=(BTC, ETH))
+    assert not both.acquire()
+    assert lease(engine, clock, "c", markets=(BTC,)).acquire(), "BTC was left free"
+
+
+def test_a_released_lease_is_taken_at_once(engine: Engine) -> None:
+    clock = Clock()
+    active, standby = lease(engine, clock, "a"), lease(engine, clock, "b")
+    active.acquire()
+    active.release()
+    assert standby.acquire()
+
+
+def test_a_decision_with_a_stale_token_writes_nothing(engine: Engine) -> None:
+    clock = Clock()
+    old, new = lease(engine, clock, "a"), lease(engine, clock, "b")
+    old.acquire()
+    stale = ("a", old.token(BTC))
+    store.record_decision(engine, decision(1, None), fence=stale)
+    clock.now += 11
+    new.acquire()
+    order, execution = paper_buy("cid-2")
+    with pytest.raises(LeaseLost, match="taken over"):
+        store.record_decision(engine, decision(2, "cid-2"), order, execution, fence=stale)
+    store.record_decision(engine, decision(3, None), fence=("b", new.token(BTC)))
+    with engine.connect() as conn:
+        decided = conn.execute(sa.text("SELECT candle_ts FROM decisions ORDER BY 1")).scalars()
+        assert list(decided) == [1, 3]
+        assert conn.execute(sa.text("SELECT count(*) FROM orders")).scalar() == 0
+        assert conn.execute(sa.text("SELECT count(*) FROM fills")).scalar() == 0
+    assert store.get_position(engine, "paper", BTC).base == 0, "the position did not move"
+
+
+def test_an_operators_order_with_a_stale_token_is_refused(engine: Engine) -> None:
+    clock = Clock()
+    old, new = lease(engine, clock, "a"), lease(engine, clock, "b")
+    old.acquire()
+    stale = ("a", old.token(BTC))
+    clock.now += 11
+    new.acquire()
+    order, _ = paper_buy("flatten-1")
+    with pytest.raises(LeaseLost):
+        store.record_order(engine, order, fence=stale)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM orders")).scalar() == 0
