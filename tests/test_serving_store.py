@@ -11,7 +11,6 @@ from serving import store
 from tests.support.serving_rows import MARKET, decision, paper_buy
 
 
-
 @pytest.fixture
 def engine(migrated_engine: Engine) -> Engine:
     with migrated_engine.begin() as conn:
