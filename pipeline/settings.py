@@ -440,6 +440,17 @@ class ServingSettings(BaseModel):
         default=0.1, gt=0, lt=1, description="paper margin: equity/short value that liquidates"
     )
     risk: RiskSettings = Field(default_factory=RiskSettings)
+    failover_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="a trader that stops renewing its markets' lease (killed, frozen, cut "
+        "off) is replaced by a standby within this; its lease lasts two thirds of it",
+    )
+    standby: bool = Field(
+        default=False,
+        description="start as a standby: wait for the markets' lease instead of refusing to "
+        "start while another trader holds it",
+    )
     watch_enabled: bool = Field(
         default=True,
         description="the champion watch: roll back (or flatten and pause) when the champion's "

@@ -15,11 +15,13 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pipeline.errors import ConfigurationError, CryptobotsError, TemporaryExchangeError
 from pipeline.settings import Settings, load_settings
+from serving.lease import Lease, LeaseHeld
 
 log = logging.getLogger("serving")
 
@@ -82,6 +84,9 @@ def build(settings: Settings, *, live: bool, environ: Mapping[str, str]) -> Any:
         )
         for m in markets
     }
+    account = "live" if live else "paper"
+    ttl = LEASE_SHARE * settings.serving.failover_seconds
+    lease = Lease(engine, account, [str(m) for m in markets], ttl)
     return Trader(
         settings=settings,
         engine=engine,
@@ -91,7 +96,30 @@ def build(settings: Settings, *, live: bool, environ: Mapping[str, str]) -> Any:
         risk=RiskGate(settings.serving.risk, [str(m) for m in markets]),
         metrics=metrics,
         notifications=AliasNotifications(engine),
+        lease=lease,
     )
+
+
+LEASE_SHARE = 2 / 3  # of failover_seconds: renewals every third of it, a poll to spare
+
+
+def claim(trader: Any, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+    """Take the markets' lease before trading, waiting at most one lease (a killed
+    predecessor's runs out by then); LeaseHeld names who holds it, unless this trader
+    is a standby, which waits in its loop (and answers /readyz 503 meanwhile)."""
+    lease = getattr(trader, "lease", None)
+    if lease is None or settings.serving.standby:
+        return
+    deadline = clock() + lease.ttl_seconds + settings.serving.loop_seconds
+    while not lease.acquire():
+        if clock() > deadline:
+            held = ", ".join(f"{m} by {h}" for m, h in sorted(lease.holders().items()))
+            raise LeaseHeld(
+                f"the {lease.account} markets are traded by another trader ({held}): stop it, "
+                "or start this one as its standby (CRYPTOBOTS_SERVING__STANDBY=true, "
+                "serving.standby), which takes over within serving.failover_seconds"
+            )
+        time.sleep(min(1.0, settings.serving.loop_seconds))
 
 
 def build_arbitrage(settings: Settings, *, live: bool, environ: Mapping[str, str]) -> Any:
@@ -187,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(serving=serving)
         make = build_arbitrage if args.strategy == "arbitrage" else build
         trader = make(settings, live=args.live, environ=os.environ)
+        claim(trader, settings)
     except CryptobotsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

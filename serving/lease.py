@@ -27,13 +27,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline.db.schema import trader_leases
-from pipeline.errors import CryptobotsError
+from pipeline.errors import ConfigurationError, CryptobotsError
 
 log = logging.getLogger(__name__)
 
 
 class LeaseLost(CryptobotsError):
     """Another trader holds the lease now: nothing is written or sent."""
+
+
+class LeaseHeld(ConfigurationError):
+    """Another live trader holds the markets' lease and this one is no standby."""
 
 
 class _Held(Exception):
@@ -63,6 +67,12 @@ class Lease:
         """Whether this trader holds every market's lease (as far as it knows)."""
         with self._lock:
             return len(self.tokens) == len(self.markets)
+
+    def describe(self) -> dict[str, object]:
+        """JSON-able, for /readyz: who this trader is and the tokens it holds."""
+        with self._lock:
+            tokens = dict(self.tokens)
+        return {"holder": self.holder, "held": len(tokens) == len(self.markets), "tokens": tokens}
 
     def token(self, market: str) -> int | None:
         with self._lock:

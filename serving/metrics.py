@@ -46,6 +46,11 @@ class Metrics:
             "cryptobots_exchange_errors", "failed exchange calls", ["exchange"], registry=r
         )
         self.db_up = Gauge("cryptobots_db_up", "1 when the state database answers", registry=r)
+        self.active = Gauge(
+            "cryptobots_trader_active",
+            "1 while this trader holds its markets' lease and trades, 0 on standby",
+            registry=r,
+        )
         self.watch_drawdown = Gauge(
             "cryptobots_watch_drawdown",
             "drawdown since the champion took over",

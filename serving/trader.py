@@ -41,6 +41,7 @@ from pipeline.settings import Market, Settings
 from serving import store
 from serving.allocation import split_balances
 from serving.broker import Broker, client_order_id
+from serving.lease import Lease, LeaseLost, Renewer
 from serving.metrics import RISK_CODES, Metrics
 from serving.model import AliasNotifications, ModelWatch, Policy
 from serving.risk import MarketRules, OrderIntent, RiskGate
@@ -91,6 +92,8 @@ class Trader:
     exchange_now: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     notifications: AliasNotifications | None = None  # LISTEN/NOTIFY: swaps sooner
+    lease: Lease | None = None  # None: trades without one (a library user, a test)
+    standing_by: str = ""  # who holds the lease while this trader stands by
     writer: store.DecisionWriter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -112,6 +115,8 @@ class Trader:
             if not self._database_ready():
                 return 0
             try:
+                if not self._hold_lease():
+                    return 0
                 self._poll_models()
                 if not self.reconciled:
                     self.reconcile()
@@ -127,6 +132,37 @@ class Trader:
             except DB_ERRORS as error:
                 self._database_lost(error)
                 return 0
+
+    def _hold_lease(self) -> bool:
+        """Whether this trader may trade now: it holds its markets' lease, or took it
+        over just now (then it reconciles with the exchange before anything is sent)."""
+        if self.lease is None or self.lease.held:
+            return True
+        if not self.lease.acquire():
+            self.metrics.active.set(0)
+            held = self.lease.holders()
+            self.standing_by = ", ".join(f"{m} traded by {h}" for m, h in sorted(held.items()))
+            return False
+        self.standing_by = ""
+        self.metrics.active.set(1)
+        self.reconciled = False
+        for state in self.markets.values():
+            state.position = None
+        return True
+
+    def _fence(self, key: str) -> tuple[str, int] | None:
+        if self.lease is None:
+            return None
+        token = self.lease.token(key)
+        if token is None:
+            raise LeaseLost(f"{key}: this trader holds no lease on it")
+        return (self.lease.holder, token)
+
+    def _lease_lost(self, error: LeaseLost) -> None:
+        assert self.lease is not None
+        self.lease.drop(str(error))
+        self.metrics.active.set(0)
+        self.reconciled = False
 
     def _database_ready(self) -> bool:
         if self.db_ok:
@@ -285,7 +321,12 @@ class Trader:
             )
         lap("broker")
         try:
-            self.writer.record(decision, order, execution, durable=broker.live)
+            self.writer.record(
+                decision, order, execution, durable=broker.live, fence=self._fence(key)
+            )
+        except LeaseLost as error:
+            self._lease_lost(error)
+            return 0
         except sa.exc.IntegrityError:
             log.warning("%s: candle %d was already decided (another trader?): skipped", key, last)
             state.handled, state.position = last, None
@@ -661,7 +702,11 @@ class Trader:
                 client_order_id("flatten", 0, key, now, side), key, side, verdict.amount
             )
             broker = self.brokers[state.market.exchange]
-            store.record_order(self.engine, order)
+            try:
+                store.record_order(self.engine, order, fence=self._fence(key))
+            except LeaseLost as error:
+                self._lease_lost(error)
+                return
             execution = self._send(broker, state.market, order, now)
             self._count(key, execution)
             log.info("%s: flattened %s %s (%s)", key, side, verdict.amount, execution.status)
@@ -709,6 +754,8 @@ class Trader:
         reasons = []
         if not self.db_ok:
             reasons.append("state database unreachable")
+        if self.lease is not None and not self.lease.held:
+            reasons.append(f"standby: {self.standing_by or 'the lease is not held yet'}")
         for key, state in self.markets.items():
             policy = self.watches[state.model].current()
             if policy is None:
@@ -731,6 +778,7 @@ class Trader:
             "ready": ready,
             "reasons": reasons,
             "account": self.account,
+            "lease": None if self.lease is None else self.lease.describe(),
             "risk": self.risk.snapshot(),
             "models": {
                 name: (
@@ -753,6 +801,8 @@ class Trader:
     def run(self, stop: threading.Event) -> None:
         """Step until `stop` is set; the current step always finishes."""
         interval = self.settings.serving.loop_seconds
+        if self.lease is not None:
+            Renewer(self.lease, stop).start()
         try:
             while not stop.is_set():
                 try:
@@ -769,6 +819,11 @@ class Trader:
             self.writer.close()
             if self.notifications is not None:
                 self.notifications.close()
+            if self.lease is not None:
+                try:
+                    self.lease.release()  # a standby takes over now, not a lease later
+                except DB_ERRORS as error:
+                    log.error("lease not released, the database is down: %s", _first(error))
 
 
 class Laps:

@@ -71,6 +71,8 @@ def test_sigkill_at_random_points_never_doubles_an_order_and_books_match_the_exc
             "CRYPTOBOTS_SERVING__PORT": "0",
             "CRYPTOBOTS_SERVING__LOOP_SECONDS": "0.05",
             "CRYPTOBOTS_SERVING__RISK__MAX_ORDERS_PER_HOUR": "1000",
+            # a restart waits out its killed predecessor's lease: keep that short here
+            "CRYPTOBOTS_SERVING__FAILOVER_SECONDS": "1.5",
         }
         for _ in range(RESTARTS):
             process = start_trader(env, log)

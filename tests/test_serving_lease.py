@@ -4,12 +4,15 @@ is taken whole or not at all, kept while renewed, taken over once it expired (to
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from pipeline.settings import Settings
 from serving import store
-from serving.lease import Lease, LeaseLost
+from serving.lease import Lease, LeaseHeld, LeaseLost
 from tests.support.serving_rows import decision, paper_buy
 
 BTC, ETH = "binance:BTC/USDT:1h", "binance:ETH/USDT:1h"
@@ -116,3 +119,25 @@ def test_an_operators_order_with_a_stale_token_is_refused(engine: Engine) -> Non
         store.record_order(engine, order, fence=stale)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM orders")).scalar() == 0
+
+
+def test_a_second_trader_that_is_no_standby_refuses_to_start_naming_the_holder(
+    engine: Engine, tmp_path
+) -> None:
+    from serving.cli import claim
+
+    settings = Settings(var_dir=tmp_path, serving={"failover_seconds": 0.3, "loop_seconds": 0.05})
+    Lease(engine, "paper", (BTC,), ttl_seconds=60, holder="host-a:1:abc").acquire()
+    second = SimpleNamespace(lease=Lease(engine, "paper", (BTC,), ttl_seconds=0.2))
+    with pytest.raises(LeaseHeld, match=r"host-a:1:abc.*CRYPTOBOTS_SERVING__STANDBY"):
+        claim(second, settings)
+
+
+def test_a_standby_starts_without_waiting_for_the_lease(engine: Engine, tmp_path) -> None:
+    from serving.cli import claim
+
+    settings = Settings(var_dir=tmp_path, serving={"standby": True})
+    Lease(engine, "paper", (BTC,), ttl_seconds=60, holder="host-a:1:abc").acquire()
+    standby = SimpleNamespace(lease=Lease(engine, "paper", (BTC,), ttl_seconds=10))
+    claim(standby, settings)
+    assert not standby.lease.held
