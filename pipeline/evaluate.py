@@ -87,7 +87,7 @@ class VolatilityTarget:
     sizing changes what a decision earns, not what the policy sees.
     """
 
-    target: float = 0.3
+    target: float = 0.2
     feature: str = "vol_168"
     max_scale: float = 1.0
 

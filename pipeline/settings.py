@@ -311,10 +311,12 @@ class TrainingSettings(BaseModel):
     slippage_bps: float = Field(default=5.0, ge=0, description="slippage, basis points")
     seed: int = Field(default=0, ge=0, description="seed of weights, exploration, episodes")
     target_volatility: float | None = Field(
-        default=0.3,
+        default=0.2,
         gt=0,
         description="size every position to this annualized volatility (the week's realized "
-        "volatility, feature vol_168), capped at the action map's position; null: unscaled",
+        "volatility, feature vol_168), capped at the action map's position; null: unscaled "
+        "(0.2 rather than 0.3: in the walk-forward report the five seeds' fold returns agreed "
+        "in 6 of 8 folds instead of 4, drawdowns fell by a third, Sharpe held)",
     )
     downside_penalty: float = Field(
         default=0.0,
