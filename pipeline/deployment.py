@@ -74,6 +74,7 @@ def airflow_env(settings: Settings, port: int) -> dict[str, str]:
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
         "CRYPTOBOTS_VAR_DIR": str(settings.var_dir),
         "CRYPTOBOTS_DB_URL": settings.db_url,
+        "CRYPTOBOTS_ARTIFACT_ROOT": settings.artifact_root,
     }
     if settings.airflow.executor == "celery":
         shared = shared_secrets(home / "secrets.json")
@@ -168,7 +169,12 @@ def processes(settings: Settings) -> list[Process]:
                 "--celery-hostname",
                 f"{queue}@{socket.gethostname()}",
             ],
-            {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())},
+            {
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+                # a scratch space of its own, as on a host of its own: what a task hands
+                # to another goes through the artifact store and the database
+                "CRYPTOBOTS_VAR_DIR": str(settings.var_dir / "workers" / queue),
+            },
         )
         for queue in QUEUES
     ]

@@ -79,7 +79,8 @@ def store_artifact(
 
 
 def fetch_artifact(uri: str, folder: Path) -> Path:
-    """A local copy of an artifact (the file itself when it is local)."""
+    """A local copy of an artifact (the file itself when it is local), downloaded once
+    into `folder` (names are content hashes) and whole or not at all."""
     import fsspec
     from fsspec.implementations.local import LocalFileSystem
 
@@ -88,7 +89,10 @@ def fetch_artifact(uri: str, folder: Path) -> Path:
         return Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     local = folder / Path(path).name
-    fs.get(path, str(local))
+    if not local.exists():
+        partial = local.with_name(f"{local.name}.tmp-{uuid.uuid4().hex}")
+        fs.get(path, str(partial))
+        partial.replace(local)
     return local
 
 

@@ -55,7 +55,7 @@ from pipeline.features import (
     fill_gaps,
     fit_normalization,
 )
-from pipeline.registry import model_name, register, set_metrics, store_artifact
+from pipeline.registry import fetch_artifact, model_name, register, set_metrics, store_artifact
 from pipeline.settings import PROJECT_ROOT, Market, Settings
 from pipeline.training_runs import get_run, ms_to_datetime, start_run, update_run
 
@@ -400,8 +400,15 @@ def new_run_id(algorithm: str, market: Market, orchestrator_run: str | None = No
 
 
 def run_dir(settings: Settings, run_id: str) -> Path:
-    """Where a run keeps its checkpoints, summaries, model and plots."""
+    """Where a run keeps its checkpoints, summaries, model and plots on this worker (its
+    scratch space: what another task needs goes through the artifact store)."""
     return settings.var_dir / "runs" / run_id
+
+
+def local_copy(settings: Settings, uri: str | Path, kind: str) -> Path:
+    """A file of the artifact store on this worker (itself when the store is a local
+    folder, else downloaded once into this worker's scratch space)."""
+    return fetch_artifact(str(uri), settings.var_dir / "cache" / kind)
 
 
 def train_candidate(
@@ -424,7 +431,7 @@ def train_candidate(
     from pipeline.rl.env import EnvConfig, TradingEnv
     from pipeline.rl.networks import ensemble_of
 
-    snapshot = load_snapshot(snapshot_path)
+    snapshot = load_snapshot(local_copy(settings, snapshot_path, "snapshots"))
     if (snapshot.market, snapshot.train, snapshot.valid) != (
         request.market,
         request.train,
@@ -522,6 +529,7 @@ def train_candidate(
             parity_observations(prepared.parity_features, request.action_map),
         )
         name = model_name(str(request.market))
+        onnx_uri, _, _ = store_artifact(settings.artifact_root, onnx_path)
         version = (
             register(
                 engine,
@@ -550,7 +558,7 @@ def train_candidate(
             "run_dir": str(directory),
             "snapshot": str(snapshot_path),
             "model": str(model_path),
-            "onnx": str(onnx_path),
+            "onnx": onnx_uri,
             "model_name": name,
             "model_version": version,
             "feature_spec": str(directory / "feature_spec.json"),
@@ -590,7 +598,7 @@ def evaluate_run(settings: Settings, engine: Engine, run_id: str) -> Evaluation:
             f"training run {run_id} is {run['status']}, not trained: train it first"
         )
     artifacts = dict(run["artifacts"])
-    snapshot = load_snapshot(artifacts["snapshot"])
+    snapshot = load_snapshot(local_copy(settings, artifacts["snapshot"], "snapshots"))
     spec = FeatureSpec.from_dict(run["feature_spec"])
     every = int(run["params"].get("decision_every", 1))
     sizing = VolatilityTarget.from_dict(run["params"].get("sizing"))
@@ -600,7 +608,8 @@ def evaluate_run(settings: Settings, engine: Engine, run_id: str) -> Evaluation:
         every,
         sizing,
     )
-    session = ort.InferenceSession(artifacts["onnx"], providers=["CPUExecutionProvider"])
+    onnx = local_copy(settings, artifacts["onnx"], "onnx")
+    session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     env = run["params"]["env"]
 
@@ -618,7 +627,8 @@ def evaluate_run(settings: Settings, engine: Engine, run_id: str) -> Evaluation:
         CostModel(fee_bps=env["fee_bps"], slippage_bps=env["slippage_bps"]),
         scale=prepared.valid_scale,
     )
-    directory = Path(artifacts["run_dir"])
+    directory = run_dir(settings, run_id)  # this worker's: training may have run on another
+    directory.mkdir(parents=True, exist_ok=True)
     plot = plot_equity(
         backtests,
         directory / "equity.png",
@@ -627,6 +637,7 @@ def evaluate_run(settings: Settings, engine: Engine, run_id: str) -> Evaluation:
     (directory / "metrics.json").write_text(
         json.dumps({name: b.metrics for name, b in backtests.items()}, indent=2) + "\n"
     )
+    plot_uri, _, _ = store_artifact(settings.artifact_root, plot, kind="plots", suffix=".png")
     update_run(
         engine,
         run_id,
@@ -639,12 +650,10 @@ def evaluate_run(settings: Settings, engine: Engine, run_id: str) -> Evaluation:
         baselines={name: b.metrics for name, b in backtests.items() if name != "policy"},
         artifacts={
             **artifacts,
-            "equity_plot": str(plot),
-            "metrics": str(directory / "metrics.json"),
+            "equity_plot": plot_uri,
         },
     )
     if artifacts.get("model_version"):
-        plot_uri, _, _ = store_artifact(settings.artifact_root, plot, kind="plots", suffix=".png")
         returns = backtests["policy"].returns
         set_metrics(
             engine,
@@ -806,10 +815,11 @@ def snapshot_job(
         snapshots = []
         for fold, (train, valid) in enumerate(windows):
             path = snapshot_window(settings, engine, parsed, train, valid, spec)
+            uri, _, _ = store_artifact(settings.artifact_root, path, "snapshots", ".npz")
             snapshots.append(
                 {
                     "market": str(parsed),
-                    "snapshot": str(path),
+                    "snapshot": uri,
                     "train": [train.start, train.end],
                     "valid": [valid.start, valid.end],
                     "fold": fold,

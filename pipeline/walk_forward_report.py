@@ -48,6 +48,7 @@ from pipeline.training import (
     backtest_onnx,
     earliest_training_start,
     evaluate_run,
+    local_copy,
     ms_of,
     snapshot_window,
     text_table,
@@ -113,7 +114,7 @@ def _next_window(
     t = settings.training
     return backtest_onnx(
         engine,
-        run["artifacts"]["onnx"],
+        local_copy(settings, run["artifacts"]["onnx"], "onnx"),
         market,
         window,
         tuple(run["feature_spec"]["features"]),

@@ -1,7 +1,8 @@
 """Airflow's CeleryExecutor as `python -m pipeline run --executor celery` starts it: the
 API server, scheduler, DAG processor, triggerer and two Celery workers (the `default`
 and the `gpu` queue) as separate processes over Postgres and Redis, running the
-project's DAGs against the exchange simulator."""
+project's DAGs against the exchange simulator. The workers share nothing but services:
+each has a scratch folder of its own, and the artifact store is S3 (moto's server)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import redis
 import sqlalchemy as sa
@@ -32,6 +34,8 @@ from tests.conftest import PG_SERVER_URL
 pytestmark = pytest.mark.postgres
 
 REDIS = "redis://127.0.0.1:6379/14"  # a database of its own, emptied before and after
+BUCKET = "cryptobots-celery"
+HISTORY = {"days": 92, "end": "2020-01-01T00:00"}  # what the training test trains on
 RUN_SECONDS = 600
 
 
@@ -66,6 +70,15 @@ class Deployment:
         return self.api.request("GET", path, params={"limit": 100})["task_instances"]
 
 
+def endpoint(aws: dict[str, str]) -> dict[str, str]:
+    return {
+        "endpoint_url": aws["AWS_ENDPOINT_URL"],
+        "aws_access_key_id": aws["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": aws["AWS_SECRET_ACCESS_KEY"],
+        "region_name": aws["AWS_DEFAULT_REGION"],
+    }
+
+
 def executed_by_worker() -> dict[str, int]:
     """Celery tasks each worker has run so far, by its name (queue@host)."""
     stats = Celery(broker=REDIS).control.inspect(timeout=5).stats() or {}
@@ -89,14 +102,26 @@ def drop(pg_server: Engine, url: str) -> None:
 def deployment(
     tmp_path_factory: pytest.TempPathFactory, pg_server: Engine, data_dir: Path
 ) -> Iterator[Deployment]:
+    from moto.server import ThreadedMotoServer
+
     metadata, data = database(pg_server, "cb_airflow"), database(pg_server, "cb_celery")
     broker = redis.Redis.from_url(REDIS)
     broker.flushdb()
     var_dir = tmp_path_factory.mktemp("celery") / "var"
-    port = free_port()
+    port, s3_port = free_port(), free_port()
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
+    s3.start()
+    aws = {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
+    }
+    boto3.client("s3", **endpoint(aws)).create_bucket(Bucket=BUCKET)
     settings = Settings(
         var_dir=var_dir,
         db_url=data,
+        artifact_root=f"s3://{BUCKET}/artifacts",
         airflow={"executor": "celery", "metadata_db_url": metadata, "broker_url": REDIS},
     )
     engine = create_engine(data)
@@ -104,13 +129,17 @@ def deployment(
     children = Children(var_dir / "logs")
     try:
         with running(SimulatorConfig(data_dir=data_dir)) as simulator:
-            env = airflow_env(settings, port) | {
-                "AIRFLOW__API__WORKERS": "1",
-                "CRYPTOBOTS_EXCHANGES__BINANCE__URL": simulator.url,
-                "CRYPTOBOTS_PROMOTION__WINDOW_DAYS": "14",
-                "CRYPTOBOTS_PROMOTION__MIN_DSR": "0",  # a tiny budget: the wiring, not evidence
-                "CRYPTOBOTS_PROMOTION__MAX_FOLD_DRAWDOWN": "1",
-            }
+            env = (
+                airflow_env(settings, port)
+                | aws
+                | {
+                    "AIRFLOW__API__WORKERS": "1",
+                    "CRYPTOBOTS_EXCHANGES__BINANCE__URL": simulator.url,
+                    "CRYPTOBOTS_PROMOTION__WINDOW_DAYS": "14",
+                    "CRYPTOBOTS_PROMOTION__MIN_DSR": "0",  # a tiny budget: the wiring, not evidence
+                    "CRYPTOBOTS_PROMOTION__MAX_FOLD_DRAWDOWN": "1",
+                }
+            )
             start_airflow(settings, env, children, steps=1)
             api = AirflowAPI(f"http://127.0.0.1:{port}", ADMIN, "")
             deadline = time.monotonic() + 300
@@ -130,6 +159,7 @@ def deployment(
             yield Deployment(api, engine, settings, children)
     finally:
         children.stop()
+        s3.stop()
         engine.dispose()
         broker.flushdb()
         broker.close()
@@ -145,7 +175,7 @@ def stored(engine: Engine) -> dict[str, int]:
 
 def test_backfill_history_runs_on_the_default_queues_worker(deployment: Deployment) -> None:
     before = executed_by_worker()
-    run_id = deployment.run("backfill_history", {"days": 92, "end": "2020-01-01T00:00"})
+    run_id = deployment.run("backfill_history", HISTORY)
     tis = deployment.task_instances("backfill_history", run_id)
     assert {ti["queue"] for ti in tis} == {"default"}
     assert all(ti["executor"] in (None, "CeleryExecutor") for ti in tis)
@@ -169,6 +199,7 @@ def test_market_data_stores_the_interval_of_every_market(deployment: Deployment)
 def test_training_runs_on_the_gpu_queues_worker_and_its_candidate_is_promoted(
     deployment: Deployment,
 ) -> None:
+    deployment.run("backfill_history", HISTORY)  # fetches nothing when already stored
     before = executed_by_worker()
     conf = {
         "markets": ["binance:BTC/USDT:1h"], "valid_end": "2020-01-01", "train_days": 30,
@@ -184,6 +215,15 @@ def test_training_runs_on_the_gpu_queues_worker_and_its_candidate_is_promoted(
     after = executed_by_worker()
     gpu = next(name for name in after if name.startswith("gpu@"))
     assert after[gpu] - before.get(gpu, 0) == len(training)
+
+    with deployment.engine.connect() as conn:
+        artifacts = conn.execute(sa.text("SELECT artifacts FROM training_runs")).scalars().all()
+    uris = [a[key] for a in artifacts for key in ("snapshot", "onnx", "equity_plot")]
+    assert all(uri.startswith("s3://") for uri in uris), uris
+    workers = deployment.settings.var_dir / "workers"
+    assert (workers / "gpu" / "runs").is_dir(), "training ran in the gpu worker's scratch"
+    assert not (workers / "gpu" / "snapshots").exists(), "snapshots are made on the other"
+    assert (workers / "default" / "cache" / "onnx").is_dir(), "evaluation fetched the model"
 
     deployment.run("promote", {"version": 0})
     with deployment.engine.connect() as conn:
