@@ -150,18 +150,17 @@ class Lease:
 
     def _extend(self, conn: Connection, held: dict[str, int], expires: int) -> None:
         for market, token in held.items():
-            renewed = conn.execute(
-                sa.update(trader_leases)
-                .where(
-                    trader_leases.c.account == self.account,
-                    trader_leases.c.market == market,
-                    trader_leases.c.holder == self.holder,
-                    trader_leases.c.token == token,
-                )
-                .values(expires_at=expires)
-            ).rowcount
-            if not renewed:
+            if not conn.execute(self._mine(market, token).values(expires_at=expires)).rowcount:
                 raise _Held(market)
+
+    def _mine(self, market: str, token: int) -> sa.Update:
+        """An update of the market's lease row while this trader holds it with `token`."""
+        return sa.update(trader_leases).where(
+            trader_leases.c.account == self.account,
+            trader_leases.c.market == market,
+            trader_leases.c.holder == self.holder,
+            trader_leases.c.token == token,
+        )
 
     def drop(self, why: str) -> None:
         """Forget the leases (they were lost): trade nothing until they are taken again."""
@@ -178,16 +177,7 @@ class Lease:
             return
         with self.engine.begin() as conn:
             for market, token in held.items():
-                conn.execute(
-                    sa.update(trader_leases)
-                    .where(
-                        trader_leases.c.account == self.account,
-                        trader_leases.c.market == market,
-                        trader_leases.c.holder == self.holder,
-                        trader_leases.c.token == token,
-                    )
-                    .values(expires_at=0)
-                )
+                conn.execute(self._mine(market, token).values(expires_at=0))
 
     def holders(self) -> dict[str, str]:
         """Who holds each market's lease now (expired ones are marked so)."""
