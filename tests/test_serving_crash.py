@@ -4,12 +4,9 @@ books equal the exchange's."""
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -20,23 +17,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pipeline.exchanges.simulator.app import Running
-from pipeline.registry import move_alias, register
-from tests.test_serving import MARKET, NAME, export, rows
+from tests.support.live_trader import exchange_books, live_env, promote_champion, start_trader
+from tests.test_serving import rows
 
-REPO = Path(__file__).resolve().parents[1]
 RESTARTS = 20
 KEY, SECRET = "crash-test-key", "crash-test-secret"
-
-
-def start_trader(env: dict[str, str], log: Path) -> subprocess.Popen:
-    handle = log.open("a")
-    return subprocess.Popen(
-        [sys.executable, "-m", "serving", "--live", "--log-format", "text"],
-        env=env,
-        cwd=REPO,
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-    )
 
 
 def test_sigkill_at_random_points_never_doubles_an_order_and_books_match_the_exchange(
@@ -45,10 +30,7 @@ def test_sigkill_at_random_points_never_doubles_an_order_and_books_match_the_exc
     tmp_path: Path,
 ) -> None:
     engine: Engine = fresh_pg()
-    root = f"file://{tmp_path / 'artifacts'}"
-    version = register(engine, root, export(tmp_path, seed=3), NAME)
-    move_alias(engine, NAME, version, seen_generation=None, who="test", reason="crash test")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
+    promote_champion(engine, tmp_path, "crash test")
     rng = random.Random(7)
     log = tmp_path / "trader.log"
     with simulator(
@@ -59,18 +41,9 @@ def test_sigkill_at_random_points_never_doubles_an_order_and_books_match_the_exc
         fault_kinds=("500", "503", "malformed", "drop", "latency"),
         seed=11,
     ) as sim:
-        env |= {
+        env = live_env(engine, sim, KEY, SECRET) | {
             "CRYPTOBOTS_VAR_DIR": str(tmp_path / "var"),
-            "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
-            "CRYPTOBOTS_EXCHANGES__BINANCE__URL": sim.url,
-            "CRYPTOBOTS_EXCHANGES__BINANCE__CREDENTIALS": "env:SIMKEYS",
-            "CRYPTOBOTS_TRADING_MODE": "live",
-            "SIMKEYS_API_KEY": KEY,
-            "SIMKEYS_SECRET": SECRET,
-            "CRYPTOBOTS_MARKETS": MARKET,
-            "CRYPTOBOTS_SERVING__PORT": "0",
             "CRYPTOBOTS_SERVING__LOOP_SECONDS": "0.05",
-            "CRYPTOBOTS_SERVING__RISK__MAX_ORDERS_PER_HOUR": "1000",
             # a restart waits out its killed predecessor's lease: keep that short here
             "CRYPTOBOTS_SERVING__FAILOVER_SECONDS": "1.5",
         }
@@ -88,9 +61,8 @@ def test_sigkill_at_random_points_never_doubles_an_order_and_books_match_the_exc
             time.sleep(0.5)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
-        account = sim.exchange.accounts.account(KEY)
-        sent = [o.client_order_id for o in account.orders]
-        balances = dict(account.balances)
+        sent = [o.client_order_id for o in sim.exchange.accounts.account(KEY).orders]
+        exchange_base, exchange_quote = exchange_books(sim, KEY)
 
     output = log.read_text()
     assert SECRET not in output, "the API secret reached the logs"
@@ -110,8 +82,8 @@ def test_sigkill_at_random_points_never_doubles_an_order_and_books_match_the_exc
     )
     assert orphans == []
     [(base, quote)] = rows(engine, "SELECT base, quote FROM positions WHERE account = 'live'")
-    assert base == pytest.approx(balances.get("BTC", 0.0), abs=1e-9)
-    assert quote == pytest.approx(balances["USDT"], abs=1e-6)
+    assert base == pytest.approx(exchange_base, abs=1e-9)
+    assert quote == pytest.approx(exchange_quote, abs=1e-6)
     assert "balances differ" not in output, re.findall(r".*balances differ.*", output)[:3]
     with engine.connect() as conn:
         decided = conn.execute(sa.text("SELECT count(*) FROM decisions")).scalar()

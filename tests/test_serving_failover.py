@@ -5,10 +5,8 @@ never sends an order the other sent; a frozen old leader that wakes up cannot tr
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -18,10 +16,9 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from pipeline.exchanges.simulator.app import Running
-from pipeline.registry import move_alias, register
-from tests.test_serving import MARKET, NAME, export, rows
+from tests.support.live_trader import exchange_books, live_env, promote_champion, start_trader
+from tests.test_serving import rows
 
-REPO = Path(__file__).resolve().parents[1]
 KEY, SECRET = "failover-key", "failover-secret"
 KILLS = 10
 FAILOVER_SECONDS = 15.0  # the default
@@ -43,15 +40,9 @@ class Traders:
             "CRYPTOBOTS_VAR_DIR": str(host / "var"),
             "CRYPTOBOTS_SERVING__STANDBY": "true" if standby else "false",
         }
-        process = subprocess.Popen(
-            [sys.executable, "-m", "serving", "--live", "--log-format", "text"],
-            env=env,
-            cwd=REPO,
-            stdout=(host / "trader.log").open("a"),
-            stderr=subprocess.STDOUT,
-        )
-        self.running[process.pid] = process
         log = host / "trader.log"
+        process = start_trader(env, log)
+        self.running[process.pid] = process
         wait_for(lambda: "health http://" in log.read_text(), 60, "a trader never started", self)
         return process
 
@@ -93,26 +84,39 @@ def decided(engine: Engine) -> int:
     return rows(engine, "SELECT count(*) FROM decisions")[0][0]
 
 
+def position_and_exchange(
+    engine: Engine, sim: Running, trader: subprocess.Popen, traders: Traders
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """((base, quote) the trader's positions row holds, the exchange's balances), read
+    while the trader is frozen between orders (none of its orders open), so that no
+    order is on its way between the two."""
+    deadline = time.monotonic() + 30
+    while True:
+        trader.send_signal(signal.SIGSTOP)
+        try:
+            in_flight = rows(
+                engine,
+                "SELECT count(*) FROM orders WHERE status IN ('pending', 'open', 'partial')",
+            )[0][0]
+            if not in_flight:
+                [(base, quote)] = rows(
+                    engine, "SELECT base, quote FROM positions WHERE account = 'live'"
+                )
+                return (base, quote), exchange_books(sim, KEY)
+        finally:
+            trader.send_signal(signal.SIGCONT)
+        assert time.monotonic() < deadline, f"an order stayed open for 30 s\n{traders.logs()}"
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def setup(fresh_pg, simulator: Callable[..., AbstractContextManager[Running]], tmp_path: Path):
     engine: Engine = fresh_pg()
-    root = f"file://{tmp_path / 'artifacts'}"
-    version = register(engine, root, export(tmp_path, seed=3), NAME)
-    move_alias(engine, NAME, version, seen_generation=None, who="test", reason="failover test")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
+    root = promote_champion(engine, tmp_path, "failover test")
     with simulator(shift_to_now=True, speed=3600.0, api_keys=((KEY, SECRET),)) as sim:
-        env |= {
-            "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
+        env = live_env(engine, sim, KEY, SECRET) | {
             "CRYPTOBOTS_ARTIFACT_ROOT": root,
-            "CRYPTOBOTS_EXCHANGES__BINANCE__URL": sim.url,
-            "CRYPTOBOTS_EXCHANGES__BINANCE__CREDENTIALS": "env:SIMKEYS",
-            "CRYPTOBOTS_TRADING_MODE": "live",
-            "SIMKEYS_API_KEY": KEY,
-            "SIMKEYS_SECRET": SECRET,
-            "CRYPTOBOTS_MARKETS": MARKET,
-            "CRYPTOBOTS_SERVING__PORT": "0",
             "CRYPTOBOTS_SERVING__LOOP_SECONDS": "0.1",
-            "CRYPTOBOTS_SERVING__RISK__MAX_ORDERS_PER_HOUR": "1000",
         }
         traders = Traders(env, tmp_path)
         try:
@@ -143,7 +147,15 @@ def test_a_killed_active_trader_is_replaced_by_its_standby_within_the_failover_t
             traders,
         )
         takeovers.append(time.monotonic() - killed)
-        assert lease_holder(engine)[1] == token + 1
+        new, new_token = lease_holder(engine)
+        assert new_token == token + 1
+        before = decided(engine)
+        wait_for(lambda b=before: decided(engine) > b, 60, "the new leader decides", traders)
+        (base, quote), (exchange_base, exchange_quote) = position_and_exchange(
+            engine, sim, traders.running[new], traders
+        )
+        assert base == pytest.approx(exchange_base, abs=1e-9), "position after a takeover"
+        assert quote == pytest.approx(exchange_quote, abs=1e-6), "quote after a takeover"
         traders.start(standby=True)  # the killed host comes back, as a standby
     before = decided(engine)
     wait_for(lambda: decided(engine) > before + 2, 60, "the last active trades", traders)
@@ -162,9 +174,9 @@ def test_a_killed_active_trader_is_replaced_by_its_standby_within_the_failover_t
     traders.running[active].send_signal(signal.SIGTERM)
     assert traders.running[active].wait(timeout=30) == 0
     [(base, quote)] = rows(engine, "SELECT base, quote FROM positions WHERE account = 'live'")
-    balances = dict(account.balances)
-    assert base == pytest.approx(balances.get("BTC", 0.0), abs=1e-9)
-    assert quote == pytest.approx(balances["USDT"], abs=1e-6)
+    exchange_base, exchange_quote = exchange_books(sim, KEY)
+    assert base == pytest.approx(exchange_base, abs=1e-9)
+    assert quote == pytest.approx(exchange_quote, abs=1e-6)
 
 
 def test_a_frozen_leader_that_wakes_up_does_not_trade(setup) -> None:
