@@ -307,6 +307,13 @@ class TrainingSettings(BaseModel):
     a2c_envs: int = Field(default=256, ge=1, description="parallel episodes for A2C")
     episode_length: int = Field(default=60, ge=2, description="decisions per episode")
     shorting: bool = Field(default=False, description="allow short positions (action -1)")
+    position_steps: int = Field(
+        default=1,
+        ge=1,
+        le=10,
+        description="positions the agent picks from, per side: 1 = flat or all in; "
+        "2 = flat, half or all in (0, 0.5, 1; and -0.5, -1 when shorting); n = steps of 1/n",
+    )
     fee_bps: float = Field(default=10.0, ge=0, description="taker fee, basis points")
     slippage_bps: float = Field(default=5.0, ge=0, description="slippage, basis points")
     seed: int = Field(default=0, ge=0, description="seed of weights, exploration, episodes")

@@ -100,6 +100,7 @@ class TrainRequest:
     decision_every: int = 1
     features: tuple[str, ...] = DEFAULT_SPEC.features
     shorting: bool = False
+    position_steps: int = 1
     fee_bps: float = 10.0
     slippage_bps: float = 5.0
     seed: int = 0
@@ -117,6 +118,11 @@ class TrainRequest:
             raise ConfigurationError(
                 f"ensemble must be at least 1 member, got {self.ensemble}: set "
                 "training.ensemble (CRYPTOBOTS_TRAINING__ENSEMBLE) to 1 or more"
+            )
+        if self.position_steps < 1:
+            raise ConfigurationError(
+                f"position_steps must be at least 1, got {self.position_steps}: set "
+                "training.position_steps (CRYPTOBOTS_TRAINING__POSITION_STEPS) to 1 or more"
             )
         if self.valid.start < self.train.end:
             raise ConfigurationError(
@@ -143,6 +149,7 @@ class TrainRequest:
             "decision_every": t.decision_every,
             "features": t.features,
             "shorting": t.shorting,
+            "position_steps": t.position_steps,
             "fee_bps": t.fee_bps,
             "slippage_bps": t.slippage_bps,
             "seed": t.seed,
@@ -160,10 +167,11 @@ class TrainRequest:
 
     @property
     def action_map(self) -> tuple[float, ...]:
-        """Flat/long, plus short when shorting is allowed."""
-        from pipeline.rl.env import LONG_FLAT, LONG_FLAT_SHORT
+        """Flat, then long positions in `position_steps` steps up to 1, then the same short
+        when shorting is allowed: (0, 1), (0, 1, -1), (0, 0.5, 1), ..."""
+        from pipeline.rl.env import action_map
 
-        return LONG_FLAT_SHORT if self.shorting else LONG_FLAT
+        return action_map(self.position_steps, self.shorting)
 
     @property
     def sizing(self) -> VolatilityTarget | None:

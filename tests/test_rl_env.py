@@ -17,6 +17,7 @@ from pipeline.rl.env import (
     MarketArrays,
     TradingEnv,
     TradingGymEnv,
+    action_map,
     check_env,
 )
 
@@ -252,6 +253,20 @@ def test_window_shorter_than_an_episode_is_refused() -> None:
 def test_action_map_without_flat_is_refused() -> None:
     with pytest.raises(ValueError, match=r"including 0\.0"):
         EnvConfig(action_map=(1.0, -1.0))
+
+
+@pytest.mark.parametrize(
+    ("steps", "shorting", "expected"),
+    [
+        (1, False, (0.0, 1.0)),
+        (1, True, (0.0, 1.0, -1.0)),
+        (2, False, (0.0, 0.5, 1.0)),
+        (4, True, (0.0, 0.25, 0.5, 0.75, 1.0, -0.25, -0.5, -0.75, -1.0)),
+    ],
+)
+def test_action_map_steps_from_flat_to_all_in(steps, shorting, expected) -> None:
+    assert action_map(steps, shorting) == expected
+    EnvConfig(action_map=action_map(steps, shorting))
 
 
 def test_cost_model_of_the_env_is_the_backtest_one() -> None:

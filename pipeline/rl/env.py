@@ -39,6 +39,13 @@ LONG_FLAT = (0.0, 1.0)
 LONG_FLAT_SHORT = (0.0, 1.0, -1.0)
 
 
+def action_map(steps: int = 1, shorting: bool = False) -> tuple[float, ...]:
+    """Flat, the long positions k/steps for k = 1..steps, then their negatives when
+    shorting: steps=1 is LONG_FLAT or LONG_FLAT_SHORT."""
+    longs = tuple(k / steps for k in range(1, steps + 1))
+    return (0.0, *longs, *(-p for p in longs)) if shorting else (0.0, *longs)
+
+
 @dataclass(frozen=True)
 class EnvConfig:
     """How episodes are drawn and what trading costs."""
