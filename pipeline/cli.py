@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -226,6 +227,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     launch.set_defaults(handler=_run)
 
+    worker = commands.add_parser(
+        "worker",
+        help="one more Celery worker, on another host, for a running celery deployment",
+    )
+    worker.add_argument("--queue", choices=("default", "gpu"), default="default")
+    worker.add_argument(
+        "--api-url",
+        required=True,
+        help="the deployment's Airflow API server as this host reaches it, "
+        "e.g. http://airflow-host:8080",
+    )
+    worker.add_argument(
+        "--secrets",
+        type=Path,
+        help="a copy of the deployment's var/airflow/secrets.json "
+        "(default: var_dir/airflow/secrets.json)",
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        help="task slots (default: airflow.worker_concurrency, gpu_worker_concurrency for gpu)",
+    )
+    worker.set_defaults(handler=_worker)
+
     arbitrage = commands.add_parser("arbitrage", help="arbitrage on recorded data")
     arbitrage_commands = arbitrage.add_subparsers(title="arbitrage commands")
     study = arbitrage_commands.add_parser(
@@ -418,6 +443,16 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         airflow = settings.airflow.model_copy(update={"executor": args.executor})
         settings = settings.model_copy(update={"airflow": airflow})
     return run(settings, options)
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.deployment import remote_worker
+
+    secrets_file = args.secrets or settings.var_dir / "airflow" / "secrets.json"
+    process = remote_worker(settings, args.queue, args.api_url, secrets_file, args.concurrency)
+    Path(process.env["CRYPTOBOTS_VAR_DIR"]).mkdir(parents=True, exist_ok=True)
+    Path(process.env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    os.execve(process.argv[0], process.argv, process.env)
 
 
 def _arbitrage_study(settings: Settings, args: argparse.Namespace) -> int:

@@ -10,7 +10,9 @@
   (Redis) and the secrets every Airflow process must agree on.
 
 `processes()` says what to start and with which environment; `pipeline.launch`
-starts them, and the Celery test starts the same list.
+starts them, and the Celery test starts the same list. `remote_worker()` is one more
+Celery worker on another host (`python -m pipeline worker`), joining a running
+deployment through its services only.
 """
 
 from __future__ import annotations
@@ -52,10 +54,13 @@ def metadata_url(settings: Settings) -> str:
     return f"sqlite:///{settings.var_dir / 'airflow' / 'airflow.db'}"
 
 
-def airflow_env(settings: Settings, port: int) -> dict[str, str]:
+def airflow_env(
+    settings: Settings, port: int, shared: dict[str, str] | None = None
+) -> dict[str, str]:
     """The environment of every process of the deployment (Airflow's and the trader's):
     Airflow's home, this checkout's DAGs and plugins, the executor, the metadata
-    database, the API server's address, and the settings, explicit and absolute."""
+    database, the API server's address, and the settings, explicit and absolute.
+    `shared`: the secrets every Airflow process agrees on (default: `shared_secrets`)."""
     home = settings.var_dir / "airflow"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env |= {
@@ -77,7 +82,7 @@ def airflow_env(settings: Settings, port: int) -> dict[str, str]:
         "CRYPTOBOTS_ARTIFACT_ROOT": settings.artifact_root,
     }
     if settings.airflow.executor == "celery":
-        shared = shared_secrets(home / "secrets.json")
+        shared = shared or shared_secrets(home / "secrets.json")
         env |= {
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
             "AIRFLOW__CELERY__BROKER_URL": settings.airflow.broker_url,
@@ -146,38 +151,44 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def worker(settings: Settings, queue: str, concurrency: int | None = None) -> Process:
+    """A Celery worker serving `queue`, with a log server port and a scratch space of its
+    own, as on a host of its own: what a task hands to another goes through the
+    artifact store and the database."""
+    if queue not in QUEUES:
+        raise ConfigurationError(f"unknown queue {queue!r}: use one of {', '.join(QUEUES)}")
+    slots = (
+        concurrency
+        or {
+            "default": settings.airflow.worker_concurrency,
+            "gpu": settings.airflow.gpu_worker_concurrency,
+        }[queue]
+    )
+    return Process(
+        f"worker-{queue}",
+        [
+            airflow_bin(),
+            "celery",
+            "worker",
+            "--queues",
+            queue,
+            "--concurrency",
+            str(slots),
+            "--celery-hostname",
+            f"{queue}@{socket.gethostname()}",
+        ],
+        {
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "CRYPTOBOTS_VAR_DIR": str(settings.var_dir / "workers" / queue),
+        },
+    )
+
+
 def processes(settings: Settings) -> list[Process]:
     """What to start, in order, for `settings.airflow.executor`."""
     airflow = airflow_bin()
     if settings.airflow.executor == "local":
         return [Process("airflow", [airflow, "standalone"])]
-    concurrency = {
-        "default": settings.airflow.worker_concurrency,
-        "gpu": settings.airflow.gpu_worker_concurrency,
-    }
-    workers = [
-        Process(
-            f"worker-{queue}",
-            [
-                airflow,
-                "celery",
-                "worker",
-                "--queues",
-                queue,
-                "--concurrency",
-                str(concurrency[queue]),
-                "--celery-hostname",
-                f"{queue}@{socket.gethostname()}",
-            ],
-            {
-                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-                # a scratch space of its own, as on a host of its own: what a task hands
-                # to another goes through the artifact store and the database
-                "CRYPTOBOTS_VAR_DIR": str(settings.var_dir / "workers" / queue),
-            },
-        )
-        for queue in QUEUES
-    ]
     return [
         Process("api-server", [airflow, "api-server"]),
         Process("scheduler", [airflow, "scheduler"]),
@@ -187,5 +198,59 @@ def processes(settings: Settings) -> list[Process]:
             [airflow, "triggerer"],
             {"AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())},
         ),
-        *workers,
+        *(worker(settings, queue) for queue in QUEUES),
     ]
+
+
+def check_remote_worker(settings: Settings, secrets_file: Path) -> None:
+    """Refuse a worker for another host that could not work there, naming the setting:
+    everything it shares with the deployment must be a service, not a local file."""
+    if settings.db_url.startswith("sqlite"):
+        raise ConfigurationError(
+            "a worker on another host needs the cryptobots database as a server: set "
+            "CRYPTOBOTS_DB_URL to the deployment's Postgres (it is SQLite here, "
+            f"{settings.db_url})"
+        )
+    local_default = str(settings.var_dir / "artifacts")
+    if "artifact_root" not in settings.model_fields_set or settings.artifact_root in (
+        "",
+        local_default,
+    ):
+        raise ConfigurationError(
+            "a worker on another host needs the artifact store the other workers use: set "
+            "CRYPTOBOTS_ARTIFACT_ROOT to the deployment's (an s3:// URL, or a folder every "
+            "host mounts); without it snapshots and policies would stay on this host"
+        )
+    if not secrets_file.is_file():
+        raise ConfigurationError(
+            f"no Airflow secrets at {secrets_file}: copy var/airflow/secrets.json from the "
+            "host that runs `python -m pipeline run --executor celery` (every Airflow "
+            "process needs the same Fernet key, JWT secret and API secret key) and pass "
+            "it with --secrets"
+        )
+    check_celery(settings)
+
+
+def remote_worker(
+    settings: Settings,
+    queue: str,
+    api_url: str,
+    secrets_file: Path,
+    concurrency: int | None = None,
+) -> Process:
+    """A Celery worker on another host for the deployment whose API server is at
+    `api_url`: its process with the whole environment (the metadata database, broker,
+    cryptobots database, artifact store, shared secrets, the execution API)."""
+    settings = settings.model_copy(
+        update={"airflow": settings.airflow.model_copy(update={"executor": "celery"})}
+    )
+    check_remote_worker(settings, secrets_file)
+    shared = json.loads(secrets_file.read_text())
+    process = worker(settings, queue, concurrency)
+    env = airflow_env(settings, 8080, shared) | process.env
+    env |= {
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url.rstrip('/')}/execution/",
+        "CRYPTOBOTS_VAR_DIR": str(settings.var_dir),
+    }
+    argv = [*process.argv[:-1], f"{queue}-remote@{socket.gethostname()}"]
+    return Process(f"{process.name}-remote", argv, env)

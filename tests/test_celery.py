@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.db.engine import create_engine
 from pipeline.db.migrate import upgrade
-from pipeline.deployment import ADMIN, airflow_env, check_celery, free_port
+from pipeline.deployment import ADMIN, airflow_env, check_celery, check_remote_worker, free_port
 from pipeline.errors import ConfigurationError
 from pipeline.exchanges.simulator.app import SimulatorConfig, running
 from pipeline.launch import DAGS, AirflowAPI, Children, admin_password, start_airflow
@@ -47,6 +47,7 @@ class Deployment:
     engine: Engine
     settings: Settings
     children: Children
+    env: dict[str, str]
 
     def run(self, dag_id: str, conf: dict[str, Any], logical_date: str | None = None) -> str:
         """Trigger `dag_id`, wait for it to end; its run id (failing the test unless it
@@ -156,7 +157,7 @@ def deployment(
                 time.sleep(2)
             for dag_id in ("backfill_history", "train", "promote"):
                 api.unpause(dag_id)  # market_data is unpaused by its test: it runs hourly
-            yield Deployment(api, engine, settings, children)
+            yield Deployment(api, engine, settings, children, env)
     finally:
         children.stop()
         s3.stop()
@@ -235,6 +236,67 @@ def test_training_runs_on_the_gpu_queues_worker_and_its_candidate_is_promoted(
     assert versions == 1, "one candidate: the newest fold's"
     assert champion == 1
     assert who.startswith("airflow:")
+
+
+def test_a_worker_started_for_another_host_joins_and_runs_the_tasks(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """`python -m pipeline worker` on a "host" of its own (its own var dir, a copy of the
+    secrets): with the local default worker told to stop consuming, it runs market_data."""
+    settings = deployment.settings
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text((settings.var_dir / "airflow" / "secrets.json").read_text())
+    env = {
+        **{k: v for k, v in deployment.env.items() if not k.startswith("AIRFLOW")},
+        "CRYPTOBOTS_VAR_DIR": str(tmp_path / "host3"),
+        "CRYPTOBOTS_AIRFLOW__METADATA_DB_URL": settings.airflow.metadata_db_url,
+        "CRYPTOBOTS_AIRFLOW__BROKER_URL": REDIS,
+    }
+    argv = [sys.executable, "-m", "pipeline", "worker", "--queue", "default", "--secrets"]
+    argv += [str(secrets), "--api-url", deployment.api.base]
+    deployment.children.start("worker-default-remote", argv, env)
+    control = Celery(broker=REDIS).control
+    deadline = time.monotonic() + 120
+    while not (remote := [n for n in executed_by_worker() if n.startswith("default-remote@")]):
+        deployment.children.check()
+        assert time.monotonic() < deadline, "the remote worker never joined"
+        time.sleep(2)
+    local = [n for n in executed_by_worker() if n.startswith("default@")]
+    control.cancel_consumer("default", destination=local, reply=True)
+    try:
+        before = executed_by_worker()
+        run_id = deployment.run("market_data", {}, logical_date="2020-02-02T05:00:00Z")
+        tis = deployment.task_instances("market_data", run_id)
+        after = executed_by_worker()
+    finally:
+        control.add_consumer("default", destination=local, reply=True)
+    assert after[remote[0]] - before.get(remote[0], 0) == len(tis)
+    assert after[local[0]] == before[local[0]]
+    assert (tmp_path / "host3" / "airflow").is_dir(), "it ran as a host of its own"
+
+
+def test_a_worker_for_another_host_without_the_artifact_store_is_refused(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text("{}")
+    settings = Settings(var_dir=tmp_path, db_url="postgresql://postgres@127.0.0.1:5432/test")
+    with pytest.raises(ConfigurationError, match="CRYPTOBOTS_ARTIFACT_ROOT"):
+        check_remote_worker(settings, secrets)
+
+
+def test_a_worker_for_another_host_on_sqlite_is_refused(tmp_path: Path) -> None:
+    settings = Settings(var_dir=tmp_path, artifact_root="s3://bucket/cryptobots")
+    with pytest.raises(ConfigurationError, match="CRYPTOBOTS_DB_URL"):
+        check_remote_worker(settings, tmp_path / "secrets.json")
+
+
+def test_a_worker_for_another_host_without_the_secrets_is_refused(tmp_path: Path) -> None:
+    settings = Settings(
+        var_dir=tmp_path,
+        db_url="postgresql://postgres@127.0.0.1:5432/test",
+        artifact_root="s3://bucket/cryptobots",
+    )
+    with pytest.raises(ConfigurationError, match=r"secrets\.json"):
+        check_remote_worker(settings, tmp_path / "secrets.json")
 
 
 def test_a_celery_deployment_without_postgres_metadata_is_refused(tmp_path: Path) -> None:
