@@ -30,6 +30,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -81,14 +82,15 @@ class VolatilityTarget:
     capped at `max_scale`, so a long position carries about the same risk in calm and
     wild markets.
 
-    The realized volatility is the feature `feature` (a standard deviation of candle
-    log returns, e.g. `vol_168` over a week of hourly candles) times the square root of
-    candles per year; the policy's observation keeps the unscaled position, so the
-    sizing changes what a decision earns, not what the policy sees.
+    The realized volatility is the largest of the features `features` (standard
+    deviations of candle log returns, e.g. `vol_168` over a week or `vol_720` over a
+    month of hourly candles) times the square root of candles per year. The policy's
+    observation keeps the unscaled position, so the sizing changes what a decision
+    earns, not what the policy sees.
     """
 
     target: float = 0.2
-    feature: str = "vol_168"
+    features: tuple[str, ...] = ("vol_168",)
     max_scale: float = 1.0
 
     def __post_init__(self) -> None:
@@ -96,32 +98,39 @@ class VolatilityTarget:
             raise ValueError(f"VolatilityTarget.target must be > 0, got {self.target!r}")
         if not (math.isfinite(self.max_scale) and self.max_scale > 0):
             raise ValueError(f"VolatilityTarget.max_scale must be > 0, got {self.max_scale!r}")
+        if not self.features:
+            raise ValueError("VolatilityTarget.features must name at least one volatility")
 
     def scale(self, features: npt.ArrayLike, names: Sequence[str], timeframe_ms: int) -> np.ndarray:
         """Scale of every row of a raw (unnormalized) feature matrix [n, F]."""
-        if self.feature not in names:
+        missing = [f for f in self.features if f not in names]
+        if missing:
             raise DataValidationError(
-                f"volatility targeting reads the feature {self.feature!r}, which the model's "
-                f"features {list(names)} lack: add it to training.features or set "
+                f"volatility targeting reads the features {missing}, which the model's "
+                f"features {list(names)} lack: add them to training.features, or set "
+                "training.volatility_features to features it has, or "
                 "training.target_volatility to null"
             )
-        column = np.asarray(features, dtype=np.float64)[:, list(names).index(self.feature)]
-        annual = column * math.sqrt(YEAR_MS / timeframe_ms)
+        matrix = np.asarray(features, dtype=np.float64)
+        columns = [list(names).index(f) for f in self.features]
+        annual = matrix[:, columns].max(axis=1) * math.sqrt(YEAR_MS / timeframe_ms)
         return np.minimum(self.max_scale, self.target / np.maximum(annual, 1e-12))
 
-    def to_dict(self) -> dict[str, float | str]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-able, for the model's metadata."""
-        return {"target": self.target, "feature": self.feature, "max_scale": self.max_scale}
+        return {"target": self.target, "features": list(self.features), "max_scale": self.max_scale}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, object] | None) -> VolatilityTarget | None:
-        """The sizing a model was trained with, or None for unscaled positions."""
+    def from_dict(cls, data: Mapping[str, Any] | None) -> VolatilityTarget | None:
+        """The sizing a model was trained with, or None for unscaled positions (models
+        made before sizing read several volatilities name one `feature`)."""
         if not data:
             return None
+        names = data["features"] if "features" in data else [data["feature"]]
         return cls(
-            target=float(data["target"]),  # type: ignore[arg-type]
-            feature=str(data["feature"]),
-            max_scale=float(data["max_scale"]),  # type: ignore[arg-type]
+            target=float(data["target"]),
+            features=tuple(str(name) for name in names),
+            max_scale=float(data["max_scale"]),
         )
 
 

@@ -294,6 +294,7 @@ _DEFINITIONS: dict[str, _Definition] = {
     **{f"ret_{h}": _Definition(h, _log_return(h)) for h in (1, 4, 12, 24, 48, 168, 720)},
     "vol_24": _Definition(24, _volatility(24)),
     "vol_168": _Definition(168, _volatility(168)),
+    "vol_720": _Definition(720, _volatility(720)),
     "trend_168": _Definition(167, _trend(168)),
     "trend_720": _Definition(719, _trend(720)),
     "drawdown_720": _Definition(719, _drawdown(720)),

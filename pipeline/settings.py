@@ -321,9 +321,16 @@ class TrainingSettings(BaseModel):
         default=0.2,
         gt=0,
         description="size every position to this annualized volatility (the week's realized "
-        "volatility, feature vol_168), capped at the action map's position; null: unscaled "
-        "(0.2 rather than 0.3: in the walk-forward report the five seeds' fold returns agreed "
-        "in 6 of 8 folds instead of 4, drawdowns fell by a third, Sharpe held)",
+        "volatility, see volatility_features), capped at the action map's position; null: "
+        "unscaled (0.2 rather than 0.3: in the walk-forward report the five seeds' fold "
+        "returns agreed in 6 of 8 folds instead of 4, drawdowns fell by a third, Sharpe held)",
+    )
+    volatility_features: tuple[str, ...] = Field(
+        default=("vol_168",),
+        min_length=1,
+        description="the realized volatility that sizes positions is the largest of these "
+        "features, each one of features (the week's, vol_168; adding the month's, vol_720, "
+        "to both lost Sharpe and fold returns in the walk-forward report)",
     )
     downside_penalty: float = Field(
         default=0.0,

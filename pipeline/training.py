@@ -106,6 +106,7 @@ class TrainRequest:
     seed: int = 0
     ensemble: int = 1
     target_volatility: float | None = None
+    volatility_features: tuple[str, ...] = ("vol_168",)
     downside_penalty: float = 0.0
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
@@ -155,6 +156,7 @@ class TrainRequest:
             "seed": t.seed,
             "ensemble": t.ensemble,
             "target_volatility": t.target_volatility,
+            "volatility_features": t.volatility_features,
             "downside_penalty": t.downside_penalty,
         }
         chosen = {**defaults, **{k: v for k, v in changes.items() if v is not None}}
@@ -178,7 +180,9 @@ class TrainRequest:
         """Position sizing by volatility target, or None for the action map's positions."""
         if self.target_volatility is None:
             return None
-        return VolatilityTarget(target=self.target_volatility)
+        return VolatilityTarget(
+            target=self.target_volatility, features=tuple(self.volatility_features)
+        )
 
     @property
     def member_seeds(self) -> tuple[int, ...]:

@@ -337,15 +337,36 @@ def test_volatility_target_scales_down_to_the_target_and_never_levers_up() -> No
     from pipeline.evaluate import VolatilityTarget
 
     hourly = np.array([[0.02 / np.sqrt(YEAR_MS / H)], [0.9 / np.sqrt(YEAR_MS / H)]])
-    scale = VolatilityTarget(target=0.3, feature="vol_168").scale(hourly, ["vol_168"], H)
+    scale = VolatilityTarget(target=0.3, features=("vol_168",)).scale(hourly, ["vol_168"], H)
     np.testing.assert_allclose(scale, [1.0, 0.3 / 0.9])
+
+
+def test_volatility_target_sizes_by_the_largest_of_its_volatilities() -> None:
+    from pipeline.evaluate import VolatilityTarget
+
+    annual = np.sqrt(YEAR_MS / H)
+    calm_week_wild_month = np.array([[0.3 / annual, 0.6 / annual], [0.8 / annual, 0.4 / annual]])
+    sizing = VolatilityTarget(target=0.2, features=("vol_168", "vol_720"))
+    scale = sizing.scale(calm_week_wild_month, ["vol_168", "vol_720"], H)
+    np.testing.assert_allclose(scale, [0.2 / 0.6, 0.2 / 0.8])
+
+
+def test_a_model_sized_by_one_volatility_feature_loads_as_before() -> None:
+    from pipeline.evaluate import VolatilityTarget
+
+    old = {"target": 0.3, "feature": "vol_168", "max_scale": 1.0}
+    assert VolatilityTarget.from_dict(old) == VolatilityTarget(0.3, ("vol_168",), 1.0)
+    new = VolatilityTarget().to_dict()
+    assert VolatilityTarget.from_dict(new) == VolatilityTarget()
 
 
 def test_volatility_target_needs_its_feature_and_names_the_setting() -> None:
     from pipeline.evaluate import VolatilityTarget
 
-    with pytest.raises(DataValidationError, match=r"training\.target_volatility"):
-        VolatilityTarget().scale(np.ones((2, 1)), ["vol_24"], H)
+    with pytest.raises(DataValidationError, match=r"training\.volatility_features"):
+        VolatilityTarget(features=("vol_168", "vol_720")).scale(
+            np.ones((2, 2)), ["vol_24", "vol_168"], H
+        )
 
 
 def test_a_scaled_policy_is_backtested_at_its_scaled_positions() -> None:
