@@ -292,7 +292,7 @@ def test_production_stack_has_every_service(services: dict[str, dict[str, Any]])
     }
 
 
-def test_simulator_monitoring_and_arbitrage_start_only_with_their_profiles(
+def test_simulator_monitoring_arbitrage_and_the_standby_start_only_with_their_profiles(
     services: dict[str, dict[str, Any]],
 ) -> None:
     profiles = {name: s.get("profiles", []) for name, s in services.items() if "profiles" in s}
@@ -302,6 +302,7 @@ def test_simulator_monitoring_and_arbitrage_start_only_with_their_profiles(
         "grafana": ["monitoring"],
         "airflow-cli": ["cli"],  # only for `docker compose run --rm airflow-cli ...`
         "arbitrage": ["arbitrage"],
+        "trader-standby": ["standby"],
     }
 
 
@@ -466,6 +467,21 @@ def test_trader_runs_the_slim_image_restarts_and_is_checked_on_readyz(
     assert any(p.endswith(f":{port}") for p in trader["ports"])
 
 
+def test_standby_trader_is_the_trader_standing_by_and_checked_on_healthz(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    trader, standby = services["trader"], services["trader-standby"]
+    assert dockerfile_of(standby) == TRADER_DOCKERFILE
+    assert standby["command"] == trader["command"]
+    assert standby["secrets"] == trader["secrets"]
+    env = environment(standby)
+    assert env.pop("CRYPTOBOTS_SERVING__STANDBY") == "true"
+    assert env == environment(trader)
+    (probe,) = command_argvs(standby["healthcheck"]["test"])
+    assert "/healthz" in " ".join(probe), "a standby is not ready (503) until it takes over"
+    assert set(standby["ports"]).isdisjoint(trader["ports"])
+
+
 def test_trader_control_token_comes_from_a_secret(services: dict[str, dict[str, Any]]) -> None:
     trader = services["trader"]
     assert "CRYPTOBOTS_SERVING__CONTROL_TOKEN" in secret_targets(trader)
@@ -491,6 +507,7 @@ def test_live_trading_needs_the_override_file_and_keys(compose: dict[str, Any]) 
     assert all("--live" not in args for args in base)
     live = load(LIVE)
     trader = live["services"]["trader"]
+    assert live["services"]["trader-standby"] == trader
     assert "--live" in trader["command"]
     reference = environment(trader)["CRYPTOBOTS_EXCHANGES__BINANCE__CREDENTIALS"]
     kind, _, path = reference.partition(":")
@@ -516,7 +533,9 @@ def settings_env(*services: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("name", ["trader", "airflow-worker", "airflow-worker-gpu", "airflow-init"])
+@pytest.mark.parametrize(
+    "name", ["trader", "trader-standby", "airflow-worker", "airflow-worker-gpu", "airflow-init"]
+)
 def test_every_cryptobots_variable_a_service_gets_is_a_valid_setting(
     services: dict[str, dict[str, Any]], name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
