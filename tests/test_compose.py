@@ -14,7 +14,6 @@ file, setting and metric the files name exists in this repository.
 
 from __future__ import annotations
 
-import ast
 import functools
 import json
 import os
@@ -28,6 +27,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
+from tests.support.dag_queues import routed_queues
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yaml"
@@ -437,12 +438,7 @@ def test_cpu_worker_serves_the_default_queue_and_not_the_gpu_one(
 
 
 def test_every_queue_a_dag_routes_to_has_a_worker(services: dict[str, dict[str, Any]]) -> None:
-    routed = {AIRFLOW_DEFAULT_QUEUE}
-    for dag_file in (REPO / "dags").glob("*.py"):
-        for node in ast.walk(ast.parse(dag_file.read_text())):
-            if isinstance(node, ast.keyword) and node.arg == "queue":
-                assert isinstance(node.value, ast.Constant), f"{dag_file.name}: computed queue"
-                routed.add(node.value.value)
+    routed = routed_queues()
     assert "gpu" in routed  # dags/train.py: @task(queue="gpu")
     served = {queue for worker in workers(services).values() for queue in queues(worker)}
     assert routed <= served

@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel
 
 from pipeline.settings import ENV_PREFIX, Settings
+from tests.support.dag_queues import routed_queues
 
 REPO = Path(__file__).resolve().parents[1]
 VALUES = REPO / "deploy" / "helm" / "values.yaml"
@@ -403,12 +404,7 @@ def test_gpu_worker_set_requires_the_gpu() -> None:
 
 def test_every_queue_a_dag_routes_to_has_a_worker_set() -> None:
     """Each queue named in dags/ (and the default one) is served by some worker set."""
-    routed = {AIRFLOW_DEFAULT_QUEUE}
-    for dag_file in (REPO / "dags").glob("*.py"):
-        for node in ast.walk(ast.parse(dag_file.read_text())):
-            if isinstance(node, ast.keyword) and node.arg == "queue":
-                assert isinstance(node.value, ast.Constant), f"{dag_file.name}: computed queue"
-                routed.add(node.value.value)
+    routed = routed_queues()
     assert GPU_QUEUE in routed  # dags/train.py: @task(queue="gpu")
     served = {queue for s in worker_sets(values()).values() for queue in queues(s)}
     assert routed <= served
