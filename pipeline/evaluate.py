@@ -40,6 +40,7 @@ from pipeline.errors import DataValidationError
 GROWTH_FLOOR = 1e-9
 YEAR_MS = 365.25 * 24 * 3600 * 1000
 BASELINES = ("buy_and_hold", "flat", "momentum")
+POSITION_RULES = ("argmax", "expected")
 METRICS = (
     "total_return",
     "annual_return",
@@ -294,14 +295,20 @@ def greedy_positions(
     features: np.ndarray,
     action_map: Sequence[float],
     start_position: float = 0.0,
+    rule: str = "argmax",
 ) -> np.ndarray:
-    """Positions [T] that `policy` picks greedily (argmax of its scores) at each row.
+    """Positions [T] that `policy` takes at each row, by `rule` (see POSITION_RULES).
 
     `policy` maps observations [B, F+1] float32 (the features, then the current
-    position) to scores [B, A]. The position can only be a value of the action map or
-    the start position, so the policy runs ONCE on every (t, possible position) pair
-    and the sequential walk only reads that table: one call, not T (STYLE.md 16).
+    position) to scores [B, A]. "argmax" holds the action with the highest score;
+    "expected" holds the mean position under the softmax of the scores (a policy's
+    logits), and observes the action nearest to it, as the trader does. The observed
+    position can only be a value of the action map or the start position, so the
+    policy runs ONCE on every (t, possible position) pair and the sequential walk only
+    reads that table: one call, not T (STYLE.md 16).
     """
+    if rule not in POSITION_RULES:
+        raise ValueError(f"unknown position rule {rule!r}; known: {', '.join(POSITION_RULES)}")
     feats = np.asarray(features, dtype=np.float32)
     if feats.ndim != 2:
         raise ValueError(f"features must be 2-d [T, F], got shape {feats.shape}")
@@ -326,15 +333,40 @@ def greedy_positions(
             f"policy returned scores of shape {scores.shape}, expected "
             f"{(n_rows * n_states, actions.shape[0])} (one score per action of the map)"
         )
-    table = scores.argmax(axis=1).reshape(n_rows, n_states).tolist()
+    if rule == "argmax":
+        observed = scores.argmax(axis=1)
+        held = actions[observed]
+    else:
+        held = expected_positions(scores, actions)
+        observed = nearest_actions(held, actions)
+    held_table = held.reshape(n_rows, n_states)
+    next_state = np.asarray(state_of_action)[observed].reshape(n_rows, n_states).tolist()
 
-    chosen = np.empty(n_rows, dtype=np.int64)
+    positions = np.empty(n_rows, dtype=np.float64)
     state = states.index(start_key)
-    for t, row in enumerate(table):
-        action = row[state]
-        chosen[t] = action
-        state = state_of_action[action]
-    return actions[chosen]
+    for t, row in enumerate(next_state):
+        positions[t] = held_table[t, state]
+        state = row[state]
+    return positions
+
+
+def expected_positions(logits: npt.ArrayLike, action_map: Sequence[float]) -> np.ndarray:
+    """The mean position under the softmax of each row of `logits` [B, A]: the sum of
+    p(action) * position(action). An ensemble whose members disagree holds part of the
+    position instead of flipping between all and nothing on a near tie."""
+    scores = np.asarray(logits, dtype=np.float64)
+    _require_finite("logits", scores)
+    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    weights /= weights.sum(axis=-1, keepdims=True)
+    return weights @ np.asarray(action_map, dtype=np.float64)
+
+
+def nearest_actions(positions: npt.ArrayLike, action_map: Sequence[float]) -> np.ndarray:
+    """Index of the action of the map nearest to each position (the first on a tie):
+    what a policy observes of a position between its actions."""
+    held = np.asarray(positions, dtype=np.float64)
+    actions = np.asarray(action_map, dtype=np.float64)
+    return np.abs(held[..., None] - actions).argmin(axis=-1)
 
 
 def baseline_positions(
@@ -379,8 +411,10 @@ def evaluate_policy(
     cost: CostModel = CostModel(),
     name: str = "policy",
     scale: npt.ArrayLike | None = None,
+    rule: str = "argmax",
 ) -> dict[str, Backtest]:
-    """Backtest the greedy policy and every baseline on the same window and costs.
+    """Backtest the policy (positions by `rule`, see `greedy_positions`) and every
+    baseline on the same window and costs.
 
     `features` has one row per decision index (n rows); ts/open/close have n + 1.
     `scale` (n values, see `VolatilityTarget`) sizes the policy's positions; the walk
@@ -395,7 +429,7 @@ def evaluate_policy(
         raise ValueError(
             f"features [n, F] need n + 1 candles; got features {feats.shape}, close {closes.shape}"
         )
-    runs = {name: greedy_positions(policy, feats, action_map)}
+    runs = {name: greedy_positions(policy, feats, action_map, rule=rule)}
     if scale is not None:
         sizes = np.asarray(scale, dtype=np.float64)
         if sizes.shape != (feats.shape[0],):

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ModelRejected
+from pipeline.evaluate import POSITION_RULES
 from pipeline.features import FeatureSpec
 
 OPSET = 17
@@ -56,6 +57,8 @@ class Lineage:
     created_at: str = ""
     sizing: Mapping[str, Any] | None = None
     """The position sizing the policy was trained with (`evaluate.VolatilityTarget`)."""
+    position_rule: str = "argmax"
+    """How its scores become a position (`evaluate.greedy_positions`); older models: argmax."""
 
     def props(self) -> dict[str, str]:
         """The metadata_props entries, every value a string (JSON where structured)."""
@@ -68,6 +71,7 @@ class Lineage:
             "code_version": self.code_version,
             "created_at": self.created_at or datetime.now(UTC).isoformat(timespec="seconds"),
             "sizing": json.dumps(dict(self.sizing) if self.sizing else None, sort_keys=True),
+            "position_rule": self.position_rule,
         }
 
     @classmethod
@@ -80,7 +84,7 @@ class Lineage:
                 "(pipeline.export), which writes the lineage"
             )
         try:
-            return cls(
+            lineage = cls(
                 algorithm=props["algorithm"],
                 feature_spec=FeatureSpec.from_json(props["feature_spec"]),
                 action_map=tuple(float(x) for x in json.loads(props["action_map"])),
@@ -89,9 +93,16 @@ class Lineage:
                 code_version=props["code_version"],
                 created_at=props["created_at"],
                 sizing=json.loads(props.get("sizing", "null")),
+                position_rule=props.get("position_rule", "argmax"),
             )
         except (ValueError, TypeError, KeyError) as error:
             raise ModelRejected(f"{where} has malformed metadata: {error}") from error
+        if lineage.position_rule not in POSITION_RULES:
+            raise ModelRejected(
+                f"{where} takes positions by rule {lineage.position_rule!r}, which this code "
+                f"does not know ({', '.join(POSITION_RULES)}): upgrade the trader or retrain"
+            )
+        return lineage
 
 
 def export_onnx(model: Any, lineage: Lineage, path: Path | str) -> Path:

@@ -52,6 +52,7 @@ def evaluate_version(
             CostModel(fee_bps=t.fee_bps, slippage_bps=t.slippage_bps),
             what=f"{name} v{version}",
             sizing=VolatilityTarget.from_dict(lineage.sizing),
+            rule=lineage.position_rule,
         )
     returns = backtests["policy"].returns
     return {

@@ -314,6 +314,13 @@ class TrainingSettings(BaseModel):
         description="positions the agent picks from, per side: 1 = flat or all in; "
         "2 = flat, half or all in (0, 0.5, 1; and -0.5, -1 when shorting); n = steps of 1/n",
     )
+    position_rule: Literal["argmax", "expected"] = Field(
+        default="argmax",
+        description="how an A2C policy's action probabilities become a position: argmax = "
+        "the likeliest action's; expected = the probability-weighted mean of the actions' "
+        "positions, so an ensemble split between flat and long holds part of the position "
+        "instead of flipping on a near tie (DQN's Q-values have no probabilities: argmax)",
+    )
     fee_bps: float = Field(default=10.0, ge=0, description="taker fee, basis points")
     slippage_bps: float = Field(default=5.0, ge=0, description="slippage, basis points")
     seed: int = Field(default=0, ge=0, description="seed of weights, exploration, episodes")

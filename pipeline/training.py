@@ -33,6 +33,7 @@ from sqlalchemy.engine import Engine
 from pipeline.db.schema import ohlcv
 from pipeline.errors import ConfigurationError, DataValidationError
 from pipeline.evaluate import (
+    POSITION_RULES,
     Backtest,
     CostModel,
     VolatilityTarget,
@@ -101,6 +102,7 @@ class TrainRequest:
     features: tuple[str, ...] = DEFAULT_SPEC.features
     shorting: bool = False
     position_steps: int = 1
+    position_rule: str = "argmax"
     fee_bps: float = 10.0
     slippage_bps: float = 5.0
     seed: int = 0
@@ -124,6 +126,18 @@ class TrainRequest:
             raise ConfigurationError(
                 f"position_steps must be at least 1, got {self.position_steps}: set "
                 "training.position_steps (CRYPTOBOTS_TRAINING__POSITION_STEPS) to 1 or more"
+            )
+        if self.position_rule not in POSITION_RULES:
+            raise ConfigurationError(
+                f"position_rule {self.position_rule!r} is not known: set "
+                "training.position_rule (CRYPTOBOTS_TRAINING__POSITION_RULE) to one of "
+                f"{', '.join(POSITION_RULES)}"
+            )
+        if self.position_rule == "expected" and self.algorithm != "a2c":
+            raise ConfigurationError(
+                f"position_rule expected weighs positions by action probabilities, which "
+                f"{self.algorithm}'s Q-values are not: use it with a2c, or set "
+                "training.position_rule (CRYPTOBOTS_TRAINING__POSITION_RULE) to argmax"
             )
         if self.valid.start < self.train.end:
             raise ConfigurationError(
@@ -151,6 +165,7 @@ class TrainRequest:
             "features": t.features,
             "shorting": t.shorting,
             "position_steps": t.position_steps,
+            "position_rule": t.position_rule if algorithm == "a2c" else "argmax",
             "fee_bps": t.fee_bps,
             "slippage_bps": t.slippage_bps,
             "seed": t.seed,
@@ -478,6 +493,7 @@ def train_candidate(
         "ensemble": request.ensemble,
         "member_seeds": list(request.member_seeds),
         "sizing": None if request.sizing is None else request.sizing.to_dict(),
+        "position_rule": request.position_rule,
     }
     start_run(
         engine,
@@ -532,6 +548,7 @@ def train_candidate(
                 },
                 code_version=code_version(),
                 sizing=None if request.sizing is None else request.sizing.to_dict(),
+                position_rule=request.position_rule,
             ),
             directory / "policy.onnx",
         )
@@ -638,6 +655,7 @@ def evaluate_run(settings: Settings, engine: Engine, run_id: str) -> Evaluation:
         snapshot.market.timeframe_ms * every,
         CostModel(fee_bps=env["fee_bps"], slippage_bps=env["slippage_bps"]),
         scale=prepared.valid_scale,
+        rule=run["params"].get("position_rule", "argmax"),
     )
     directory = run_dir(settings, run_id)  # this worker's: training may have run on another
     directory.mkdir(parents=True, exist_ok=True)
@@ -732,10 +750,11 @@ def backtest_onnx(
     cost: CostModel,
     what: str = "the model",
     sizing: VolatilityTarget | None = None,
+    rule: str = "argmax",
 ) -> dict[str, Backtest]:
     """Backtest an ONNX policy file (run by ONNX Runtime) and the baselines on any window
     of stored candles, the features computed from candles before it as look-back, the
-    positions sized as the model was trained (`sizing`)."""
+    positions taken and sized as the model was trained (`rule`, `sizing`)."""
     import onnxruntime as ort
 
     ts, opens, closes, rows = window_steps(engine, market, window, features, every, what)
@@ -748,7 +767,16 @@ def backtest_onnx(
 
     scale = None if sizing is None else sizing.scale(rows[:-1], features, tf_ms)
     return evaluate_policy(
-        policy, rows[:-1], ts, opens, closes, action_map, tf_ms * every, cost, scale=scale
+        policy,
+        rows[:-1],
+        ts,
+        opens,
+        closes,
+        action_map,
+        tf_ms * every,
+        cost,
+        scale=scale,
+        rule=rule,
     )
 
 

@@ -123,6 +123,7 @@ def _next_window(
         CostModel(fee_bps=t.fee_bps, slippage_bps=t.slippage_bps),
         what=f"training run {run['id']}",
         sizing=VolatilityTarget.from_dict(run["params"].get("sizing")),
+        rule=run["params"].get("position_rule", "argmax"),
     )["policy"]
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 from pipeline.errors import ModelRejected
-from pipeline.evaluate import VolatilityTarget
+from pipeline.evaluate import VolatilityTarget, expected_positions
 from pipeline.features import FeatureSpec
 from pipeline.registry import ALIAS_CHANNEL, CHAMPION, alias, load_verified
 from pipeline.settings import Market
@@ -56,6 +56,7 @@ class Policy:
     input_name: str = field(repr=False)
     sizing: VolatilityTarget | None = None
     timeframe_ms: int = 3_600_000
+    position_rule: str = "argmax"
 
     def scale(self, features: np.ndarray) -> float:
         """Size of this decision's position (the model's volatility target; 1 without)."""
@@ -67,6 +68,13 @@ class Policy:
     def scores(self, obs: np.ndarray) -> np.ndarray:
         """[batch, actions] q-values or logits for float32 observations [batch, dim+1]."""
         return self.session.run(None, {self.input_name: obs})[0]
+
+    def position(self, scores: np.ndarray) -> float:
+        """The unsized position these scores hold, by the model's rule (as its backtests
+        took it, `evaluate.greedy_positions`)."""
+        if self.position_rule == "expected":
+            return float(expected_positions(scores[None, :], self.action_map)[0])
+        return self.action_map[int(np.argmax(scores))]
 
     def decide(self, features: np.ndarray, position: float) -> tuple[int, np.ndarray, str]:
         """(greedy action, scores, sha256 of the observation) for one market."""
@@ -129,6 +137,7 @@ def load_policy(
         input_name=input_name,
         sizing=sizing,
         timeframe_ms=timeframe_ms,
+        position_rule=lineage.position_rule,
     )
 
 

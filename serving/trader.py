@@ -274,7 +274,7 @@ class Trader:
         scale = policy.scale(features)
         snapped = min(policy.action_map, key=lambda p: abs(p - held / scale))
         action, scores, obs_hash = policy.decide(features, snapped)
-        target = policy.action_map[action] * scale
+        target = policy.position(scores) * scale
         lap("inference")
         decision: dict[str, Any] = {
             "account": self.account,

@@ -25,6 +25,7 @@ from pipeline.evaluate import (
     baseline_positions,
     compute_metrics,
     evaluate_policy,
+    expected_positions,
     greedy_positions,
     metrics_table,
     plot_equity,
@@ -229,6 +230,62 @@ def test_greedy_positions_equal_a_per_step_loop(features, action_map, start, see
     feats = np.asarray(features, dtype=np.float32)
     expected = naive_greedy(policy, feats, action_map, start)
     assert greedy_positions(policy, feats, action_map, start).tolist() == expected.tolist()
+
+
+def naive_expected(policy, features: np.ndarray, action_map, start: float) -> np.ndarray:
+    """The trader's loop: hold the mean position under the softmax, observe the nearest
+    action (the first on a tie)."""
+    observed, out = start, []
+    for row in features:
+        obs = np.append(row, observed).astype(np.float32)[None, :]
+        logits = policy(obs)[0].astype(np.float64)
+        p = np.exp(logits - logits.max())
+        held = float(p @ np.asarray(action_map) / p.sum())
+        observed = min(action_map, key=lambda a: abs(a - held))
+        out.append(held)
+    return np.asarray(out, dtype=float)
+
+
+@FAST
+@given(
+    features=st.lists(
+        st.lists(st.floats(-2, 2, width=32), min_size=2, max_size=2), min_size=1, max_size=30
+    ),
+    action_map=st.sampled_from([(0.0, 1.0), (-1.0, 0.0, 1.0), (0.0, 0.5, 1.0)]),
+    start=st.sampled_from([0.0, 1.0, -1.0, 0.25]),
+    seed=st.integers(0, 2**16),
+)
+def test_expected_positions_equal_the_traders_per_step_loop(
+    features, action_map, start, seed
+) -> None:
+    weights = np.random.default_rng(seed).normal(size=(3, len(action_map)))
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return obs.astype(np.float64) @ weights
+
+    feats = np.asarray(features, dtype=np.float32)
+    walked = greedy_positions(policy, feats, action_map, start, rule="expected")
+    assert walked == pytest.approx(naive_expected(policy, feats, action_map, start), abs=1e-12)
+
+
+def test_an_even_split_of_probability_holds_half_the_position() -> None:
+    logits = np.log([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]])
+    assert expected_positions(logits, (0.0, 1.0)) == pytest.approx([0.5, 0.1, 0.8])
+
+
+def test_a_confident_policy_holds_the_same_positions_under_either_rule() -> None:
+    features = np.array([[1.0], [-0.2], [-1.0], [0.3], [-0.2]])
+
+    def sharp(obs: np.ndarray) -> np.ndarray:
+        return 200.0 * hysteresis_policy(obs)
+
+    argmax = greedy_positions(sharp, features, (0.0, 1.0))
+    assert greedy_positions(sharp, features, (0.0, 1.0), rule="expected") == pytest.approx(argmax)
+
+
+def test_an_unknown_position_rule_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="argmax, expected"):
+        greedy_positions(hysteresis_policy, np.zeros((2, 1)), (0.0, 1.0), rule="mean")
 
 
 def test_nan_features_raise_data_validation_error_naming_the_first_bad_row() -> None:

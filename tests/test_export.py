@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 from pathlib import Path
 
@@ -131,3 +132,27 @@ def test_greedy_actions_that_differ_only_on_a_float_tie_are_not_a_parity_failure
     theirs = np.array([[0.10038567, 0.10038567], [0.2, 0.9], [0.5, 0.1]], np.float32)
     ours = np.array([[0.10038563, 0.10038567], [0.9, 0.2], [0.5, 0.1]], np.float32)
     assert greedy_disagreements(ours, theirs, 1e-5).tolist() == [1]
+
+
+def test_the_position_rule_travels_in_the_metadata(real: tuple[FeatureSpec, np.ndarray]) -> None:
+    spec, _ = real
+    written = dataclasses.replace(lineage("a2c", spec), position_rule="expected")
+    assert Lineage.from_props(written.props()).position_rule == "expected"
+
+
+def test_a_model_exported_before_position_rules_takes_the_argmax(
+    real: tuple[FeatureSpec, np.ndarray],
+) -> None:
+    spec, _ = real
+    props = lineage("a2c", spec).props()
+    del props["position_rule"]
+    assert Lineage.from_props(props).position_rule == "argmax"
+
+
+def test_an_unknown_position_rule_is_refused_naming_the_known_ones(
+    real: tuple[FeatureSpec, np.ndarray],
+) -> None:
+    spec, _ = real
+    props = {**lineage("a2c", spec).props(), "position_rule": "kelly"}
+    with pytest.raises(ModelRejected, match=r"rule 'kelly'.*argmax, expected"):
+        Lineage.from_props(props)

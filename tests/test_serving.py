@@ -431,19 +431,28 @@ def test_one_trader_trades_several_markets_each_with_its_own_champion(
     assert len(rows(engine, "SELECT market FROM positions")) == 2
 
 
-def export_always_long(path: Path, spec: FeatureSpec = SPEC, sizing: dict | None = None) -> Path:
-    """A DQN policy whose Q-values always prefer long: a model bad on purpose in a fall."""
+def export_always_long(
+    path: Path,
+    spec: FeatureSpec = SPEC,
+    sizing: dict | None = None,
+    scores: tuple[float, float] = (0.0, 10.0),
+    algorithm: str = "dqn",
+    position_rule: str = "argmax",
+) -> Path:
+    """A policy whose scores (flat, long) are always `scores`: by default Q-values that
+    always prefer long, a model bad on purpose in a fall."""
     model = q_network(spec.dim + 1, 2, spec.mean, spec.std, seed=5)
     head = model.get_layer("q_values")
-    head.set_weights([np.zeros_like(head.get_weights()[0]), np.array([0.0, 10.0], np.float32)])
+    head.set_weights([np.zeros_like(head.get_weights()[0]), np.array(scores, np.float32)])
     lineage = Lineage(
-        "dqn",
+        algorithm,
         spec,
         (0.0, 1.0),
         f"run-{path.stem}",
         {"market": MARKET, "valid": [1, 2], "decision_every": 1},
         "test",
         sizing=sizing,
+        position_rule=position_rule,
     )
     return export_onnx(model, lineage, path)
 
@@ -468,6 +477,26 @@ def test_a_volatility_targeted_champion_holds_its_scaled_position_without_churni
     assert held == pytest.approx(targets[-1], rel=0.05)
     sells = rows(engine, "SELECT count(*) FROM orders WHERE side = 'sell'")[0][0]
     assert sells <= len(targets) - 1, "a held long must not be sold out and bought back"
+
+
+def test_an_expected_position_champion_holds_its_probability_of_long_as_its_position(
+    fresh_pg, clock_sim: Running, tmp_path: Path
+) -> None:
+    logits = (0.0, float(np.log(0.3 / 0.7)))  # p(long) = 0.3, inside the risk gate's caps
+    path = export_always_long(
+        tmp_path / "split.onnx", scores=logits, algorithm="a2c", position_rule="expected"
+    )
+    engine = fresh_pg()
+    version = register(engine, f"file://{tmp_path / 'artifacts'}", path, NAME)
+    move_alias(engine, NAME, version, seen_generation=None, who="test", reason="split")
+    trader = paper_trader(settings_for(engine, clock_sim, tmp_path), engine, clock_sim)
+    run_until(trader, lambda: decided(engine) >= 3, 60)
+
+    targets = [t for (t,) in rows(engine, "SELECT target FROM decisions ORDER BY candle_ts")]
+    assert targets == pytest.approx([0.3] * len(targets), abs=1e-6)
+    [(base, quote)] = rows(engine, "SELECT base, quote FROM positions")
+    [(price,)] = rows(engine, "SELECT price FROM decisions ORDER BY candle_ts DESC LIMIT 1")
+    assert base * price / (base * price + quote) == pytest.approx(0.3, rel=0.05)
 
 
 def promoted_always_long(engine: Engine, tmp_path: Path, after: int | None) -> int:

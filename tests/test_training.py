@@ -185,6 +185,39 @@ def test_an_ensemble_of_no_members_is_refused_naming_the_setting() -> None:
         request("dqn", ensemble=0)
 
 
+def test_an_expected_position_run_backtests_and_ships_its_rule(
+    settings: Settings, engine: Engine
+) -> None:
+    snapshot = snapshot_window(settings, engine, BTC, TRAIN, VALID)
+    run_id = train_candidate(settings, engine, request("a2c", position_rule="expected"), snapshot)
+    evaluation = evaluate_run(settings, engine, run_id)
+    run = get_run(engine, run_id)
+    assert run["params"]["position_rule"] == "expected"
+    assert read_lineage(local_copy(settings, run["artifacts"]["onnx"], "onnx")).position_rule == (
+        "expected"
+    )
+    held = evaluation.backtests["policy"].positions
+    assert np.all((held >= 0) & (held <= 1))
+    assert not np.all(np.isin(held, (0.0, 1.0))), "probability-weighted positions lie between"
+
+
+def test_expected_positions_are_refused_for_q_values_naming_the_setting() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"dqn's Q-values .*CRYPTOBOTS_TRAINING__POSITION_RULE"
+    ):
+        request("dqn", position_rule="expected")
+
+
+def test_dqn_takes_the_argmax_when_the_setting_asks_for_expected_positions(
+    settings: Settings,
+) -> None:
+    tuned = settings.model_copy(
+        update={"training": settings.training.model_copy(update={"position_rule": "expected"})}
+    )
+    assert TrainRequest.from_settings(tuned, "dqn", BTC, TRAIN, VALID).position_rule == "argmax"
+    assert TrainRequest.from_settings(tuned, "a2c", BTC, TRAIN, VALID).position_rule == "expected"
+
+
 def test_a_run_that_crashes_is_recorded_as_failed_with_the_error(
     settings: Settings, engine: Engine
 ) -> None:
