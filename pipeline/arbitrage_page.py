@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.engine import Engine
 
 from pipeline.ui_pages import connected_engine, page_app, templates
@@ -91,12 +91,12 @@ def create_app(
         return report_summaries(database(), limit)
 
     @app.get("/plots/{report_id}.png")
-    def plot(report_id: int) -> FileResponse:
-        from pipeline.arbitrage.report import plot_path
+    def plot(report_id: int) -> Response:
+        from pipeline.arbitrage.report import plot_bytes
 
-        path = plot_path(database(), report_id)
-        if path is None:
-            raise HTTPException(404, f"arbitrage report {report_id} has no plot on this host")
-        return FileResponse(path, media_type="image/png")
+        payload = plot_bytes(database(), report_id)
+        if payload is None:
+            raise HTTPException(404, f"arbitrage report {report_id} has no stored plot")
+        return Response(payload, media_type="image/png")
 
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fsspec
 import pytest
 import sqlalchemy as sa
 from fastapi import HTTPException, Request
@@ -97,6 +98,28 @@ def test_the_plot_endpoint_serves_the_png_and_404s_without_one(
     assert response.content[:8] == b"\x89PNG\r\n\x1a\n"
     assert client.get(f"/plots/{earlier}.png").status_code == 404
     assert client.get("/plots/999999.png").status_code == 404
+
+
+def test_a_plot_in_another_store_is_served_from_there_and_404s_once_gone(
+    client: TestClient, stored: dict
+) -> None:
+    elsewhere = "memory://artifacts/plots/ab/abcdef.png"
+    with fsspec.open(elsewhere, "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\nfrom the store")
+    with stored["engine"].connect() as conn:
+        stats = conn.execute(
+            sa.select(arbitrage_reports.c.stats).where(arbitrage_reports.c.id == stored["ids"][0])
+        ).scalar_one()
+    row = save_report(
+        stored["engine"], GROUP, DAY_MS - 48 * HOUR, DAY_MS - 24 * HOUR, stats, elsewhere
+    )
+    try:
+        assert client.get(f"/plots/{row}.png").content.endswith(b"from the store")
+        fsspec.filesystem("memory").rm(elsewhere)
+        assert client.get(f"/plots/{row}.png").status_code == 404
+    finally:
+        with stored["engine"].begin() as conn:
+            conn.execute(arbitrage_reports.delete().where(arbitrage_reports.c.id == row))
 
 
 def test_an_empty_table_says_where_reports_come_from(tmp_path: Path) -> None:

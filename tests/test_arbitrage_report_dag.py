@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import fsspec
 import pytest
 import sqlalchemy as sa
 
@@ -34,6 +35,7 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
         "CRYPTOBOTS_VAR_DIR": str(home / "var"),
+        "CRYPTOBOTS_ARTIFACT_ROOT": (home / "artifacts").as_uri(),
         "CRYPTOBOTS_ARBITRAGE__TRIANGLES": json.dumps([TRIANGLE]),
         "CRYPTOBOTS_ARBITRAGE__VENUE_GROUPS": json.dumps([VENUES]),
     }
@@ -175,7 +177,12 @@ def test_daily_run_studies_the_previous_day_and_writes_a_row_and_plot_per_group(
     assert (cross.stats["slots"], cross.stats["observations"]) == (24, 0)
     assert cross.stats["dropped"]["missing"] == 24  # nothing stored: dropped, never an edge
     for row in rows:
-        assert Path(row.plot_path).read_bytes()[:4] == b"\x89PNG"
+        assert row.plot_path.startswith(reported["env"]["CRYPTOBOTS_ARTIFACT_ROOT"]), (
+            "the plot goes to the artifact store, not the worker's scratch space"
+        )
+        with fsspec.open(row.plot_path, "rb") as handle:
+            assert handle.read()[:4] == b"\x89PNG"
+        assert row.stats["plot"] == row.plot_path
     assert sorted(r["observations"] for r in reported["run"]["results"]) == [0, 24]
 
 
@@ -187,6 +194,7 @@ def test_rerunning_an_interval_replaces_its_row(reported: dict) -> None:
     settings = Settings(
         db_url=reported["url"],
         var_dir=reported["env"]["CRYPTOBOTS_VAR_DIR"],
+        artifact_root=reported["env"]["CRYPTOBOTS_ARTIFACT_ROOT"],
         arbitrage={"triangles": [TRIANGLE], "venue_groups": [VENUES]},
     )
     start = int(DAY.timestamp() * 1000)

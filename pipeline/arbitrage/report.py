@@ -1,6 +1,7 @@
 """The `arbitrage_report` DAG's task without Airflow: study one group's stored candles over
-one data interval and keep the result as a row of `arbitrage_reports`, its plot under
-`<var_dir>/reports/arbitrage/daily/`.
+one data interval and keep the result as a row of `arbitrage_reports`, its plot in the
+artifact store (drawn in this worker's scratch space, then stored by content hash), so
+the Arbitrage page serves it from any host.
 
 Nothing is ingested here: the `market_data` DAG stores the candles. A re-run of an
 interval replaces its row (upsert on kind, group and interval start).
@@ -37,8 +38,9 @@ def group_of(arbitrage: ArbitrageSettings, key: str) -> Group:
 
 def report_interval(settings: Settings, key: str, start_ms: int, end_ms: int) -> dict[str, Any]:
     """Study group `key` over the stored candles of [start_ms, end_ms), save the row and the
-    PNG; a small summary (row id, observations, share above the threshold, plot)."""
+    PNG; a small summary (row id, observations, share above the threshold, plot URI)."""
     from pipeline.db.engine import create_engine
+    from pipeline.registry import store_artifact
 
     group = group_of(settings.arbitrage, key)
     config = StudyConfig.from_settings(settings.arbitrage)
@@ -52,7 +54,9 @@ def report_interval(settings: Settings, key: str, start_ms: int, end_ms: int) ->
             "taker_fee_bps": config.taker_fee_bps,
             "caveats": list(CAVEATS),
         }
-        row = save_report(engine, group, start_ms, end_ms, stats, plot)
+        stored, _, _ = store_artifact(settings.artifact_root, plot, kind="plots", suffix=".png")
+        stats["plot"] = stored
+        row = save_report(engine, group, start_ms, end_ms, stats, stored)
     finally:
         engine.dispose()
     return {
@@ -61,7 +65,7 @@ def report_interval(settings: Settings, key: str, start_ms: int, end_ms: int) ->
         "observations": stats["observations"],
         "dropped": stats["dropped"]["missing"] + stats["dropped"]["quarantined"],
         "share_above": stats["best"]["above"]["share"],
-        "plot": str(plot),
+        "plot": stored,
     }
 
 
@@ -71,9 +75,10 @@ def save_report(
     start_ms: int,
     end_ms: int,
     stats: dict[str, Any],
-    plot: Path | None,
+    plot: str | Path | None,
 ) -> int:
-    """Upsert the group's row for the interval starting at `start_ms`; its id."""
+    """Upsert the group's row for the interval starting at `start_ms`; its id. `plot` is
+    where its PNG is: an artifact store URI (any fsspec URL) or a local path."""
     import sqlalchemy as sa
 
     from pipeline.db.schema import arbitrage_reports
@@ -128,15 +133,23 @@ def latest_reports(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
         return [dict(row._mapping) for row in conn.execute(query)]
 
 
-def plot_path(engine: Engine, report_id: int) -> Path | None:
-    """Where report `report_id`'s PNG is, None when the row or the file is missing."""
+def plot_bytes(engine: Engine, report_id: int) -> bytes | None:
+    """Report `report_id`'s PNG read from wherever it is stored, None when the row has
+    none or the file is gone."""
+    import fsspec
     import sqlalchemy as sa
 
     from pipeline.db.schema import arbitrage_reports as t
 
     with engine.connect() as conn:
-        path = conn.execute(sa.select(t.c.plot_path).where(t.c.id == report_id)).scalar()
-    return Path(path) if path and Path(path).is_file() else None
+        uri = conn.execute(sa.select(t.c.plot_path).where(t.c.id == report_id)).scalar()
+    if not uri:
+        return None
+    try:
+        with fsspec.open(uri, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
 
 
 def _datetime(ms: int) -> datetime:
