@@ -526,6 +526,9 @@ def train_candidate(
                 require_gpu=settings.require_gpu,
                 progress=progress,
                 on_chunk=on_chunk,
+                checkpoint_store=checkpoint_store(
+                    settings, run_id, k if request.ensemble > 1 else None
+                ),
             )
             for k, config in enumerate(configs)
         ]
@@ -595,7 +598,24 @@ def train_candidate(
         },
         metrics={"parity_max_abs_diff": parity.max_abs_diff, "parity_rows": parity.rows},
     )
+    drop_checkpoints(settings, run_id)
     return run_id
+
+
+def checkpoint_store(settings: Settings, run_id: str, member: int | None = None) -> str:
+    """Where a run's training checkpoints are mirrored in the artifact store (per ensemble
+    member), so that a training task retried on another worker resumes from them."""
+    folder = f"{settings.artifact_root.rstrip('/')}/checkpoints/{run_id}"
+    return folder if member is None else f"{folder}/member-{member}"
+
+
+def drop_checkpoints(settings: Settings, run_id: str) -> None:
+    """Remove a trained run's mirrored checkpoints: its exported policy is what lasts."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(checkpoint_store(settings, run_id))
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,35 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, algorithm: 
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("algorithm", ["dqn", "a2c"])
+def test_a_run_lost_with_its_worker_resumes_on_another_from_the_checkpoint_store(
+    tmp_path: Path, algorithm: str
+) -> None:
+    train_data, _ = split(planted(600), 500)
+    store = (tmp_path / "artifacts" / "checkpoints" / "run-1").as_uri()
+
+    def run(run_dir: Path, on_chunk=None, checkpoint_store=None):
+        if algorithm == "dqn":
+            env = TradingEnv(train_data, EnvConfig(num_envs=4, episode_length=32))
+            config, module = small_dqn(), dqn
+        else:
+            env = TradingEnv(train_data, EnvConfig(num_envs=64, episode_length=32))
+            config, module = small_a2c(), actor_critic
+        return module.train(
+            config, env, MEAN, STD, run_dir, on_chunk=on_chunk, checkpoint_store=checkpoint_store
+        )
+
+    whole = run(tmp_path / "whole")
+    with pytest.raises(Crash):
+        run(tmp_path / "worker-a", on_chunk=crash_after(1), checkpoint_store=store)
+    resumed = run(tmp_path / "worker-b", checkpoint_store=store)
+    assert len(resumed.history) == len(whole.history) - 1, "it went on from the first chunk"
+    for a, b in zip(weights(whole.model), weights(resumed.model), strict=True):
+        np.testing.assert_array_equal(a, b)
+    kept = sorted(p.name for p in (tmp_path / "artifacts" / "checkpoints" / "run-1").iterdir())
+    assert kept == sorted(p.name for p in (tmp_path / "worker-b" / "checkpoints").iterdir())
+
+
 def test_run_logs_hyperparameters_and_summaries(tmp_path: Path) -> None:
     train, _ = split(planted(600), 500)
     env = TradingEnv(train, EnvConfig(num_envs=4, episode_length=32))

@@ -233,6 +233,33 @@ def test_a_run_that_crashes_is_recorded_as_failed_with_the_error(
     assert "power cut" in run["error"]
 
 
+def test_a_training_task_retried_on_another_worker_resumes_from_the_artifact_store(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    root = (tmp_path / "store").as_uri()
+    worker_a, worker_b = (
+        settings.model_copy(update={"var_dir": tmp_path / name, "artifact_root": root})
+        for name in ("a", "b")
+    )
+    snapshot = snapshot_window(worker_a, engine, BTC, TRAIN, VALID)
+    chunked = request("dqn", overrides={"chunk_steps": 1_000})  # 4 chunks of 1,000 steps
+
+    def lost_after_two(record: dict) -> None:
+        if record["env_steps"] >= 2_000:
+            raise RuntimeError("worker lost")
+
+    with pytest.raises(RuntimeError, match="worker lost"):
+        train_candidate(
+            worker_a, engine, chunked, snapshot, run_id="moved", on_chunk=lost_after_two
+        )
+    assert (tmp_path / "store" / "checkpoints" / "moved" / "checkpoint").is_file()
+    seen: list[dict] = []
+    train_candidate(worker_b, engine, chunked, snapshot, run_id="moved", on_chunk=seen.append)
+    assert [r["env_steps"] for r in seen] == [3_000, 4_000], "it went on from the second chunk"
+    assert get_run(engine, "moved")["status"] == "trained"
+    assert not (tmp_path / "store" / "checkpoints" / "moved").exists(), "dropped once trained"
+
+
 def test_train_command_prints_metrics_beside_the_baselines_and_saves_the_plot(
     tmp_path: Path, engine: Engine
 ) -> None:

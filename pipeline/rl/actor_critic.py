@@ -277,8 +277,10 @@ def train(
     require_gpu: bool = False,
     progress: bool = False,
     on_chunk: Any = None,
+    checkpoint_store: str | None = None,
 ) -> TrainResult:
-    """Train (or resume) an A2C agent in `run_dir`; returns its greedy policy (logits)."""
+    """Train (or resume) an A2C agent in `run_dir` (checkpoints mirrored at `checkpoint_store`
+    when given); returns its greedy policy (logits)."""
     device = training_device(require_gpu)
     agent = A2CAgent(config, env, mean, std, mixed_precision=uses_gpu(device))
     return train_agent(
@@ -294,4 +296,5 @@ def train(
         run_dir=run_dir,
         progress=progress,
         on_chunk=on_chunk,
+        checkpoint_store=checkpoint_store,
     )

@@ -281,8 +281,10 @@ def train(
     require_gpu: bool = False,
     progress: bool = False,
     on_chunk: Any = None,
+    checkpoint_store: str | None = None,
 ) -> TrainResult:
-    """Train (or resume) a DQN agent in `run_dir`; returns its greedy Q network."""
+    """Train (or resume) a DQN agent in `run_dir` (checkpoints mirrored at `checkpoint_store`
+    when given); returns its greedy Q network."""
     device = training_device(require_gpu)
     agent = DQNAgent(config, env, mean, std, mixed_precision=uses_gpu(device))
     return train_agent(
@@ -298,4 +300,5 @@ def train(
         run_dir=run_dir,
         progress=progress,
         on_chunk=on_chunk,
+        checkpoint_store=checkpoint_store,
     )

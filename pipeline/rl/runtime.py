@@ -5,7 +5,10 @@ a checkpoint and the progress bar. Chunk boundaries are fixed multiples of the
 chunk size, and every piece of state (networks, optimizer, environment, replay
 buffer, random generator, counters) lives in variables of one
 `tf.train.Checkpoint`; so a run interrupted anywhere resumes from its last chunk
-and ends with exactly the weights of an uninterrupted run.
+and ends with exactly the weights of an uninterrupted run. Given a checkpoint store
+(a folder of the artifact store, any fsspec URL), every checkpoint is mirrored there,
+and a run that finds none in its own folder starts from the store's: a task retried on
+another worker resumes too.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +68,55 @@ def env_variables(env: Any, rng: tf.random.Generator) -> tuple[Any, tf.Variable]
     return variables, tf.Variable(obs, trainable=False)
 
 
+def pull_checkpoints(store: str, folder: Path) -> bool:
+    """Copy the checkpoints mirrored at `store` into `folder` when it holds none (the
+    state file that names the latest comes last); whether there were any."""
+    import fsspec
+
+    if (folder / "checkpoint").exists():
+        return False
+    fs, base = fsspec.core.url_to_fs(store)
+    if not fs.exists(f"{base}/checkpoint"):
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in sorted(_stored_names(fs, base), key=lambda n: n == "checkpoint"):
+        fs.get(f"{base}/{name}", str(folder / name))
+    return True
+
+
+def push_checkpoints(folder: Path, store: str) -> None:
+    """Mirror the checkpoints of `folder` at `store`: new files first, then the state
+    file that names the latest, then away with what the manager deleted; so the store
+    always names a checkpoint it holds whole."""
+    import fsspec
+
+    fs, base = fsspec.core.url_to_fs(store)
+    fs.makedirs(base, exist_ok=True)
+    stored = _stored_names(fs, base)
+    local = {path.name for path in folder.iterdir() if path.is_file()}
+    for name in sorted(local - stored - {"checkpoint"}):
+        _put_whole(fs, folder / name, f"{base}/{name}")
+    _put_whole(fs, folder / "checkpoint", f"{base}/checkpoint")
+    for name in sorted(stored - local):
+        fs.rm(f"{base}/{name}")
+
+
+def _stored_names(fs: Any, base: str) -> set[str]:
+    if not fs.exists(base):
+        return set()
+    return {
+        path.rstrip("/").rsplit("/", 1)[-1]
+        for path in fs.ls(base, detail=False)
+        if ".tmp-" not in path
+    }
+
+
+def _put_whole(fs: Any, local: Path, target: str) -> None:
+    temporary = f"{target}.tmp-{uuid.uuid4().hex}"
+    fs.put_file(str(local), temporary)
+    fs.mv(temporary, target)
+
+
 def uses_gpu(device: str) -> bool:
     """Whether `training_device` named a GPU (mixed precision pays off there only)."""
     return device.startswith("GPU")
@@ -95,8 +148,10 @@ def run_chunks(
     unit_steps: int,
     progress: bool = False,
     on_chunk: Callable[[dict[str, float]], None] | None = None,
+    checkpoint_store: str | None = None,
 ) -> tuple[list[dict[str, float]], float]:
-    """Advance `done` to `total` iterations, `chunk` per compiled call; resume if checkpointed.
+    """Advance `done` to `total` iterations, `chunk` per compiled call; resume if checkpointed
+    (in `run_dir`, else at `checkpoint_store`, where every checkpoint is mirrored).
 
     `unit_steps` converts iterations into environment steps for summaries and the
     progress bar. Returns the per-chunk metrics and the seconds spent in this call.
@@ -104,7 +159,10 @@ def run_chunks(
     from tqdm.auto import tqdm
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    manager = tf.train.CheckpointManager(checkpoint, str(run_dir / "checkpoints"), max_to_keep=2)
+    folder = run_dir / "checkpoints"
+    if checkpoint_store:
+        pull_checkpoints(checkpoint_store, folder)
+    manager = tf.train.CheckpointManager(checkpoint, str(folder), max_to_keep=2)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     else:
@@ -134,6 +192,8 @@ def run_chunks(
                 for name, value in record.items():
                     tf.summary.scalar(name, value, step=steps)
             manager.save(checkpoint_number=int(done.numpy()))
+            if checkpoint_store:
+                push_checkpoints(folder, checkpoint_store)
             bar.update(n * unit_steps)
             bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "env_steps"})
             history.append(record)
@@ -159,6 +219,7 @@ def train_agent(
     run_dir: Path,
     progress: bool = False,
     on_chunk: Callable[[dict[str, float]], None] | None = None,
+    checkpoint_store: str | None = None,
 ) -> TrainResult:
     """Run `step` (one compiled call per chunk) until `config.total_steps` env steps.
 
@@ -182,6 +243,7 @@ def train_agent(
         unit_steps=per_iteration,
         progress=progress,
         on_chunk=on_chunk,
+        checkpoint_store=checkpoint_store,
     )
     return TrainResult(
         algorithm=algorithm,
