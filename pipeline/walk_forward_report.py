@@ -187,20 +187,34 @@ def replay_seed(
 def baselines(
     settings: Settings, engine: Engine, market: Market, windows: Sequence[Window], every: int
 ) -> dict[str, list[Backtest]]:
-    """Buy-and-hold, flat and 24h/168h momentum on each outer window (same costs)."""
+    """Buy-and-hold, flat and 24h/168h momentum on each outer window (same costs); with a
+    volatility target, buy-and-hold sized by it too (`sized_hold`: what a policy that is
+    always long would earn under the models' own sizing)."""
     t = settings.training
     step_ms = market.timeframe_ms * every
     cost = CostModel(fee_bps=t.fee_bps, slippage_bps=t.slippage_bps)
     rules = {"buy_and_hold": ("buy_and_hold", 1), "flat": ("flat", 1)}
     for hours in MOMENTUM_HOURS:
         rules[f"momentum_{hours}h"] = ("momentum", max(1, round(hours * 3_600_000 / step_ms)))
+    sizing = (
+        VolatilityTarget(t.target_volatility, tuple(t.volatility_features))
+        if t.target_volatility is not None
+        else None
+    )
     result: dict[str, list[Backtest]] = {name: [] for name in rules}
+    if sizing is not None:
+        result["sized_hold"] = []
     for window in windows:
-        ts, opens, closes, _ = window_steps(engine, market, window, t.features, every)
+        ts, opens, closes, rows = window_steps(engine, market, window, t.features, every)
         for name, (rule, lookback) in rules.items():
             positions = baseline_positions(rule, closes, (0.0, 1.0), lookback)[:-1]
             result[name].append(
                 backtest_positions(name, ts, opens, closes, positions, step_ms, cost)
+            )
+        if sizing is not None:
+            scale = sizing.scale(rows[:-1], t.features, market.timeframe_ms)
+            result["sized_hold"].append(
+                backtest_positions("sized_hold", ts, opens, closes, scale, step_ms, cost)
             )
     return result
 

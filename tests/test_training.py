@@ -354,7 +354,14 @@ def test_walk_forward_report_replays_both_procedures_beside_the_baselines(
             assert chained["steps"] == 13  # 14 daily decisions, the last one closes
             assert chained["worst_fold_return"] == pytest.approx(chained["total_return"])
             assert 0 <= chained["dsr"] <= chained["psr"] <= 1
-    assert set(summary["baselines"]) == {"buy_and_hold", "momentum_24h", "momentum_168h"}
+    assert set(summary["baselines"]) == {
+        "buy_and_hold",
+        "momentum_24h",
+        "momentum_168h",
+        "sized_hold",  # buy-and-hold under the default volatility target
+    }
+    sized, held = summary["baselines"]["sized_hold"], summary["baselines"]["buy_and_hold"]
+    assert abs(sized["total_return"]) < abs(held["total_return"])
     assert summary["new_stable_folds"] in (0, 1)
     assert "chained out-of-sample folds" in summary["text"]
     with engine.connect() as conn:
