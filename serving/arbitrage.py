@@ -19,6 +19,12 @@ current books: straight back to home, or the rest of the cycle. The realized pro
 (home received minus home spent; rounding dust valued at zero) is recorded against the
 expected one. A restart first settles every pending leg with the exchange and closes
 any exposure left open, before anything new is sent.
+
+Started by `python -m serving`, it trades only while it holds the lease of its markets
+(`serving.lease`, keyed `arbitrage:<exchange>:<symbol>`, apart from the model trader's
+markets), and every leg is written under that lease's fencing token: a second trader
+stands by (or refuses to start, naming the holder) and takes over within
+`serving.failover_seconds`.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from pipeline.settings import Settings
 from serving import arbitrage_store as store
 from serving.arbitrage_risk import CycleGate
 from serving.broker import Broker
+from serving.lease import Lease, LeaseLost, Renewer
 from serving.metrics import RISK_CODES
 from serving.risk import MarketRules
 from serving.store import Execution, record_transitions
@@ -118,6 +125,9 @@ class ArbitrageMetrics:
             "cryptobots_exchange_errors", "failed exchange calls", ["exchange"], registry=r
         )
         self.db_up = Gauge("cryptobots_db_up", "1 when the state database answers", registry=r)
+        self.active = Gauge(
+            "cryptobots_trader_active", "1 while this trader holds its markets' lease", registry=r
+        )
 
 
 class ArbitrageTrader:
@@ -132,6 +142,7 @@ class ArbitrageTrader:
         *,
         metrics: ArbitrageMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        lease: Lease | None = None,
     ) -> None:
         self.settings = settings
         self.config = settings.arbitrage
@@ -153,6 +164,8 @@ class ArbitrageTrader:
         self.balances: dict[str, float] = {}
         self.tops: dict[str, tuple[float | None, float | None]] = {}
         self.latency: dict[str, float] = {}  # seconds, books seen -> first leg handed over
+        self.lease = lease  # None: trades without one (a library user, a test)
+        self.standing_by = ""  # who holds the lease while this trader stands by
 
     # -- start and reconcile ---------------------------------------------------------
 
@@ -204,7 +217,35 @@ class ArbitrageTrader:
                 self.engine, self.account, self.venue, self.config.paper_balances
             )
         self.started = True
-        self.reconcile()
+        if self._hold_lease():
+            self.reconcile()
+
+    def _hold_lease(self) -> bool:
+        """Whether this trader may trade now: it holds the lease of its markets, or took
+        it over just now (then it reconciles before anything is sent)."""
+        if self.lease is None or self.lease.held:
+            return True
+        if not self.lease.acquire():
+            self.metrics.active.set(0)
+            held = self.lease.holders()
+            self.standing_by = ", ".join(f"{m} traded by {h}" for m, h in sorted(held.items()))
+            return False
+        self.standing_by = ""
+        self.metrics.active.set(1)
+        self.reconciled = False
+        return True
+
+    def _fence(self) -> store.Fence | None:
+        if self.lease is None:
+            return None
+        return (self.lease.account, *self.lease.fence())
+
+    def _lease_lost(self, error: LeaseLost) -> str:
+        assert self.lease is not None
+        self.lease.drop(str(error))
+        self.metrics.active.set(0)
+        self.reconciled = False
+        return "standby"
 
     def reconcile(self) -> bool:
         """Settle every pending leg with the exchange and close every open exposure.
@@ -244,16 +285,22 @@ class ArbitrageTrader:
     def step(self) -> str:
         """One poll: reconcile if needed, else fetch the books and trade the best cycle.
 
-        Returns what happened: reconciling, idle, small, refused, done, unwound, pending.
+        Returns what happened: standby, reconciling, idle, small, refused, done, unwound,
+        pending.
         """
         with self.lock:
             if not self.started:
                 self.start()
-            if not self.reconciled and not self.reconcile():
-                return "reconciling"
-            books = self._books(self.config.symbols)
-            seen = time.perf_counter()
-            return self.on_books(books, seen, self._now())
+            if not self._hold_lease():
+                return "standby"
+            try:
+                if not self.reconciled and not self.reconcile():
+                    return "reconciling"
+                books = self._books(self.config.symbols)
+                seen = time.perf_counter()
+                return self.on_books(books, seen, self._now())
+            except LeaseLost as error:
+                return self._lease_lost(error)
 
     def on_books(self, books: Mapping[str, Any], seen: float, now_ms: int) -> str:
         """Detection, sizing, the gate, then the cycle (the part bench (c) times)."""
@@ -331,11 +378,13 @@ class ArbitrageTrader:
                 "price": planned.price,
             }
             if seq == 0:
-                store.open_opportunity(self.engine, opportunity, row, durable=self.broker.live)
+                store.open_opportunity(
+                    self.engine, opportunity, row, durable=self.broker.live, fence=self._fence()
+                )
                 self.risk.started(now_ms)
                 self.latency[oid] = time.perf_counter() - seen
             else:
-                store.add_leg(self.engine, row)
+                store.add_leg(self.engine, row, fence=self._fence())
             execution = self.broker.execute(
                 leg.symbol, leg.side, amount, row["client_order_id"], self._now(), planned.price
             )
@@ -537,7 +586,7 @@ class ArbitrageTrader:
             "amount": amount,
             "price": None,
         }
-        store.add_leg(self.engine, row)
+        store.add_leg(self.engine, row, fence=self._fence())
         log.info("cycle %s: unwind %s %s %s", oid[:12], side, amount, symbol)
         execution = self.broker.execute(symbol, side, amount, row["client_order_id"], self._now())
         if execution.status == "pending":
@@ -617,6 +666,8 @@ class ArbitrageTrader:
         reasons = []
         if not self.started:
             reasons.append("not started")
+        if self.lease is not None and not self.lease.held:
+            reasons.append(f"standby: {self.standing_by or 'the lease is not held yet'}")
         if not self.reconciled:
             reasons.append("reconciling: an earlier cycle is still open")
         age = None if self.last_books_ms is None else (self._now() - self.last_books_ms) / 1000
@@ -634,6 +685,7 @@ class ArbitrageTrader:
             "books_age_seconds": age,
             "realized_profit": self.realized_total,
             "risk": self.risk.snapshot(self._now()),
+            "lease": None if self.lease is None else self.lease.describe(),
         }
 
     def pause(self) -> None:
@@ -654,20 +706,30 @@ class ArbitrageTrader:
             self.reconcile()
 
     def run(self, stop: threading.Event) -> None:
-        """Step until `stop` is set; the current step (and its cycle) always finishes."""
-        while not stop.is_set():
-            try:
-                self.step()
-                self.metrics.db_up.set(1)
-            except DB_ERRORS as error:
-                self.metrics.db_up.set(0)
-                self.reconciled = False
-                log.error("database unavailable: %s", str(error).splitlines()[0][:300])
-            except CryptobotsError as error:
-                log.warning("step skipped: %s", error)
-            except Exception:  # a daemon logs what it did not foresee and goes on
-                log.exception("step failed, going on")
-            stop.wait(self.config.poll_seconds)
+        """Step until `stop` is set; the current step (and its cycle) always finishes.
+        The lease, when there is one, is renewed meanwhile and handed back at the end."""
+        if self.lease is not None:
+            Renewer(self.lease, stop).start()
+        try:
+            while not stop.is_set():
+                try:
+                    self.step()
+                    self.metrics.db_up.set(1)
+                except DB_ERRORS as error:
+                    self.metrics.db_up.set(0)
+                    self.reconciled = False
+                    log.error("database unavailable: %s", str(error).splitlines()[0][:300])
+                except CryptobotsError as error:
+                    log.warning("step skipped: %s", error)
+                except Exception:  # a daemon logs what it did not foresee and goes on
+                    log.exception("step failed, going on")
+                stop.wait(self.config.poll_seconds)
+        finally:
+            if self.lease is not None:
+                try:
+                    self.lease.release()  # a standby takes over now, not a lease later
+                except DB_ERRORS as error:
+                    log.error("lease not released, the database is down: %s", error)
 
 
 def _path(cycle: Cycle) -> str:

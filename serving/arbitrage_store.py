@@ -3,7 +3,9 @@ fills, and the paper account's balances.
 
 Every change a leg makes (its status, its fills, the paper balances) is one
 transaction, so a crash leaves each leg either pending (maybe sent: reconciliation asks
-the exchange) or settled, never half applied.
+the exchange) or settled, never half applied. A leg written with a `fence` (the
+trader's lease: holder and token per market) is written only while that lease still
+holds, in the same transaction: a trader whose lease was taken over sends nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline.db.schema import arb_balances, arb_fills, arb_legs, arb_opportunities
+from serving.lease import require_lease
 from serving.store import Execution
+
+Fence = tuple[str, str, dict[str, int]]  # (lease account, holder, token per market)
 
 OPEN_STATUSES = ("executing", "unwinding")
 SETTLED = ("filled", "partial", "expired", "rejected", "canceled")
@@ -41,6 +46,7 @@ def open_opportunity(
     first_leg: Mapping[str, Any],
     *,
     durable: bool = True,
+    fence: Fence | None = None,
 ) -> None:
     """Write a detected opportunity and its first leg (pending) in one transaction.
 
@@ -50,13 +56,18 @@ def open_opportunity(
     with engine.begin() as conn:
         if not durable and conn.dialect.name == "postgresql":
             conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
+        if fence is not None:
+            require_lease(conn, *fence)
         conn.execute(sa.insert(arb_opportunities), [dict(opportunity)])
         conn.execute(sa.insert(arb_legs), [{**first_leg, "status": "pending"}])
 
 
-def add_leg(engine: Engine, leg: Mapping[str, Any]) -> None:
-    """Write a leg before it is sent (status pending)."""
+def add_leg(engine: Engine, leg: Mapping[str, Any], fence: Fence | None = None) -> None:
+    """Write a leg before it is sent (status pending); LeaseLost, writing nothing, when
+    `fence` no longer holds."""
     with engine.begin() as conn:
+        if fence is not None:
+            require_lease(conn, *fence)
         conn.execute(sa.insert(arb_legs), [{**leg, "status": "pending"}])
 
 

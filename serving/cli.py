@@ -146,7 +146,10 @@ def build_arbitrage(settings: Settings, *, live: bool, environ: Mapping[str, str
     )
     engine = create_engine(settings.db_url)
     upgrade(engine)
-    trader = ArbitrageTrader(settings, engine, exchange, broker)
+    markets = [f"arbitrage:{name}:{symbol}" for symbol in settings.arbitrage.symbols]
+    account = "live" if live else "paper"
+    lease = Lease(engine, account, markets, LEASE_SHARE * settings.serving.failover_seconds)
+    trader = ArbitrageTrader(settings, engine, exchange, broker, lease=lease)
     try:
         trader.start()
     except TemporaryExchangeError as error:

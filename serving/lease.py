@@ -78,6 +78,15 @@ class Lease:
         with self._lock:
             return self.tokens.get(market)
 
+    def fence(self) -> tuple[str, dict[str, int]]:
+        """(holder, token per market) for writes that span every market of the lease;
+        LeaseLost when it is not held whole."""
+        with self._lock:
+            tokens = dict(self.tokens)
+        if len(tokens) != len(self.markets):
+            raise LeaseLost(f"{self.account}: this trader does not hold the lease of its markets")
+        return self.holder, tokens
+
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
@@ -195,6 +204,26 @@ class Lease:
             for market, holder, expires in rows
             if holder
         }
+
+
+def require_lease(conn: Connection, account: str, holder: str, tokens: dict[str, int]) -> None:
+    """LeaseLost unless `holder` still holds every market of `tokens` with its token; the
+    rows stay locked (shared) until the transaction ends, so a takeover waits for it."""
+    held = conn.execute(
+        sa.select(trader_leases.c.market, trader_leases.c.token)
+        .where(
+            trader_leases.c.account == account,
+            trader_leases.c.market.in_(list(tokens)),
+            trader_leases.c.holder == holder,
+        )
+        .with_for_update(read=True)
+    ).all()
+    if {market: int(token) for market, token in held} != tokens:
+        lost = sorted(set(tokens) - {m for m, t in held if tokens.get(m) == int(t)})
+        raise LeaseLost(
+            f"{', '.join(lost)} ({account}): this trader's lease was taken over by another "
+            "trader: nothing written, nothing sent"
+        )
 
 
 def _ensure_row(conn: Connection, account: str, market: str) -> None:

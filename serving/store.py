@@ -26,9 +26,8 @@ from pipeline.db.schema import (
     orders,
     positions,
     risk_events,
-    trader_leases,
 )
-from serving.lease import LeaseLost
+from serving.lease import LeaseLost, require_lease
 from serving.risk import RESUMED_REASON
 from serving.watch import WATCH_REASON
 
@@ -341,20 +340,8 @@ _PG_STATEMENTS = {
 
 def _check_fence(conn: Connection, account: str, market: str, fence: Fence | None) -> None:
     """LeaseLost unless `fence` still holds the market's lease (locked until commit)."""
-    if fence is None:
-        return
-    holds = conn.execute(
-        sa.select(trader_leases.c.token)
-        .where(
-            trader_leases.c.account == account,
-            trader_leases.c.market == market,
-            trader_leases.c.holder == fence[0],
-            trader_leases.c.token == fence[1],
-        )
-        .with_for_update(read=True)
-    ).first()
-    if holds is None:
-        raise _lost({"account": account, "market": market}, fence)
+    if fence is not None:
+        require_lease(conn, account, fence[0], {market: fence[1]})
 
 
 def _lost(decision: dict[str, Any], fence: Fence | None) -> LeaseLost:

@@ -27,6 +27,8 @@ from pipeline.settings import Settings, load_settings
 from serving.arbitrage import ArbitrageTrader, leg_client_id
 from serving.arbitrage_risk import CycleGate
 from serving.broker import ExchangeBroker, PaperBroker
+from serving.cli import claim
+from serving.lease import Lease, LeaseHeld
 from tests.conftest import fast_retry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,10 +56,16 @@ def client(settings: Settings, live: bool) -> ExchangeClient:
     return open_exchange(settings, "binance", credentials, retry=fast_retry(), timeout_ms=3000)
 
 
-def trader_for(settings: Settings, engine: Engine, live: bool = False) -> ArbitrageTrader:
+def trader_for(
+    settings: Settings, engine: Engine, live: bool = False, lease_ttl: float | None = None
+) -> ArbitrageTrader:
     exchange = client(settings, live)
     broker = ExchangeBroker(exchange) if live else PaperBroker(exchange, 10.0)
-    trader = ArbitrageTrader(settings, engine, exchange, broker)
+    lease = None
+    if lease_ttl is not None:
+        markets = [f"arbitrage:binance:{symbol}" for symbol in SYMBOLS]
+        lease = Lease(engine, "paper", markets, lease_ttl)
+    trader = ArbitrageTrader(settings, engine, exchange, broker, lease=lease)
     trader.start()
     return trader
 
@@ -205,6 +213,58 @@ def test_breaker_opens_after_repeated_leg_failures_and_refuses_new_cycles(
     assert any("circuit breaker open" in e["reason"] for e in events)
 
 
+def test_a_second_arbitrage_trader_stands_by_while_the_first_holds_the_lease_then_takes_over(
+    sim: Running, fresh_pg, tmp_path: Path
+) -> None:
+    engine = fresh_pg()
+    settings = settings_for(sim, engine, tmp_path)
+    first = trader_for(settings, engine, lease_ttl=30)
+    second = trader_for(settings, engine, lease_ttl=30)
+    assert first.step() == "idle"
+    plant(sim)
+    assert second.step() == "standby"
+    status = second.status()
+    assert not status["ready"]
+    assert first.lease is not None
+    assert first.lease.holder in " ".join(status["reasons"])
+    assert rows(engine, "SELECT id FROM arb_opportunities") == []
+    first.lease.release()  # a clean stop
+    assert second.step() == "done"
+    assert second.status()["lease"]["held"] is True
+
+
+def test_an_arbitrage_trader_whose_lease_was_taken_over_writes_and_sends_nothing(
+    sim: Running, fresh_pg, tmp_path: Path
+) -> None:
+    engine = fresh_pg()
+    settings = settings_for(sim, engine, tmp_path)
+    old = trader_for(settings, engine, lease_ttl=30)
+    assert old.step() == "idle"
+    with engine.begin() as conn:  # frozen past its lease: it expired
+        conn.execute(sa.text("UPDATE trader_leases SET expires_at = 0"))
+    new = trader_for(settings, engine, lease_ttl=30)
+    assert new.step() == "idle"
+    plant(sim)
+    assert old.step() == "standby", "the old leader's first write is refused"
+    assert rows(engine, "SELECT id FROM arb_opportunities") == []
+    assert old.lease is not None
+    assert not old.lease.held
+    assert new.step() == "done"
+
+
+def test_a_second_arbitrage_trader_that_is_no_standby_refuses_to_start_naming_the_holder(
+    sim: Running, fresh_pg, tmp_path: Path
+) -> None:
+    engine = fresh_pg()
+    settings = settings_for(sim, engine, tmp_path)
+    first = trader_for(settings, engine, lease_ttl=30)
+    second = trader_for(settings, engine, lease_ttl=0.5)
+    assert first.lease is not None
+    with pytest.raises(LeaseHeld, match=re.escape(first.lease.holder)) as refused:
+        claim(second, settings)
+    assert "CRYPTOBOTS_SERVING__STANDBY" in str(refused.value)
+
+
 def test_gate_halts_for_the_day_at_the_loss_limit() -> None:
     gate = CycleGate(load_settings().arbitrage.model_copy(update={"daily_loss_limit": 5.0}), "a")
     now = 1_700_000_000_000
@@ -239,6 +299,7 @@ def daemon_env(sim: Running, engine: Engine, tmp_path: Path) -> dict[str, str]:
         "CRYPTOBOTS_ARBITRAGE__MAX_CYCLE_NOTIONAL": "500",
         "CRYPTOBOTS_ARBITRAGE__POLL_SECONDS": "0.1",
         "CRYPTOBOTS_SERVING__PORT": "0",
+        "CRYPTOBOTS_SERVING__FAILOVER_SECONDS": "1.5",  # a killed one's lease lasts 1 s
     }
 
 
