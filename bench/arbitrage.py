@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import Floors
 from pipeline.arbitrage import (
     ArbitrageConfig,
     CycleSearch,
@@ -213,8 +214,11 @@ def edges_of(graph: ExchangeGraph, cycle: Any) -> tuple[int, ...]:
     return tuple(2 * graph.market_index[leg.symbol] + (leg.side == "sell") for leg in cycle.legs)
 
 
+FLOORS = Floors()
+
+
 def verdict(value: float, floor: float) -> str:
-    return "PASS" if value <= floor else "FAIL"
+    return FLOORS.check(f"{value:.3g} (floor <= {floor:g})", value <= floor)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -380,13 +384,13 @@ def first_leg(cycles: int) -> None:
     from pipeline.exchanges.client import open_exchange
     from pipeline.exchanges.simulator.app import SimulatorConfig, running
     from pipeline.exchanges.simulator.market import Plant
-    from pipeline.settings import default_data_dir, load_settings
+    from pipeline.settings import load_settings
     from serving.arbitrage import ArbitrageTrader
     from serving.broker import PaperBroker
 
-    data = default_data_dir()
+    data = load_settings().data_dir
     if data is None:
-        print("(c) skipped: no recorded market data at ../shared/data")
+        print("(c) skipped: no recorded market data (CRYPTOBOTS_DATA_DIR, ../shared/data)")
         return
     symbols = ("BTC/USDT", "ETH/USDT", "ETH/BTC")
     config = SimulatorConfig(
@@ -447,3 +451,4 @@ def first_leg(cycles: int) -> None:
 
 if __name__ == "__main__":
     main()
+    FLOORS.exit()

@@ -27,7 +27,7 @@ from pipeline.backfill import backfill_many
 from pipeline.exchanges.client import ExchangeClient, RetryPolicy, create_ccxt
 from pipeline.exchanges.simulator.faults import WEIGHTS
 from pipeline.exchanges.simulator.recordings import find_recordings
-from pipeline.settings import ExchangeConfig, Market, default_data_dir
+from pipeline.settings import ExchangeConfig, Market, load_settings
 from pipeline.validate import _gx
 
 BUDGET = 600
@@ -69,7 +69,7 @@ def simulator_process(data: Path) -> Iterator[str]:
 
 def one_run(label: str, paced: bool) -> dict:
     with scratch_database("cb_bench_backfill") as engine:
-        data = default_data_dir()
+        data = load_settings().data_dir
         assert data is not None, "no ../shared/data: set CRYPTOBOTS_DATA_DIR"
         recordings = find_recordings(data, "binance")
         ranges = [

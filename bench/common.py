@@ -1,5 +1,5 @@
-"""What the benchmarks share: a scratch Postgres database on the test server, and the
-policy network of the default size."""
+"""What the benchmarks share: a scratch Postgres database on the test server, the
+policy network of the default size, and the floors' verdicts."""
 
 from __future__ import annotations
 
@@ -14,6 +14,25 @@ import sqlalchemy as sa
 from pipeline.db.engine import create_engine
 from pipeline.db.migrate import upgrade
 from pipeline.settings import normalize_db_url
+
+
+class Floors:
+    """The floors a bench checks: `check` gives the verdict to print, `exit` ends the
+    process non-zero when any failed, so that a script or CI can tell."""
+
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    def check(self, name: str, ok: bool) -> str:
+        """PASS or FAIL, remembering the failures."""
+        if not ok:
+            self.failed.append(name)
+        return "PASS" if ok else "FAIL"
+
+    def exit(self) -> None:
+        """SystemExit(1) naming every failed floor; nothing when all passed."""
+        if self.failed:
+            raise SystemExit(f"floors failed: {', '.join(self.failed)}")
 
 
 @contextmanager

@@ -32,7 +32,7 @@ import numpy as np
 from bench.inference import latencies
 from bench.train_throughput import HIDDEN, load_window
 from pipeline.errors import CryptobotsError
-from pipeline.settings import Settings, default_data_dir
+from pipeline.settings import Settings, load_settings
 
 WINDOW = ("2019-01-01", "2020-01-01")
 BATCH = 1024
@@ -58,7 +58,7 @@ def train(steps: int, require_gpu: bool) -> tuple[Any, Any, Any]:
     from pipeline.rl import actor_critic
     from pipeline.rl.env import EnvConfig, TradingEnv
 
-    data_dir = default_data_dir()
+    data_dir = load_settings().data_dir
     if data_dir is None:
         raise SystemExit("no recorded data: set CRYPTOBOTS_DATA_DIR to shared/data")
     market = load_window(data_dir, *WINDOW)

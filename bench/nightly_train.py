@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import scratch_database
+from bench.common import Floors, scratch_database
 from pipeline.backfill import backfill
 from pipeline.exchanges.client import open_exchange
 from pipeline.exchanges.simulator.app import SimulatorConfig, running
@@ -91,7 +91,8 @@ def main() -> None:
         baseline = nightly(baseline_unsized, end_ms, 1, {"ensemble": 1, "seed": 0})
         new = nightly(settings, end_ms, defaults.folds, {})
     ratio = new["seconds"] / baseline["seconds"]
-    verdict = "PASS" if new["seconds"] <= FLOOR_SECONDS else "FAIL"
+    floors = Floors()
+    verdict = floors.check("nightly wall time", new["seconds"] <= FLOOR_SECONDS)
     print(f"{'run':<44} {'jobs':>5} {'wall':>9}")
     print(
         f"{'baseline: 1 fold, 1 seed, unsized':<44} {baseline['runs']:>5} "
@@ -109,6 +110,7 @@ def main() -> None:
         f"worst fold drawdown {chosen['worst_drawdown']:.1%}, PSR {chosen['psr']:.2f}, "
         f"DSR {chosen['dsr']:.2f}"
     )
+    floors.exit()
 
 
 if __name__ == "__main__":

@@ -180,15 +180,15 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import onnxruntime as ort
 
-    from bench.common import default_policy, scratch_database
+    from bench.common import Floors, default_policy, scratch_database
     from pipeline.export import export_onnx
     from pipeline.registry import model_name
-    from pipeline.settings import default_data_dir
+    from pipeline.settings import load_settings
     from serving.model import Policy
 
     spec, model, lineage = default_policy()
     name = model_name(MARKET)
-    data_dir = default_data_dir()
+    data_dir = load_settings().data_dir
     if data_dir is None:
         raise SystemExit("recorded market data not found (../shared/data, CRYPTOBOTS_DATA_DIR)")
     with (
@@ -242,15 +242,17 @@ def main(argv: list[str] | None = None) -> None:
     p99 = pct(onnx["total"], 99)
     ratio_inference = pct(keras["inference"], 50) / pct(onnx["inference"], 50)
     ratio_total = pct(keras["total"], 50) / pct(onnx["total"], 50)
+    floors = Floors()
     print(
         f"decision p99 {p99:.3f} ms (floor <= {FLOOR_P99_MS} ms): "
-        f"{'PASS' if p99 <= FLOOR_P99_MS else 'FAIL'}"
+        f"{floors.check('decision p99', p99 <= FLOOR_P99_MS)}"
     )
     print(
         f"Keras / ONNX p50: inference {ratio_inference:.1f}x (floor >= {FLOOR_RATIO}x: "
-        f"{'PASS' if ratio_inference >= FLOOR_RATIO else 'FAIL'}), whole decision "
-        f"{ratio_total:.2f}x"
+        f"{floors.check('Keras / ONNX inference', ratio_inference >= FLOOR_RATIO)}), whole "
+        f"decision {ratio_total:.2f}x"
     )
+    floors.exit()
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ import numpy as np
 
 from pipeline.exchanges.simulator.recordings import read_recording
 from pipeline.features import Candles, FeatureSpec, compute_features, fill_gaps, fit_normalization
-from pipeline.settings import TrainingSettings, default_data_dir
+from pipeline.settings import TrainingSettings, load_settings
 
 RECORDING = "binance_BTC-USDT_1h.csv.gz"
 HOUR_MS = 3_600_000
@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         tf.config.threading.set_intra_op_parallelism_threads(args.tf_threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.tf_threads)
 
-    data_dir = args.data or default_data_dir()
+    data_dir = args.data or load_settings().data_dir
     if data_dir is None:
         raise SystemExit("no ../shared/data beside the checkout: pass --data")
     market = load_window(data_dir, *WINDOW)

@@ -20,6 +20,7 @@ from pipeline.launch import (
     load_state,
     save_state,
     simulator_port,
+    status_line,
 )
 from pipeline.market_data import history_range
 from pipeline.settings import Settings
@@ -116,3 +117,69 @@ def test_a_history_too_short_for_the_promotion_window_is_refused_before_anything
     with pytest.raises(ConfigurationError, match=r"--history-days 100 is too short.*121"):
         check_history(settings, Options(history_days=100, train_days=7, valid_days=2))
     check_history(settings, Options(history_days=121, train_days=7, valid_days=2))
+
+
+def test_the_status_line_reads_as_one_human_line_per_trader() -> None:
+    status = {"ready": True, "reasons": [], "risk": {"global": {"state": "ACTIVE"}}}
+    book = {
+        "market": "binance:BTC/USDT:1h",
+        "base": 0.05,
+        "quote": 8_000.0,
+        "candle_ts": 1_615_680_000_000,  # 2021-03-14 00:00 UTC
+        "outcome": "order",
+        "target": 0.3,
+        "price": 40_000.0,
+        "model_name": "binance-btc-usdt-1h",
+        "model_version": 3,
+    }
+    assert status_line(status, [book]) == (
+        "trader ready | binance:BTC/USDT:1h: equity 10,000.00 USDT, position 0.05 BTC (20%), "
+        "last decision 2021-03-14 00:00 order -> 30%, champion binance-btc-usdt-1h v3 "
+        "| risk ACTIVE"
+    )
+
+
+def test_the_status_line_says_why_the_trader_is_not_ready() -> None:
+    status = {"ready": False, "reasons": ["binance:BTC/USDT:1h: no champion model loaded"]}
+    fresh = {"market": "binance:BTC/USDT:1h", "base": 0.0, "quote": 10_000.0, "price": None}
+    line = status_line(status, [fresh])
+    assert line.startswith("trader NOT ready (binance:BTC/USDT:1h: no champion model loaded)")
+    assert "10,000.00 USDT, no decision yet" in line
+    assert "{" not in line
+
+
+@pytest.mark.postgres
+def test_the_status_line_reads_each_markets_position_and_newest_decision(fresh_pg) -> None:
+    import sqlalchemy as sa
+
+    from pipeline.db.schema import decisions, positions
+    from pipeline.launch import trader_books
+
+    engine = fresh_pg()
+    market = "binance:BTC/USDT:1h"
+    decision = {
+        "account": "paper",
+        "market": market,
+        "model_name": "binance-btc-usdt-1h",
+        "inputs_sha256": "0" * 64,
+        "outputs": [0.1, 0.9],
+        "action": 1,
+        "price": 40_000.0,
+        "latency_ms": 1.0,
+    }
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(positions),
+            [{"account": "paper", "market": market, "base": 0.05, "quote": 8_000.0, "target": 0.3}],
+        )
+        conn.execute(
+            sa.insert(decisions),
+            [
+                decision | {"candle_ts": 1, "model_version": 2, "target": 0.0, "outcome": "hold"},
+                decision | {"candle_ts": 2, "model_version": 3, "target": 0.3, "outcome": "order"},
+            ],
+        )
+    [book] = trader_books(engine, "paper")
+    assert (book["market"], book["base"], book["quote"]) == (market, 0.05, 8_000.0)
+    assert (book["model_version"], book["outcome"], book["target"]) == (3, "order", 0.3)
+    assert trader_books(engine, "live") == []
