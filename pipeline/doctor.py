@@ -132,8 +132,10 @@ def _onnxruntime(require_gpu: bool) -> Check:
         import onnxruntime as ort
     except ImportError as error:
         return Check("onnxruntime", FAIL, f"cannot import onnxruntime: {error}", "make setup")
+    from serving.model import usable_providers
+
     available = ort.get_available_providers()
-    usable = _usable_ort_providers(ort, available)
+    usable = usable_providers()
     detail = f"{ort.__version__}; usable providers: {', '.join(usable)}"
     if "CUDAExecutionProvider" in usable:
         return Check("onnxruntime", OK, detail)
@@ -145,29 +147,6 @@ def _onnxruntime(require_gpu: bool) -> Check:
         detail + "; inference runs on CPU",
         "install requirements-gpu.txt on a machine with an NVIDIA driver for CUDA inference",
     )
-
-
-def _usable_ort_providers(ort, available: list[str]) -> list[str]:  # type: ignore[no-untyped-def]
-    """Providers a real session ends up with: a GPU build without a GPU falls back silently."""
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "doctor",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    wanted = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    ort.set_default_logger_severity(4)  # the failed CUDA load is reported by us, not logged
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=wanted)
-    finally:
-        ort.set_default_logger_severity(2)
-    return list(session.get_providers())
 
 
 def _database(settings: Settings) -> Check:

@@ -50,7 +50,13 @@ def build(settings: Settings, *, live: bool, environ: Mapping[str, str]) -> Any:
     from pipeline.exchanges.client import open_exchange
     from serving.broker import ExchangeBroker, PaperBroker
     from serving.metrics import Metrics
-    from serving.model import AliasNotifications, ModelWatch, choose_providers
+    from serving.model import (
+        CUDA,
+        AliasNotifications,
+        ModelWatch,
+        choose_providers,
+        usable_providers,
+    )
     from serving.risk import RiskGate
     from serving.trader import Trader, cache_dir, traded_markets
 
@@ -67,8 +73,15 @@ def build(settings: Settings, *, live: bool, environ: Mapping[str, str]) -> Any:
             if live
             else PaperBroker(exchanges[name], settings.serving.fee_bps)
         )
-    providers = choose_providers(ort.get_available_providers())
-    log.info("ONNX Runtime providers requested: %s", ", ".join(providers))
+    providers = choose_providers(usable_providers())
+    offered = ort.get_available_providers()
+    log.info(
+        "ONNX Runtime runs the models on %s%s",
+        providers[0],
+        " (its CUDA provider did not load: no GPU or CUDA libraries)"
+        if CUDA in offered and CUDA not in providers
+        else "",
+    )
     metrics = Metrics()
     metrics.db_up.set(1)
 

@@ -40,6 +40,35 @@ def choose_providers(available: Sequence[str]) -> list[str]:
     return [CUDA, CPU] if CUDA in available else [CPU]
 
 
+def usable_providers() -> list[str]:
+    """The providers a real session ends up with, probed quietly on a one-node graph: a
+    GPU build of ONNX Runtime on a machine without a GPU or CUDA libraries offers CUDA
+    but falls back to the CPU, and logs an ERROR about it at every session otherwise."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    ort.set_default_logger_severity(4)
+    try:
+        session = ort.InferenceSession(
+            model.SerializeToString(),
+            options,
+            providers=choose_providers(ort.get_available_providers()),
+        )
+    finally:
+        ort.set_default_logger_severity(2)
+    return list(session.get_providers())
+
+
 @dataclass(frozen=True)
 class Policy:
     """One verified, warmed-up model version: what a decision needs from it."""

@@ -334,6 +334,8 @@ def test_the_daemon_runs_from_serving_requirements_alone_serves_health_and_stops
         assert re.search(
             rf"model swapped: no model -> {NAME} v\d+ \(dqn, CPUExecutionProvider\)", output
         )
+        assert "ONNX Runtime runs the models on CPUExecutionProvider" in output
+        assert "[E:onnxruntime" not in output, "the CUDA probe is quiet"
     finally:
         if process.poll() is None:
             process.kill()
