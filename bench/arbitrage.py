@@ -424,6 +424,7 @@ def first_leg(cycles: int) -> None:
         start_ms = int(time.time() * 1000)
         outcomes: dict[str, int] = {}
         for i in range(cycles + 20):
+            trader.acted_on = None  # each call a new detection, though the books are the same
             seen = time.perf_counter()
             outcome = trader.on_books(books, seen, start_ms + i)
             outcomes[outcome] = outcomes.get(outcome, 0) + 1

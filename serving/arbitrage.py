@@ -164,6 +164,7 @@ class ArbitrageTrader:
         self.balances: dict[str, float] = {}
         self.tops: dict[str, tuple[float | None, float | None]] = {}
         self.latency: dict[str, float] = {}  # seconds, books seen -> first leg handed over
+        self.acted_on: tuple[Any, ...] | None = None  # paper: the cycle and books last traded
         self.lease = lease  # None: trades without one (a library user, a test)
         self.standing_by = ""  # who holds the lease while this trader stands by
 
@@ -285,8 +286,8 @@ class ArbitrageTrader:
     def step(self) -> str:
         """One poll: reconcile if needed, else fetch the books and trade the best cycle.
 
-        Returns what happened: standby, reconciling, idle, small, refused, done, unwound,
-        pending.
+        Returns what happened: standby, reconciling, idle, small, seen (paper: this edge,
+        on these books, was traded already), refused, done, unwound, pending.
         """
         with self.lock:
             if not self.started:
@@ -324,6 +325,10 @@ class ArbitrageTrader:
             self.metrics.opportunities.labels("too_small").inc()
             return "small"
         cycle, size = best
+        mark = None if self.broker.live else _book_mark(cycle, books)
+        if mark is not None and mark == self.acted_on:
+            self.metrics.opportunities.labels("already_traded").inc()
+            return "seen"  # paper fills leave the books as they were: the edge is not new
         refused = self.risk.check(size.start, now_ms)
         if refused is None and self.broker.live:
             free = exchange_totals(self.exchange, self.venue).get(self.config.home, 0.0)
@@ -334,6 +339,7 @@ class ArbitrageTrader:
             self.metrics.opportunities.labels("refused").inc()
             log.info("cycle %s refused: %s", _path(cycle), refused)
             return "refused"
+        self.acted_on = mark
         return self._trade(cycle, size, seen, now_ms)
 
     def _observe(self, books: Mapping[str, Any]) -> None:
@@ -734,3 +740,16 @@ class ArbitrageTrader:
 
 def _path(cycle: Cycle) -> str:
     return " -> ".join(cycle.currencies)
+
+
+def _book_mark(cycle: Cycle, books: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The cycle and every level of its markets' books: equal marks are the same edge."""
+    return tuple(
+        (
+            leg.symbol,
+            leg.side,
+            tuple(tuple(level[:2]) for level in books[leg.symbol].get("bids") or ()),
+            tuple(tuple(level[:2]) for level in books[leg.symbol].get("asks") or ()),
+        )
+        for leg in cycle.legs
+    )

@@ -138,6 +138,20 @@ def test_planted_triangle_is_traded_on_paper_and_realizes_the_expected_profit(
     assert not sim.exchange.accounts.account(KEY).orders, "paper sent an order"
 
 
+def test_on_paper_an_edge_already_traded_is_not_traded_again_until_the_books_change(
+    sim: Running, fresh_pg, tmp_path: Path
+) -> None:
+    engine = fresh_pg()
+    trader = trader_for(settings_for(sim, engine, tmp_path), engine)
+    plant(sim, bps=40.0)
+    assert trader.step() == "done"
+    assert trader.step() == "seen", "paper fills leave the books as they were"
+    assert len(rows(engine, "SELECT id FROM arb_opportunities")) == 1
+    plant(sim, bps=60.0)
+    assert trader.step() == "done"
+    assert len(rows(engine, "SELECT id FROM arb_opportunities")) == 2
+
+
 def test_a_cycle_below_the_threshold_is_not_traded(sim: Running, fresh_pg, tmp_path: Path) -> None:
     engine = fresh_pg()
     trader = trader_for(settings_for(sim, engine, tmp_path, min_edge_bps=20.0), engine)
@@ -429,9 +443,11 @@ def test_paper_daemon_runs_from_serving_requirements_alone_trades_a_plant_and_st
         ready = wait_for(lambda: (r := httpx.get(f"{base}/readyz")).status_code == 200 and r, log)
         assert ready.json()["strategy"] == "arbitrage"
         assert ready.json()["account"] == "paper"
-        plant(sim)
-        done = 'cryptobots_arbitrage_opportunities_total{outcome="done"} 2.0'
-        wait_for(lambda: done in httpx.get(f"{base}/metrics").text, log)
+        for n, bps in enumerate((40.0, 50.0), start=1):  # a new edge: the books change
+            plant(sim, bps=bps)
+            done = f'cryptobots_arbitrage_opportunities_total{{outcome="done"}} {n}.0'
+            wait_for(lambda done=done: done in httpx.get(f"{base}/metrics").text, log)
+        plant(sim, bps=60.0)
         wait_for(lambda: "max_cycles_per_hour" in log.read_text(), log)  # the third is refused
         right = {"Authorization": "Bearer s3cret-token"}
         paused = httpx.post(f"{base}/control/pause", headers=right)
