@@ -35,7 +35,3 @@ class DataValidationError(CryptobotsError):
 
 class ModelRejected(CryptobotsError):
     """A model artifact failed a check (checksum, signature, parity, gates)."""
-
-
-class RiskDenied(CryptobotsError):
-    """The risk gate refused an order."""

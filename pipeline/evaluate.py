@@ -515,36 +515,6 @@ def plot_equity(backtests: Mapping[str, Backtest], path: Path | str, title: str)
     return path
 
 
-def walk_forward_windows(
-    start_ms: int, end_ms: int, train_ms: int, valid_ms: int, step_ms: int | None = None
-) -> list[tuple[int, int, int, int]]:
-    """Rolling (train_start, train_end, valid_start, valid_end) windows in [start, end).
-
-    Each validation window starts where its training window ends; windows move by
-    `step_ms` (default `valid_ms`, so validation windows tile the range without
-    overlap). The last window ends at or before `end_ms`.
-    """
-    step = valid_ms if step_ms is None else step_ms
-    if train_ms <= 0 or valid_ms <= 0:
-        raise ValueError(f"train_ms and valid_ms must be > 0, got {train_ms} and {valid_ms}")
-    if step < valid_ms:
-        raise ValueError(
-            f"step_ms {step} < valid_ms {valid_ms} would make validation windows overlap"
-        )
-    windows = []
-    train_start = start_ms
-    while train_start + train_ms + valid_ms <= end_ms:
-        train_end = train_start + train_ms
-        windows.append((train_start, train_end, train_end, train_end + valid_ms))
-        train_start += step
-    if not windows:
-        raise ValueError(
-            f"the range [{start_ms}, {end_ms}) ({end_ms - start_ms} ms) cannot hold one "
-            f"window of train {train_ms} ms + validation {valid_ms} ms"
-        )
-    return windows
-
-
 def _prices(field: str, values: npt.ArrayLike) -> np.ndarray:
     """Prices as float64, every one finite and > 0, else a DataValidationError."""
     arr = np.asarray(values, dtype=np.float64)

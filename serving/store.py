@@ -139,23 +139,6 @@ def _position(conn: Connection, account: str, market: str) -> Position | None:
     return None if row is None else Position(*map(float, row))
 
 
-def find_decision(engine: Engine, account: str, market: str, candle_ts: int) -> dict | None:
-    """The decision already taken for a candle (a restart must not decide it twice)."""
-    with engine.connect() as conn:
-        row = (
-            conn.execute(
-                sa.select(decisions).where(
-                    decisions.c.account == account,
-                    decisions.c.market == market,
-                    decisions.c.candle_ts == candle_ts,
-                )
-            )
-            .mappings()
-            .first()
-        )
-    return None if row is None else dict(row)
-
-
 def last_decided_candle(engine: Engine, account: str, market: str) -> int | None:
     """Open time of the newest decided candle of a market."""
     with engine.connect() as conn:

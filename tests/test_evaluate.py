@@ -5,7 +5,6 @@ Numbers are small enough to check by hand; the default cost rate is 10 + 5 bps.
 
 from __future__ import annotations
 
-import itertools
 import math
 import subprocess
 import sys
@@ -30,7 +29,6 @@ from pipeline.evaluate import (
     metrics_table,
     plot_equity,
     step_growth,
-    walk_forward_windows,
 )
 
 H = 3_600_000
@@ -359,30 +357,6 @@ def test_plot_equity_writes_a_png(tmp_path: Path) -> None:
     assert path == tmp_path / "plots" / "equity.png"
     assert data.startswith(b"\x89PNG")
     assert len(data) > 1000
-
-
-def test_walk_forward_windows_roll_by_the_validation_length() -> None:
-    assert walk_forward_windows(0, 100, 50, 20) == [(0, 50, 50, 70), (20, 70, 70, 90)]
-
-
-@FAST
-@given(
-    span=st.integers(1, 10_000),
-    train=st.integers(1, 3_000),
-    valid=st.integers(1, 1_000),
-    extra_step=st.integers(0, 500),
-)
-def test_walk_forward_windows_are_chronological_and_disjoint(span, train, valid, extra_step):
-    if train + valid > span:
-        with pytest.raises(ValueError, match="cannot hold one window"):
-            walk_forward_windows(0, span, train, valid, valid + extra_step)
-        return
-    windows = walk_forward_windows(0, span, train, valid, valid + extra_step)
-    for train_start, train_end, valid_start, valid_end in windows:
-        assert 0 <= train_start < train_end <= valid_start < valid_end <= span
-    for before, after in itertools.pairwise(windows):
-        assert before[3] <= after[2]  # validation windows do not overlap
-        assert before[0] < after[0]
 
 
 def test_importing_the_module_does_not_load_matplotlib() -> None:

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline.db.schema import MARKET_KEY, OHLCV_VALUES
@@ -477,9 +476,3 @@ def _merge_sqlite(conn: Connection, batch: _Batch) -> tuple[int, int]:
     finally:
         cursor.close()
     return inserted, updated
-
-
-def count_ohlcv(engine: Engine) -> int:
-    """Number of stored candles (all markets)."""
-    with engine.connect() as conn:
-        return int(conn.execute(sa.text("SELECT count(*) FROM ohlcv")).scalar_one())
