@@ -29,6 +29,10 @@ class ExchangeRejected(CryptobotsError):
     """The exchange refused a request for good (bad symbol, insufficient funds)."""
 
 
+class OrderNotFound(ExchangeRejected):
+    """The exchange has no order by that id: already gone, or it never arrived."""
+
+
 class DataValidationError(CryptobotsError):
     """Input data breaks a rule; nothing from the offending batch was written."""
 

@@ -15,7 +15,7 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from pipeline.errors import ExchangeRejected, TemporaryExchangeError
+from pipeline.errors import ExchangeRejected, OrderNotFound, TemporaryExchangeError
 from pipeline.exchanges.client import ExchangeClient
 from serving.store import Execution, Fill
 
@@ -187,32 +187,27 @@ class ExchangeBroker:
     def cancel(self, symbol: str, client_id: str) -> Execution | None:
         """Cancel an open order by client id; its final state (what filled before the
         cancel counts), or None when the exchange has no such order."""
-        import ccxt
-
-        def cancel() -> None:
-            # not found: already final or never arrived; the lookup below says which
-            with contextlib.suppress(ccxt.OrderNotFound):
-                self.exchange.client.cancel_order(None, symbol, {"origClientOrderId": client_id})
-
-        self.exchange.call(f"{symbol} cancel {client_id}", cancel, kind="order")
+        params = self.exchange.by_client_id(client_id)
+        # not found: already final or never arrived; the lookup below says which
+        with contextlib.suppress(OrderNotFound):
+            self.exchange.call(
+                f"{symbol} cancel {client_id}",
+                lambda: self.exchange.client.cancel_order(None, symbol, params),
+                kind="order",
+            )
         return self.lookup(symbol, client_id)
 
     def lookup(self, symbol: str, client_id: str) -> Execution | None:
         """The exchange's state of an order by client id; None when it has no such order."""
-        import ccxt
-
         market = self.exchange.market(symbol)
-
-        def fetch() -> Any:
-            try:
-                return self.exchange.client.fetch_order(
-                    None, symbol, {"origClientOrderId": client_id}
-                )
-            except ccxt.OrderNotFound:
-                return None
-
-        order = self.exchange.call(f"{symbol} order {client_id}", fetch, kind="order_status")
-        if order is None:
+        params = self.exchange.by_client_id(client_id)
+        try:
+            order = self.exchange.call(
+                f"{symbol} order {client_id}",
+                lambda: self.exchange.client.fetch_order(None, symbol, params),
+                kind="order_status",
+            )
+        except OrderNotFound:
             return None
         if order.get("filled") and not order.get("trades") and not order.get("fee"):
             trades = self.exchange.call(

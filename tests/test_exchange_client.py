@@ -6,11 +6,14 @@ import pytest
 
 from pipeline.errors import ConfigurationError, TemporaryExchangeError
 from pipeline.exchanges.client import (
+    CAPABILITIES,
+    Capability,
     Credentials,
     ExchangeClient,
     RetryPolicy,
     WeightPacer,
     credentials_from_reference,
+    translated,
 )
 
 HEADER = "x-mbx-used-weight-1m"
@@ -91,3 +94,21 @@ def test_missing_env_credentials_name_the_variables_to_set() -> None:
 
 def test_no_reference_means_no_credentials() -> None:
     assert credentials_from_reference(None, {}) is None
+
+
+def test_an_order_the_exchange_does_not_have_is_translated_to_order_not_found() -> None:
+    import ccxt
+
+    from pipeline.errors import ExchangeRejected, OrderNotFound
+
+    with (
+        pytest.raises(OrderNotFound, match=r"binance: BTC/USDT order x-1: .*no such order"),
+        translated("binance: BTC/USDT order x-1"),
+    ):
+        raise ccxt.OrderNotFound("binance Order does not exist.")
+    assert issubclass(OrderNotFound, ExchangeRejected)
+
+
+def test_binance_names_an_existing_order_by_client_id_as_orig_client_order_id() -> None:
+    assert CAPABILITIES["binance"].client_id_param == "origClientOrderId"
+    assert CAPABILITIES.get("kraken", Capability()).client_id_param == "clientOrderId"

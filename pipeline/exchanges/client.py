@@ -33,6 +33,7 @@ from pipeline.errors import (
     ConfigurationError,
     CryptobotsError,
     ExchangeRejected,
+    OrderNotFound,
     TemporaryExchangeError,
 )
 from pipeline.settings import ExchangeConfig, Settings
@@ -46,10 +47,15 @@ class Capability:
 
     weight_header: str | None = None  # response header with the weight used this minute
     rate_limit_type: str | None = None  # exchangeInfo rateLimits entry that budgets weight
+    client_id_param: str = "clientOrderId"  # names an existing order by our client id
 
 
 CAPABILITIES: dict[str, Capability] = {
-    "binance": Capability(weight_header="x-mbx-used-weight-1m", rate_limit_type="REQUEST_WEIGHT"),
+    "binance": Capability(
+        weight_header="x-mbx-used-weight-1m",
+        rate_limit_type="REQUEST_WEIGHT",
+        client_id_param="origClientOrderId",
+    ),
 }
 SPOT_OPTIONS = {
     "binance": {
@@ -348,6 +354,10 @@ class ExchangeClient:
                 ) * int(limit.get("intervalNum", 1))
                 self.set_budget(int(int(limit["limit"]) * 60 / seconds))
 
+    def by_client_id(self, client_id: str) -> dict[str, str]:
+        """ccxt params that name an existing order by our client order id."""
+        return {self.capability.client_id_param: client_id}
+
     def set_budget(self, weight_per_minute: int | None) -> None:
         """Keep within `weight_per_minute` (None: leave pacing to ccxt's throttle alone)."""
         self.pacer.budget = weight_per_minute
@@ -375,6 +385,8 @@ def translated(what: str, client: Any = None) -> Iterator[None]:
         ) from error
     except ccxt.BadSymbol as error:
         raise ExchangeRejected(f"{what}: the exchange does not know this symbol") from error
+    except ccxt.OrderNotFound as error:
+        raise OrderNotFound(f"{what}: the exchange has no such order") from error
     except (ccxt.OperationFailed, ccxt.BadResponse, ccxt.NullResponse) as error:
         retry_after = _retry_after(client)
         raise TemporaryExchangeError(
