@@ -226,13 +226,10 @@ class ArbitrageTrader:
         it over just now (then it reconciles before anything is sent)."""
         if self.lease is None or self.lease.held:
             return True
-        if not self.lease.acquire():
-            self.metrics.active.set(0)
-            held = self.lease.holders()
-            self.standing_by = ", ".join(f"{m} traded by {h}" for m, h in sorted(held.items()))
+        self.standing_by = self.lease.take()
+        self.metrics.active.set(0 if self.standing_by else 1)
+        if self.standing_by:
             return False
-        self.standing_by = ""
-        self.metrics.active.set(1)
         self.reconciled = False
         return True
 

@@ -142,6 +142,14 @@ class Lease:
             taken[market] = int(row[0])
         return taken
 
+    def take(self) -> str:
+        """Take the leases (see `acquire`): "" when this trader holds them now, else who
+        trades which market, for /readyz while it stands by."""
+        if self.acquire():
+            return ""
+        held = sorted(self.holders().items())
+        return ", ".join(f"{m} traded by {h}" for m, h in held) or "another trader holds it"
+
     def renew(self) -> bool:
         """Extend the held leases; False, forgetting them all, when any was taken over."""
         with self._lock:
