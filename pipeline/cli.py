@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline import arguments as arg
 from pipeline.errors import ConfigurationError, CryptobotsError
 from pipeline.exchanges.simulator.faults import FAULT_KINDS
 from pipeline.settings import Settings, load_settings
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    parser = arg.Parser(prog="python -m pipeline", description=__doc__)
     commands = parser.add_subparsers(title="commands")
 
     db = commands.add_parser("db", help="database schema (Alembic)")
@@ -65,24 +66,33 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--data", type=Path, help="recorded candles (default CRYPTOBOTS_DATA_DIR)")
     sim.add_argument("--exchange", default="binance", help="which files to serve, by prefix")
     sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8900)
-    sim.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
+    sim.add_argument("--port", type=arg.port, default=8900)
+    sim.add_argument("--seed", type=arg.non_negative_int, default=0, help="seed of the fault draws")
     sim.add_argument("--shift-to-now", action="store_true", help="history ends now, then replays")
     sim.add_argument(
         "--history-end",
+        type=arg.iso_time,
         help="with --shift-to-now: end history at this ISO time, not now, so that a restart "
         "serves the same candles at the same times",
     )
-    sim.add_argument("--speed", type=float, default=1.0, help="clock speed (2 = twice real time)")
-    sim.add_argument("--weight-budget", type=int, default=6000, help="request weight per minute")
-    sim.add_argument("--fault-rate", type=float, default=0.0, help="share of requests faulted")
+    sim.add_argument(
+        "--speed", type=arg.positive_float, default=1.0, help="clock speed (2 = twice real time)"
+    )
+    sim.add_argument(
+        "--weight-budget", type=arg.positive_int, default=6000, help="request weight per minute"
+    )
+    sim.add_argument("--fault-rate", type=arg.share, default=0.0, help="share of requests faulted")
     sim.add_argument(
         "--faults",
-        default=",".join(FAULT_KINDS),
+        type=arg.choice_list(FAULT_KINDS),
+        default=FAULT_KINDS,
         help=f"comma-separated fault kinds to draw from (default all: {','.join(FAULT_KINDS)})",
     )
     sim.add_argument(
-        "--fault-timeout", type=float, default=5.0, help="seconds a timeout fault stalls"
+        "--fault-timeout",
+        type=arg.positive_float,
+        default=5.0,
+        help="seconds a timeout fault stalls",
     )
     sim.add_argument(
         "--api-key",
@@ -116,9 +126,15 @@ def _parser() -> argparse.ArgumentParser:
     sim.set_defaults(handler=_simulator)
 
     fill = commands.add_parser("backfill", help="fetch, validate and store a market's history")
-    fill.add_argument("--market", required=True, help="exchange:BASE/QUOTE:timeframe")
-    fill.add_argument("--start", required=True, help="ISO date or datetime (UTC), inclusive")
-    fill.add_argument("--end", required=True, help="ISO date or datetime (UTC), exclusive")
+    fill.add_argument(
+        "--market", type=arg.market, required=True, help="exchange:BASE/QUOTE:timeframe"
+    )
+    fill.add_argument(
+        "--start", type=arg.iso_time, required=True, help="ISO date or datetime (UTC), inclusive"
+    )
+    fill.add_argument(
+        "--end", type=arg.iso_time, required=True, help="ISO date or datetime (UTC), exclusive"
+    )
     fill.set_defaults(handler=_backfill)
 
     train = commands.add_parser(
@@ -130,28 +146,40 @@ def _parser() -> argparse.ArgumentParser:
         choices=("dqn", "a2c"),
         help="algorithm (repeatable; default: training.algorithms of the settings)",
     )
-    train.add_argument("--market", help="exchange:BASE/QUOTE:timeframe (default: first market)")
-    train.add_argument("--train-start", help="ISO date (UTC), inclusive")
-    train.add_argument("--train-end", help="ISO date (UTC), exclusive")
-    train.add_argument("--valid-start", help="ISO date (UTC), inclusive (default: --train-end)")
-    train.add_argument("--valid-end", help="ISO date (UTC), exclusive")
-    train.add_argument("--steps", type=int, help="environment steps (default per algorithm)")
-    train.add_argument("--envs", type=int, help="parallel episodes (default per algorithm)")
-    train.add_argument("--episode-length", type=int, help="decisions per episode")
     train.add_argument(
-        "--decision-every", type=int, help="candles between decisions (default 24: daily)"
+        "--market", type=arg.market, help="exchange:BASE/QUOTE:timeframe (default: first market)"
     )
-    train.add_argument("--seed", type=int, help="seed of weights, exploration and episodes")
+    train.add_argument("--train-start", type=arg.iso_time, help="ISO date (UTC), inclusive")
+    train.add_argument("--train-end", type=arg.iso_time, help="ISO date (UTC), exclusive")
+    train.add_argument(
+        "--valid-start", type=arg.iso_time, help="ISO date (UTC), inclusive (default: --train-end)"
+    )
+    train.add_argument("--valid-end", type=arg.iso_time, help="ISO date (UTC), exclusive")
+    train.add_argument(
+        "--steps", type=arg.positive_int, help="environment steps (default per algorithm)"
+    )
+    train.add_argument(
+        "--envs", type=arg.positive_int, help="parallel episodes (default per algorithm)"
+    )
+    train.add_argument("--episode-length", type=arg.positive_int, help="decisions per episode")
+    train.add_argument(
+        "--decision-every",
+        type=arg.positive_int,
+        help="candles between decisions (default 24: daily)",
+    )
+    train.add_argument(
+        "--seed", type=arg.non_negative_int, help="seed of weights, exploration and episodes"
+    )
     train.add_argument("--shorting", action="store_true", help="allow short positions")
     train.add_argument(
         "--ensemble",
-        type=int,
+        type=arg.positive_int,
         metavar="K",
         help="seeds per algorithm averaged into one policy (default training.ensemble)",
     )
     train.add_argument(
         "--walk-forward",
-        type=int,
+        type=arg.positive_int,
         metavar="N",
         help="replay the nightly procedure over the N validation windows ending at "
         "--valid-end (each champion chosen before its window), beside the old single-seed "
@@ -159,6 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--seeds",
+        type=arg.int_list,
         help="with --walk-forward: comma-separated master seeds to replay (default --seed)",
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -172,13 +201,15 @@ def _parser() -> argparse.ArgumentParser:
     listing = model_commands.add_parser("list", help="every version, newest first")
     listing.set_defaults(handler=_models_list)
     show_model = model_commands.add_parser("show", help="one version in full")
-    show_model.add_argument("version", type=int)
+    show_model.add_argument("version", type=arg.positive_int)
     show_model.set_defaults(handler=_models_show)
     promote = model_commands.add_parser("promote", help="gate a version and make it champion")
-    promote.add_argument("version", type=int)
+    promote.add_argument("version", type=arg.positive_int)
     promote.add_argument("--force", action="store_true", help="override failed gates")
     promote.add_argument("--reason", help="why (required with --force)")
-    promote.add_argument("--end", help="end of the evaluation window (default: latest candle)")
+    promote.add_argument(
+        "--end", type=arg.iso_time, help="end of the evaluation window (default: latest candle)"
+    )
     promote.set_defaults(handler=_models_promote)
     back = model_commands.add_parser("rollback", help="champion back to the previous one")
     back.add_argument("--reason")
@@ -189,22 +220,40 @@ def _parser() -> argparse.ArgumentParser:
         help="the main job (make run): simulator, Airflow, backfill, first model, paper trader",
     )
     launch.add_argument(
-        "--history-days", type=int, help="days backfilled (default: airflow.history_days, 150)"
+        "--history-days",
+        type=arg.positive_int,
+        help="days backfilled (default: airflow.history_days, 150)",
     )
-    launch.add_argument("--train-days", type=int, default=60, help="demo training window")
-    launch.add_argument("--valid-days", type=int, default=14, help="demo validation window")
     launch.add_argument(
-        "--folds", type=int, default=2, help="demo walk-forward folds of --valid-days each"
+        "--train-days", type=arg.positive_int, default=60, help="demo training window"
     )
-    launch.add_argument("--ensemble", type=int, default=2, help="demo seeds per algorithm")
-    launch.add_argument("--dqn-steps", type=int, default=20_000, help="demo DQN budget")
-    launch.add_argument("--a2c-steps", type=int, default=200_000, help="demo A2C budget")
     launch.add_argument(
-        "--algorithms", default="dqn,a2c", help="comma-separated agents to train (dqn, a2c)"
+        "--valid-days", type=arg.positive_int, default=14, help="demo validation window"
+    )
+    launch.add_argument(
+        "--folds",
+        type=arg.positive_int,
+        default=2,
+        help="demo walk-forward folds of --valid-days each",
+    )
+    launch.add_argument(
+        "--ensemble", type=arg.positive_int, default=2, help="demo seeds per algorithm"
+    )
+    launch.add_argument(
+        "--dqn-steps", type=arg.positive_int, default=20_000, help="demo DQN budget"
+    )
+    launch.add_argument(
+        "--a2c-steps", type=arg.positive_int, default=200_000, help="demo A2C budget"
+    )
+    launch.add_argument(
+        "--algorithms",
+        type=arg.choice_list(("dqn", "a2c")),
+        default=("dqn", "a2c"),
+        help="comma-separated agents to train (dqn, a2c)",
     )
     launch.add_argument(
         "--decision-every",
-        type=int,
+        type=arg.positive_int,
         default=1,
         help="candles between the demo model's decisions (1: the paper bot acts every hour)",
     )
@@ -212,7 +261,10 @@ def _parser() -> argparse.ArgumentParser:
         "--retrain", action="store_true", help="train and promote again though a champion exists"
     )
     launch.add_argument(
-        "--simulator-speed", type=float, default=1.0, help="simulator clock speed (tests: 3600)"
+        "--simulator-speed",
+        type=arg.positive_float,
+        default=1.0,
+        help="simulator clock speed (tests: 3600)",
     )
     launch.add_argument(
         "--executor",
@@ -220,10 +272,10 @@ def _parser() -> argparse.ArgumentParser:
         help="Airflow's executor (default airflow.executor: local); celery needs "
         "airflow.metadata_db_url (Postgres) and a Redis at airflow.broker_url",
     )
-    launch.add_argument("--airflow-port", type=int, default=8080)
-    launch.add_argument("--trader-port", type=int, help="default: serving.port")
+    launch.add_argument("--airflow-port", type=arg.port, default=8080)
+    launch.add_argument("--trader-port", type=arg.port, help="default: serving.port")
     launch.add_argument(
-        "--status-every", type=float, default=60.0, help="seconds between status lines"
+        "--status-every", type=arg.positive_float, default=60.0, help="seconds between status lines"
     )
     launch.set_defaults(handler=_run)
 
@@ -234,6 +286,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--queue", choices=("default", "gpu"), default="default")
     worker.add_argument(
         "--api-url",
+        type=arg.http_url,
         required=True,
         help="the deployment's Airflow API server as this host reaches it, "
         "e.g. http://airflow-host:8080",
@@ -246,7 +299,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--concurrency",
-        type=int,
+        type=arg.positive_int,
         help="task slots (default: airflow.worker_concurrency, gpu_worker_concurrency for gpu)",
     )
     worker.set_defaults(handler=_worker)
@@ -258,7 +311,9 @@ def _parser() -> argparse.ArgumentParser:
         help="triangle edges and cross-exchange spreads on stored candles: statistics, PNGs",
     )
     study.add_argument(
-        "--days", type=int, help="days studied per group (default: arbitrage.study_days)"
+        "--days",
+        type=arg.positive_int,
+        help="days studied per group (default: arbitrage.study_days)",
     )
     study.add_argument(
         "--no-ingest",
@@ -267,7 +322,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     study.add_argument(
         "--threshold-bps",
-        type=float,
+        type=arg.non_negative_float,
         help="edge after fees that counts (default: arbitrage.study_threshold_bps)",
     )
     study.add_argument(
@@ -282,7 +337,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     scan.add_argument(
         "--min-spread-bps",
-        type=float,
+        type=arg.finite_float,
         help="net spread that counts (default: arbitrage.study_threshold_bps)",
     )
     scan.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -338,11 +393,11 @@ def _simulator(settings: Settings, args: argparse.Namespace) -> int:
             exchange=args.exchange,
             seed=args.seed,
             shift_to_now=args.shift_to_now,
-            history_end_ms=_optional_time("--history-end", args.history_end),
+            history_end_ms=args.history_end,
             speed=args.speed,
             weight_budget=args.weight_budget,
             fault_rate=args.fault_rate,
-            fault_kinds=tuple(k.strip() for k in args.faults.split(",") if k.strip()),
+            fault_kinds=tuple(args.faults),
             fault_timeout_seconds=args.fault_timeout,
             api_keys=tuple(tuple(k.split(":", 1)) for k in args.api_key),  # type: ignore[misc]
             state_file=args.state_file,
@@ -381,15 +436,12 @@ def _backfill(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.backfill import backfill
     from pipeline.db.engine import create_engine
     from pipeline.exchanges.client import credentials_from_reference, open_exchange
-    from pipeline.settings import Market
 
-    try:
-        market = Market.model_validate(args.market)
-    except ValueError as error:
-        raise ConfigurationError(f"--market {args.market!r}: {error}") from None
-    start, end = _parse_time("--start", args.start), _parse_time("--end", args.end)
+    market, start, end = args.market, args.start, args.end
     if end <= start:
-        raise ConfigurationError(f"--end {args.end} is not after --start {args.start}")
+        raise ConfigurationError(
+            f"--end {_iso(end)} is not after --start {_iso(start)}: give an --end after --start"
+        )
     exchange_config = settings.exchanges.get(market.exchange)
     if exchange_config is None:
         raise ConfigurationError(
@@ -431,7 +483,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         ensemble=args.ensemble,
         dqn_steps=args.dqn_steps,
         a2c_steps=args.a2c_steps,
-        algorithms=tuple(a.strip() for a in args.algorithms.split(",") if a.strip()),
+        algorithms=args.algorithms,
         decision_every=args.decision_every,
         retrain=args.retrain,
         simulator_speed=args.simulator_speed,
@@ -462,10 +514,6 @@ def _arbitrage_study(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.db.engine import create_engine
     from pipeline.db.migrate import upgrade
 
-    if args.days is not None and args.days < 1:
-        raise ConfigurationError(f"--days {args.days}: study at least 1 day")
-    if args.threshold_bps is not None and args.threshold_bps < 0:
-        raise ConfigurationError(f"--threshold-bps {args.threshold_bps}: must be >= 0")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or settings.var_dir / "reports" / "arbitrage" / stamp
     engine = create_engine(settings.db_url)
@@ -488,6 +536,15 @@ def _arbitrage_scan(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.arbitrage.scan import render, scan
 
     report = scan(settings, min_spread_bps=args.min_spread_bps)
+    if not any(group["scanned"] for group in report["groups"]):
+        reasons = "; ".join(r for group in report["groups"] for r in group["skipped"])
+        raise ConfigurationError(
+            "nothing was scanned: no venue group had two venues that could be read"
+            + (f" ({reasons})" if reasons else "")
+            + ". Configure two or more of a group's exchanges (CRYPTOBOTS_EXCHANGES__NAME__URL"
+            "=...) or list the venues you have in arbitrage.venue_groups "
+            "(CRYPTOBOTS_ARBITRAGE__VENUE_GROUPS)"
+        )
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 
@@ -503,29 +560,18 @@ def _airflow_pools(settings: Settings, args: argparse.Namespace) -> int:
 
 def _train(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.db.engine import create_engine
-    from pipeline.settings import Market
     from pipeline.training import Window, select_best
 
-    try:
-        market = Market.model_validate(args.market) if args.market else settings.markets[0]
-    except ValueError as error:
-        raise ConfigurationError(f"--market {args.market!r}: {error}") from None
+    market = args.market or settings.markets[0]
     engine = create_engine(settings.db_url)
     t = settings.training
     day = 86_400_000
-    end = _optional_time("--valid-end", args.valid_end) or _latest_candle_end(engine, market)
+    end = args.valid_end or _latest_candle_end(engine, market)
     end -= end % market.timeframe_ms
     if args.walk_forward:
         from pipeline.walk_forward_report import report
 
-        seeds = [args.seed if args.seed is not None else t.seed]
-        if args.seeds:
-            try:
-                seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-            except ValueError:
-                raise ConfigurationError(
-                    f"--seeds {args.seeds!r}: comma-separated integers, e.g. 0,1,2,3,4"
-                ) from None
+        seeds = args.seeds or [args.seed if args.seed is not None else t.seed]
         report(
             settings,
             engine,
@@ -544,16 +590,9 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
         return 0
-    given_train_end = _optional_time("--train-end", args.train_end)
-    valid_start = (
-        _optional_time("--valid-start", args.valid_start)
-        or given_train_end
-        or end - t.valid_days * day
-    )
-    train_end = given_train_end or valid_start
-    train_start = (
-        _optional_time("--train-start", args.train_start) or train_end - t.train_days * day
-    )
+    valid_start = args.valid_start or args.train_end or end - t.valid_days * day
+    train_end = args.train_end or valid_start
+    train_start = args.train_start or train_end - t.train_days * day
     train, valid = Window(train_start, train_end), Window(valid_start, end)
     evaluations = _train_fold(settings, engine, market, train, valid, args)
     best = select_best(engine, [e.run_id for e in evaluations.values()])
@@ -670,7 +709,7 @@ def _models_promote(settings: Settings, args: argparse.Namespace) -> int:
     engine = create_engine(settings.db_url)
     name = _model_name(settings, args)
     get_version(engine, name, args.version)
-    end = _optional_time("--end", args.end) or evaluation_end(engine, name, args.version)
+    end = args.end or evaluation_end(engine, name, args.version)
     event = promote(
         settings,
         engine,
@@ -710,23 +749,10 @@ def _latest_candle_end(engine, market) -> int:  # type: ignore[no-untyped-def]
     return end
 
 
-def _optional_time(option: str, text: str | None) -> int | None:
-    return None if text is None else _parse_time(option, text)
-
-
-def _parse_time(option: str, text: str) -> int:
-    """ISO date/datetime (UTC unless it says otherwise) -> ms since the epoch."""
+def _iso(ms: int) -> str:
     from datetime import UTC, datetime
 
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigurationError(
-            f"{option} {text!r} is not an ISO date or datetime, e.g. 2020-01-01 or 2020-01-01T06:00"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="minutes")
 
 
 def _settings(settings: Settings, args: argparse.Namespace) -> int:

@@ -101,7 +101,7 @@ def shared_secrets(path: Path) -> dict[str, str]:
     deployment must share (each process would otherwise make up its own, and a worker's
     task token would not verify at the API server): made once, kept in `path` (0600)."""
     if path.exists():
-        return json.loads(path.read_text())
+        return read_secrets(path)
     from cryptography.fernet import Fernet
 
     made = {
@@ -114,6 +114,30 @@ def shared_secrets(path: Path) -> dict[str, str]:
     with os.fdopen(descriptor, "w") as out:
         json.dump(made, out)
     return made
+
+
+SECRET_KEYS = ("fernet_key", "jwt_secret", "secret_key")
+
+
+def read_secrets(path: Path) -> dict[str, str]:
+    """The shared secrets kept in `path`; a file that is not such a JSON object is refused,
+    naming it and where a good copy comes from."""
+    try:
+        shared = json.loads(path.read_text())
+        problem = (
+            None
+            if isinstance(shared, dict)
+            and all(isinstance(shared.get(key), str) and shared[key] for key in SECRET_KEYS)
+            else f"it must be a JSON object with {', '.join(SECRET_KEYS)}"
+        )
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        problem = str(error)
+    if problem:
+        raise ConfigurationError(
+            f"{path} is not an Airflow secrets file ({problem}): copy var/airflow/secrets.json "
+            "from the host that runs `python -m pipeline run --executor celery` unchanged"
+        )
+    return shared
 
 
 def check_celery(settings: Settings, timeout: float = 5.0) -> None:
@@ -228,6 +252,7 @@ def check_remote_worker(settings: Settings, secrets_file: Path) -> None:
             "process needs the same Fernet key, JWT secret and API secret key) and pass "
             "it with --secrets"
         )
+    read_secrets(secrets_file)
     check_celery(settings)
 
 
@@ -245,7 +270,7 @@ def remote_worker(
         update={"airflow": settings.airflow.model_copy(update={"executor": "celery"})}
     )
     check_remote_worker(settings, secrets_file)
-    shared = json.loads(secrets_file.read_text())
+    shared = read_secrets(secrets_file)
     process = worker(settings, queue, concurrency)
     env = airflow_env(settings, 8080, shared) | process.env
     env |= {

@@ -102,6 +102,13 @@ class Lineage:
                 f"{where} takes positions by rule {lineage.position_rule!r}, which this code "
                 f"does not know ({', '.join(POSITION_RULES)}): upgrade the trader or retrain"
             )
+        every = lineage.data_window.get("decision_every", 1)
+        if not isinstance(every, int) or every < 1:
+            raise ModelRejected(
+                f"{where} decides every {every!r} candles, which no trader or backtest can "
+                "follow (a whole number >= 1 is needed): retrain it with --decision-every 1 "
+                "or more"
+            )
         return lineage
 
 

@@ -30,13 +30,15 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
+    SettingsError,
 )
 
 from pipeline.errors import ConfigurationError
+from pipeline.settings_sources import CommaListEnvSource, describe, read_yaml
 
 ENV_PREFIX = "CRYPTOBOTS_"
 CONFIG_ENV = "CRYPTOBOTS_CONFIG"
@@ -772,17 +774,19 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get(CONFIG_ENV)
-        if config_file:
-            path = Path(config_file).expanduser()
-            if not path.is_file():
-                raise ConfigurationError(
-                    f"{CONFIG_ENV}={config_file!r}: no such file; point it at a YAML settings "
-                    "file or unset it"
-                )
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            CommaListEnvSource(settings_cls),
+        ]
+        path = _config_file(os.environ)
+        if path is not None:
+            sources.append(InitSettingsSource(settings_cls, read_yaml(path, CONFIG_ENV)))
         return tuple(sources)
+
+
+def _config_file(environ: Mapping[str, str]) -> Path | None:
+    config_file = environ.get(CONFIG_ENV)
+    return Path(config_file).expanduser() if config_file else None
 
 
 def _check_db_url(url: str) -> None:
@@ -801,28 +805,6 @@ def _check_db_url(url: str) -> None:
             f"database URL {mask_url(url)!r} uses {parsed.get_backend_name()!r}: "
             "cryptobots supports sqlite and postgresql"
         )
-
-
-def _env_key(loc: tuple[int | str, ...]) -> str:
-    """Name a setting the way a user sets it: CRYPTOBOTS_A__B, then [index].field inside lists."""
-    first_index = next((i for i, p in enumerate(loc) if isinstance(p, int)), len(loc))
-    key = ENV_PREFIX + "__".join(str(p).upper() for p in loc[:first_index])
-    for part in loc[first_index:]:
-        key += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return key
-
-
-def _describe(error: Mapping[str, Any]) -> str:
-    loc = tuple(error["loc"])
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if not loc:
-        return f"invalid settings: {message}"
-    key = _env_key(loc)
-    value = error.get("input")
-    if isinstance(value, str) and "url" in key.lower():
-        value = mask_url(value)
-    shown = "" if isinstance(value, Mapping) else f"={value!r}"
-    return f"invalid setting {key}{shown}: {message}"
 
 
 def _reject_unknown_env(environ: Mapping[str, str]) -> None:
@@ -847,5 +829,19 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as error:
-        lines = [_describe(e) for e in error.errors()]
+        path = _config_file(os.environ)
+        data = read_yaml(path, CONFIG_ENV) if path is not None else None
+        lines = [
+            describe(e, prefix=ENV_PREFIX, environ=os.environ, yaml_file=path, yaml_data=data)
+            for e in error.errors()
+        ]
         raise ConfigurationError("; ".join(lines)) from None
+    except SettingsError as error:
+        field = str(error).split('"')[1] if str(error).count('"') >= 2 else ""
+        named = sorted(
+            k for k in os.environ if k.upper().startswith(f"{ENV_PREFIX}{field.upper()}")
+        )
+        raise ConfigurationError(
+            f"invalid setting {', '.join(named) or field}: not valid JSON; write a list as "
+            '["a", "b"] or a,b and a mapping as {"key": "value"}'
+        ) from None

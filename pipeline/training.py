@@ -87,6 +87,10 @@ def windows_before(end_ms: int, train_days: int, valid_days: int, timeframe_ms: 
     return Window(valid.start - train_days * DAY_MS, valid.start), valid
 
 
+_FLAGS = {"num_envs": "envs"}
+_SETTINGS = {"steps": "dqn_steps/a2c_steps", "num_envs": "dqn_envs/a2c_envs"}
+
+
 @dataclass(frozen=True)
 class TrainRequest:
     """One agent to train: algorithm, market, windows, budget and environment."""
@@ -117,6 +121,19 @@ class TrainRequest:
             raise ConfigurationError(
                 f"algorithm {self.algorithm!r} is not known: use one of {', '.join(ALGORITHMS)}"
             )
+        for name, low in (
+            ("steps", 1),
+            ("num_envs", 1),
+            ("episode_length", 1),
+            ("decision_every", 1),
+            ("seed", 0),
+        ):
+            if getattr(self, name) < low:
+                raise ConfigurationError(
+                    f"{name} must be a whole number >= {low}, got {getattr(self, name)}: "
+                    f"set it (flag --{_FLAGS.get(name, name).replace('_', '-')} or "
+                    f"training.{_SETTINGS.get(name, name)}) to {low} or more"
+                )
         if self.ensemble < 1:
             raise ConfigurationError(
                 f"ensemble must be at least 1 member, got {self.ensemble}: set "

@@ -156,3 +156,16 @@ def test_an_unknown_position_rule_is_refused_naming_the_known_ones(
     props = {**lineage("a2c", spec).props(), "position_rule": "kelly"}
     with pytest.raises(ModelRejected, match=r"rule 'kelly'.*argmax, expected"):
         Lineage.from_props(props)
+
+
+@pytest.mark.parametrize("every", [0, -24, "daily"])
+def test_a_model_that_decides_every_zero_candles_is_refused(
+    real: tuple[FeatureSpec, np.ndarray], every: object
+) -> None:
+    spec, _ = real
+    written = lineage("a2c", spec)
+    broken = dataclasses.replace(
+        written, data_window={**written.data_window, "decision_every": every}
+    )
+    with pytest.raises(ModelRejected, match=r"decides every .* retrain it with --decision-every"):
+        Lineage.from_props(broken.props())

@@ -79,7 +79,82 @@ def test_unknown_yaml_key_is_refused_by_name(
     config = tmp_path / "cryptobots.yaml"
     config.write_text("trading_mod: live\n")
     monkeypatch.setenv("CRYPTOBOTS_CONFIG", str(config))
-    with pytest.raises(ConfigurationError, match="CRYPTOBOTS_TRADING_MOD"):
+    with pytest.raises(ConfigurationError, match=r"trading_mod='live' in .*cryptobots\.yaml"):
+        load_settings()
+
+
+def test_a_bad_yaml_value_is_named_by_its_yaml_key_not_an_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "cryptobots.yaml"
+    config.write_text("training:\n  algorithms: [dqn, ppo]\n")
+    monkeypatch.setenv("CRYPTOBOTS_CONFIG", str(config))
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    assert f"training.algorithms[1]='ppo' in {config}" in str(raised.value)
+    assert "CRYPTOBOTS_" not in str(raised.value)
+
+
+def test_a_bad_environment_value_is_named_by_its_variable_even_with_a_yaml_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "cryptobots.yaml"
+    config.write_text("training:\n  seed: 3\n")
+    monkeypatch.setenv("CRYPTOBOTS_CONFIG", str(config))
+    monkeypatch.setenv("CRYPTOBOTS_TRAINING__DECISION_EVERY", "0")
+    with pytest.raises(ConfigurationError, match=r"CRYPTOBOTS_TRAINING__DECISION_EVERY='0'"):
+        load_settings()
+
+
+def test_malformed_yaml_is_one_error_naming_the_file_line_and_column(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "cryptobots.yaml"
+    config.write_text("training:\n  steps: [1\n")
+    monkeypatch.setenv("CRYPTOBOTS_CONFIG", str(config))
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert str(config) in message
+    assert "not valid YAML at line 3, column 1" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("text", ["- training\n- serving\n", "just words\n", "42\n"])
+def test_a_yaml_file_that_is_not_a_mapping_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    config = tmp_path / "cryptobots.yaml"
+    config.write_text(text)
+    monkeypatch.setenv("CRYPTOBOTS_CONFIG", str(config))
+    with pytest.raises(ConfigurationError, match="not a mapping of settings"):
+        load_settings()
+
+
+def test_an_empty_yaml_file_means_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "cryptobots.yaml"
+    config.write_text("# nothing yet\n")
+    monkeypatch.setenv("CRYPTOBOTS_CONFIG", str(config))
+    assert load_settings().trading_mode == "paper"
+
+
+def test_a_list_setting_may_be_comma_separated_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CRYPTOBOTS_TRAINING__ALGORITHMS", "dqn, a2c")
+    monkeypatch.setenv("CRYPTOBOTS_TRAINING__VOLATILITY_FEATURES", "vol_168,vol_720")
+    training = load_settings().training
+    assert training.algorithms == ("dqn", "a2c")
+    assert training.volatility_features == ("vol_168", "vol_720")
+
+
+def test_broken_json_in_the_environment_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CRYPTOBOTS_TRAINING__ALGORITHMS", '["dqn"')
+    with pytest.raises(ConfigurationError, match="CRYPTOBOTS_TRAINING__ALGORITHMS: not valid JSON"):
         load_settings()
 
 
@@ -111,9 +186,10 @@ def test_bad_market_text_shows_the_expected_format() -> None:
         load_settings(markets="binance-BTC/USDT-1h")
 
 
-def test_bad_symbol_names_the_market_position_and_value() -> None:
+def test_bad_symbol_names_the_market_position_and_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRYPTOBOTS_MARKETS", "binance:BTC/USDT:1h,binance:BTCUSDT:1h")
     with pytest.raises(ConfigurationError, match=r"CRYPTOBOTS_MARKETS\[1\].symbol='BTCUSDT'"):
-        load_settings(markets="binance:BTC/USDT:1h,binance:BTCUSDT:1h")
+        load_settings()
 
 
 def test_market_on_an_unconfigured_exchange_is_refused() -> None:

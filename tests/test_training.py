@@ -208,6 +208,25 @@ def test_expected_positions_are_refused_for_q_values_naming_the_setting() -> Non
         request("dqn", position_rule="expected")
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"steps": 0},
+        {"steps": -5},
+        {"num_envs": 0},
+        {"episode_length": 0},
+        {"decision_every": 0},
+        {"seed": -1},
+    ],
+)
+def test_a_request_outside_its_ranges_is_refused_before_training(change: dict) -> None:
+    [(name, value)] = change.items()
+    with pytest.raises(
+        ConfigurationError, match=rf"{name} must be a whole number >= \d, got {value}"
+    ):
+        request("a2c", **change)
+
+
 def test_dqn_takes_the_argmax_when_the_setting_asks_for_expected_positions(
     settings: Settings,
 ) -> None:

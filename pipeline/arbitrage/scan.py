@@ -82,6 +82,7 @@ def scan(
                 "quotes": [q.__dict__ for q in quotes],
                 "opportunities": [o.as_dict() for o in found],
                 "skipped": skipped,
+                "scanned": len(quotes) >= 2,
             }
         )
     return {
@@ -106,7 +107,9 @@ def render(report: dict[str, Any]) -> str:
                 f"  {quote['venue']:>12} {quote['symbol']:<10} bid {quote['bid']:<14g} "
                 f"ask {quote['ask']:g}"
             )
-        if not group["opportunities"]:
+        if not group.get("scanned", True):
+            lines.append("  not scanned: fewer than two of its venues could be read")
+        elif not group["opportunities"]:
             lines.append("  no spread above the threshold")
         for o in group["opportunities"]:
             minutes = o["rebalance_minutes"]
