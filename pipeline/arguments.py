@@ -118,6 +118,38 @@ def http_url(text: str) -> str:
     return text
 
 
+def balance(text: str) -> tuple[str, float]:
+    """`ASSET=AMOUNT`, e.g. USDT=10000 -> ("USDT", 10000.0)."""
+    asset, _, amount = text.partition("=")
+    try:
+        value = non_negative_float(amount)
+    except argparse.ArgumentTypeError:
+        value = -1.0
+    if not asset.strip().isalnum() or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: write ASSET=AMOUNT, e.g. USDT=10000")
+    return asset.strip().upper(), value
+
+
+def key_secret(text: str) -> tuple[str, str]:
+    """`KEY:SECRET`, both non-empty."""
+    key, _, secret = text.partition(":")
+    if not key or not secret:
+        raise argparse.ArgumentTypeError("write KEY:SECRET, both non-empty (value not shown)")
+    return key, secret
+
+
+def plant(text: str) -> tuple[str, float, float]:
+    """`SYMBOL:BPS:SECONDS`, e.g. ETHBTC:40:600."""
+    parts = text.split(":")
+    try:
+        symbol, bps, seconds = parts[0], finite_float(parts[1]), positive_float(parts[2])
+    except (IndexError, argparse.ArgumentTypeError):
+        symbol = ""
+    if len(parts) != 3 or not symbol.isalnum():
+        raise argparse.ArgumentTypeError(f"{text!r}: write SYMBOL:BPS:SECONDS, e.g. ETHBTC:40:600")
+    return symbol.upper(), bps, seconds
+
+
 def int_list(text: str) -> list[int]:
     """Comma-separated integers >= 0, e.g. 0,1,2 (seeds)."""
     parts = [p.strip() for p in text.split(",") if p.strip()]

@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument(
         "--api-key",
+        type=arg.key_secret,
         action="append",
         default=[],
         metavar="KEY:SECRET",
@@ -110,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument(
         "--plant",
+        type=arg.plant,
         action="append",
         default=[],
         metavar="SYMBOL:BPS:SECONDS",
@@ -118,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument(
         "--balance",
+        type=arg.balance,
         action="append",
         default=[],
         metavar="ASSET=AMOUNT",
@@ -383,6 +386,7 @@ def _doctor(settings: Settings, args: argparse.Namespace) -> int:
 
 def _simulator(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.exchanges.simulator.app import SimulatorConfig, serve
+    from pipeline.exchanges.simulator.market import Plant
 
     data = args.data or settings.data_dir
     if data is None:
@@ -399,33 +403,17 @@ def _simulator(settings: Settings, args: argparse.Namespace) -> int:
             fault_rate=args.fault_rate,
             fault_kinds=tuple(args.faults),
             fault_timeout_seconds=args.fault_timeout,
-            api_keys=tuple(tuple(k.split(":", 1)) for k in args.api_key),  # type: ignore[misc]
+            api_keys=tuple(args.api_key),
             state_file=args.state_file,
             consistent_books=args.consistent_books,
-            plants=tuple(_plant(text) for text in args.plant),
-            initial_balances=tuple(
-                (asset.upper(), float(amount))
-                for asset, amount in (b.split("=", 1) for b in args.balance)
-            )
-            or (("USDT", 10_000.0),),
+            plants=tuple(Plant(*spec) for spec in args.plant),
+            initial_balances=tuple(args.balance) or (("USDT", 10_000.0),),
         )
         print(f"exchange simulator ({args.exchange}, {data}) on http://{args.host}:{args.port}")
         serve(config, args.host, args.port)
     except (FileNotFoundError, ValueError) as error:
         raise ConfigurationError(f"simulator: {error}") from None
     return 0
-
-
-def _plant(text: str) -> object:
-    from pipeline.exchanges.simulator.market import Plant
-
-    try:
-        symbol, bps, seconds = text.split(":")
-        return Plant(symbol, float(bps), float(seconds))
-    except ValueError as error:
-        raise ValueError(
-            f"--plant {text!r}: write SYMBOL:BPS:SECONDS, e.g. ETHBTC:40:600 ({error})"
-        ) from None
 
 
 def _backfill(settings: Settings, args: argparse.Namespace) -> int:

@@ -145,5 +145,7 @@ def test_settings_command_masks_the_database_password(
 def test_simulator_refuses_a_malformed_plant_naming_the_format(
     sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["simulator", "--consistent-books", "--plant", "ETHBTC:forty"]) == 2
-    assert "SYMBOL:BPS:SECONDS" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["simulator", "--consistent-books", "--plant", "ETHBTC:forty"])
+    assert exited.value.code == 2
+    assert "argument --plant: 'ETHBTC:forty': write SYMBOL:BPS:SECONDS" in capsys.readouterr().err

@@ -157,6 +157,9 @@ def test_worker_refuses_an_api_url_without_a_scheme(
         (["simulator", "--fault-rate", "1.5"], "--fault-rate"),
         (["simulator", "--faults", "timeout,gremlins"], "--faults"),
         (["simulator", "--speed", "0"], "--speed"),
+        (["simulator", "--balance", "USDT"], "--balance"),
+        (["simulator", "--balance", "USDT=-5"], "--balance"),
+        (["simulator", "--api-key", "nocolon"], "--api-key"),
         (["run", "--history-days", "0"], "--history-days"),
         (["run", "--algorithms", "dqn,ppo"], "--algorithms"),
         (["arbitrage", "study", "--days", "0"], "--days"),
@@ -178,5 +181,7 @@ def test_the_argument_types_return_plain_values() -> None:
     assert arguments.choice_list(("dqn", "a2c"))("A2C,dqn") == ("a2c", "dqn")
     assert arguments.finite_float("-1000") == -1000.0
     assert arguments.port("0") == 0
+    assert arguments.balance("usdt=10") == ("USDT", 10.0)
+    assert arguments.plant("ETHBTC:40:600") == ("ETHBTC", 40.0, 600.0)
     with pytest.raises(argparse.ArgumentTypeError, match="finite"):
         arguments.finite_float(str(math.nan))
