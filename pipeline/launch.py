@@ -499,8 +499,11 @@ def trader_books(engine: Any, account: str) -> list[dict[str, Any]]:
 
 def status_line(status: Mapping[str, Any], books: list[dict[str, Any]]) -> str:
     """The console's line about the trader: ready or why not, then per market equity,
-    position, last decision and champion, then the risk state (the JSON is /readyz)."""
+    position, last decision and champion, then the risk state (the JSON is /readyz, whose
+    `role` says whether this trader trades or stands by)."""
     head = "trader ready" if status.get("ready") else "trader NOT ready"
+    if status.get("role") == "standby":
+        head = "trader standing by"
     if not status.get("ready"):
         head += f" ({'; '.join(status.get('reasons') or ['no reason given'])})"
     parts = [head]

@@ -58,7 +58,7 @@ from pipeline.settings import Settings
 from serving import arbitrage_store as store
 from serving.arbitrage_risk import CycleGate
 from serving.broker import Broker
-from serving.lease import Lease, LeaseLost, Renewer
+from serving.lease import Lease, LeaseLost, Renewer, Role
 from serving.metrics import RISK_CODES
 from serving.risk import MarketRules
 from serving.store import Execution, record_transitions
@@ -166,7 +166,7 @@ class ArbitrageTrader:
         self.latency: dict[str, float] = {}  # seconds, books seen -> first leg handed over
         self.acted_on: tuple[Any, ...] | None = None  # paper: the cycle and books last traded
         self.lease = lease  # None: trades without one (a library user, a test)
-        self.standing_by = ""  # who holds the lease while this trader stands by
+        self.role = Role(lease, self.metrics.active)
 
     # -- start and reconcile ---------------------------------------------------------
 
@@ -218,20 +218,12 @@ class ArbitrageTrader:
                 self.engine, self.account, self.venue, self.config.paper_balances
             )
         self.started = True
-        if self._hold_lease():
+        if self.role.hold(self._took_over):
             self.reconcile()
 
-    def _hold_lease(self) -> bool:
-        """Whether this trader may trade now: it holds the lease of its markets, or took
-        it over just now (then it reconciles before anything is sent)."""
-        if self.lease is None or self.lease.held:
-            return True
-        self.standing_by = self.lease.take()
-        self.metrics.active.set(0 if self.standing_by else 1)
-        if self.standing_by:
-            return False
+    def _took_over(self) -> None:
+        """Just took the lease over: settle what is open before anything is sent."""
         self.reconciled = False
-        return True
 
     def _fence(self) -> store.Fence | None:
         if self.lease is None:
@@ -239,9 +231,7 @@ class ArbitrageTrader:
         return (self.lease.account, *self.lease.fence())
 
     def _lease_lost(self, error: LeaseLost) -> str:
-        assert self.lease is not None
-        self.lease.drop(str(error))
-        self.metrics.active.set(0)
+        self.role.lost(error)
         self.reconciled = False
         return "standby"
 
@@ -289,7 +279,7 @@ class ArbitrageTrader:
         with self.lock:
             if not self.started:
                 self.start()
-            if not self._hold_lease():
+            if not self.role.hold(self._took_over):
                 return "standby"
             try:
                 if not self.reconciled and not self.reconcile():
@@ -669,8 +659,8 @@ class ArbitrageTrader:
         reasons = []
         if not self.started:
             reasons.append("not started")
-        if self.lease is not None and not self.lease.held:
-            reasons.append(f"standby: {self.standing_by or 'the lease is not held yet'}")
+        if standby := self.role.reason():
+            reasons.append(standby)
         if not self.reconciled:
             reasons.append("reconciling: an earlier cycle is still open")
         age = None if self.last_books_ms is None else (self._now() - self.last_books_ms) / 1000
@@ -683,12 +673,13 @@ class ArbitrageTrader:
             "reasons": reasons,
             "strategy": "arbitrage",
             "account": self.account,
+            "role": self.role.name,
             "exchange": self.venue,
             "markets": list(self.markets),
             "books_age_seconds": age,
             "realized_profit": self.realized_total,
             "risk": self.risk.snapshot(self._now()),
-            "lease": None if self.lease is None else self.lease.describe(),
+            "lease": self.role.describe(),
         }
 
     def pause(self) -> None:

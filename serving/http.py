@@ -10,6 +10,7 @@ always answer 401.
 from __future__ import annotations
 
 import secrets
+import socket
 import threading
 from typing import Any
 
@@ -73,14 +74,36 @@ def create_app(trader: Trader, token: SecretStr | None) -> FastAPI:
     return app
 
 
-class HttpServer:
-    """uvicorn in a background thread; `port` is the bound one (0 picks a free port)."""
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port) and listening, 0 picking a free port; OSError
+    (EADDRINUSE) when another process has the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+
+class HttpServer:
+    """uvicorn in a background thread on a socket `listen` bound (before anything was
+    taken or started, so that a port in use is refused first)."""
+
+    def __init__(self, app: FastAPI, sock: socket.socket) -> None:
+        self.sock = sock
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, name="http", daemon=True
         )
-        self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return int(self.sock.getsockname()[1])
 
     def start(self, timeout: float = 10.0) -> int:
         """Start serving; the bound port."""
@@ -92,9 +115,11 @@ class HttpServer:
             waited.wait(0.02)
         if not self.server.started:
             raise RuntimeError("the trader's HTTP server did not start")
-        return self.server.servers[0].sockets[0].getsockname()[1]
+        return self.port
 
     def stop(self) -> None:
-        """Stop and wait for the thread."""
+        """Stop and wait for the thread (if it was started); close the socket."""
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        if self.thread.ident is not None:
+            self.thread.join(timeout=10)
+        self.sock.close()

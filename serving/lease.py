@@ -22,12 +22,16 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline.db.schema import trader_leases
 from pipeline.errors import ConfigurationError, CryptobotsError
+
+if TYPE_CHECKING:
+    from prometheus_client import Gauge
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +253,55 @@ def _ensure_row(conn: Connection, account: str, market: str) -> None:
         else:
             from sqlalchemy.dialects.sqlite import insert
         conn.execute(insert(trader_leases).values(**values).on_conflict_do_nothing())
+
+
+class Role:
+    """Whether a trader trades now, read from its lease at the moment it is asked: the one
+    answer its /readyz (`role`), its `cryptobots_trader_active` gauge and `make run`'s
+    status line give. Active while it holds every market's lease (or trades without a
+    lease), standby otherwise."""
+
+    def __init__(self, lease: Lease | None, gauge: Gauge) -> None:
+        self.lease = lease
+        self.standing_by = ""  # who holds the lease, as this trader last found it
+        gauge.set_function(lambda: 1.0 if self.active else 0.0)
+
+    @property
+    def active(self) -> bool:
+        """True while this trader holds its markets' lease (or has none to hold)."""
+        return self.lease is None or self.lease.held
+
+    @property
+    def name(self) -> str:
+        """`active` or `standby`."""
+        return "active" if self.active else "standby"
+
+    def hold(self, on_takeover: Callable[[], None]) -> bool:
+        """Whether this trader may trade now: it holds the lease, or took it just now
+        (then `on_takeover` runs first: settle with the exchange before anything is sent)."""
+        if self.active:
+            return True
+        assert self.lease is not None
+        self.standing_by = self.lease.take()
+        if self.standing_by:
+            return False
+        on_takeover()
+        return True
+
+    def lost(self, error: LeaseLost) -> None:
+        """A write found the lease taken over: stand by from now on."""
+        if self.lease is not None:
+            self.lease.drop(str(error))
+
+    def reason(self) -> str | None:
+        """Why /readyz is 503 on account of the lease (None while active)."""
+        if self.active:
+            return None
+        return f"standby: {self.standing_by or 'the lease is not held yet'}"
+
+    def describe(self) -> dict[str, Any] | None:
+        """/readyz's `lease`: holder, held and tokens (None without a lease)."""
+        return None if self.lease is None else self.lease.describe()
 
 
 class Renewer(threading.Thread):

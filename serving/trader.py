@@ -41,7 +41,7 @@ from pipeline.settings import Market, Settings
 from serving import store
 from serving.allocation import split_balances
 from serving.broker import Broker, client_order_id
-from serving.lease import Lease, LeaseLost, Renewer
+from serving.lease import Lease, LeaseLost, Renewer, Role
 from serving.metrics import RISK_CODES, Metrics
 from serving.model import AliasNotifications, ModelWatch, Policy
 from serving.risk import MarketRules, OrderIntent, RiskGate
@@ -93,11 +93,12 @@ class Trader:
     lock: threading.Lock = field(default_factory=threading.Lock)
     notifications: AliasNotifications | None = None  # LISTEN/NOTIFY: swaps sooner
     lease: Lease | None = None  # None: trades without one (a library user, a test)
-    standing_by: str = ""  # who holds the lease while this trader stands by
     writer: store.DecisionWriter = field(init=False)
+    role: Role = field(init=False)
 
     def __post_init__(self) -> None:
         self.writer = store.DecisionWriter(self.engine)
+        self.role = Role(self.lease, self.metrics.active)
         for market in traded_markets(self.settings):
             self.markets[str(market)] = MarketState(market, model_name(str(market)))
 
@@ -115,7 +116,7 @@ class Trader:
             if not self._database_ready():
                 return 0
             try:
-                if not self._hold_lease():
+                if not self.role.hold(self._took_over):
                     return 0
                 self._poll_models()
                 if not self.reconciled:
@@ -133,19 +134,11 @@ class Trader:
                 self._database_lost(error)
                 return 0
 
-    def _hold_lease(self) -> bool:
-        """Whether this trader may trade now: it holds its markets' lease, or took it
-        over just now (then it reconciles with the exchange before anything is sent)."""
-        if self.lease is None or self.lease.held:
-            return True
-        self.standing_by = self.lease.take()
-        self.metrics.active.set(0 if self.standing_by else 1)
-        if self.standing_by:
-            return False
+    def _took_over(self) -> None:
+        """Just took the lease over: reconcile with the exchange before anything is sent."""
         self.reconciled = False
         for state in self.markets.values():
             state.position = None
-        return True
 
     def _fence(self, key: str) -> tuple[str, int] | None:
         if self.lease is None:
@@ -156,9 +149,7 @@ class Trader:
         return (self.lease.holder, token)
 
     def _lease_lost(self, error: LeaseLost) -> None:
-        assert self.lease is not None
-        self.lease.drop(str(error))
-        self.metrics.active.set(0)
+        self.role.lost(error)
         self.reconciled = False
 
     def _database_ready(self) -> bool:
@@ -751,8 +742,8 @@ class Trader:
         reasons = []
         if not self.db_ok:
             reasons.append("state database unreachable")
-        if self.lease is not None and not self.lease.held:
-            reasons.append(f"standby: {self.standing_by or 'the lease is not held yet'}")
+        if standby := self.role.reason():
+            reasons.append(standby)
         for key, state in self.markets.items():
             policy = self.watches[state.model].current()
             if policy is None:
@@ -775,7 +766,8 @@ class Trader:
             "ready": ready,
             "reasons": reasons,
             "account": self.account,
-            "lease": None if self.lease is None else self.lease.describe(),
+            "role": self.role.name,
+            "lease": self.role.describe(),
             "risk": self.risk.snapshot(),
             "models": {
                 name: (

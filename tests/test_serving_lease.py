@@ -141,3 +141,23 @@ def test_a_standby_starts_without_waiting_for_the_lease(engine: Engine, tmp_path
     standby = SimpleNamespace(lease=Lease(engine, "paper", (BTC,), ttl_seconds=10))
     claim(standby, settings)
     assert not standby.lease.held
+
+
+def test_a_stop_while_waiting_for_the_lease_ends_the_wait_without_taking_it(
+    engine: Engine, tmp_path
+) -> None:
+    import threading
+    import time
+
+    from serving.cli import claim
+
+    settings = Settings(var_dir=tmp_path, serving={"failover_seconds": 30, "loop_seconds": 0.05})
+    Lease(engine, "paper", (BTC,), ttl_seconds=60, holder="host-a:1:abc").acquire()
+    second = SimpleNamespace(lease=Lease(engine, "paper", (BTC,), ttl_seconds=20))
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()  # SIGTERM's handler sets it
+    started = time.monotonic()
+    claim(second, settings, stop=stop)
+    assert time.monotonic() - started < 5, "it did not wait out the 20 s lease"
+    assert not second.lease.held
+    assert second.lease.holders() == {BTC: "host-a:1:abc"}

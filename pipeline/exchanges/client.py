@@ -6,6 +6,8 @@ base URL overridden for the simulator or a testnet) and wraps it in an
 - translates every ccxt exception into the cryptobots tree, in `translated`;
 - retries temporary errors (network, timeouts, 429/418, 5xx, malformed bodies)
   with exponential backoff and jitter, honouring Retry-After, bounded;
+- on the first contact, gives up within `FIRST_CONTACT_SECONDS` when nothing answers at
+  the exchange's URL at all (`ExchangeUnreachable`, naming the URL and the fix);
 - learns the request-weight budget the exchange states (exchangeInfo's
   rateLimits) and the weight of each kind of request (the used-weight header),
   and keeps each minute within it, with ccxt's own throttle still on underneath.
@@ -39,6 +41,14 @@ from pipeline.errors import (
 from pipeline.settings import ExchangeConfig, Settings
 
 T = TypeVar("T")
+
+FIRST_CONTACT_SECONDS = 3.0  # then an exchange that nothing answers for is reported
+
+
+class ExchangeUnreachable(TemporaryExchangeError):
+    """Nothing answers at the exchange's URL: connection refused, no such host, or no
+    connection within the timeout (a temporary error: retried like any other once the
+    exchange has answered)."""
 
 
 @dataclass(frozen=True)
@@ -164,8 +174,12 @@ def open_exchange(
     *,
     retry: RetryPolicy | None = None,
     timeout_ms: int = 10_000,
+    patience: float = FIRST_CONTACT_SECONDS,
 ) -> ExchangeClient:
-    """The configured exchange `name`, ready to use (markets loaded, pace learned)."""
+    """The configured exchange `name`, ready to use (markets loaded, pace learned).
+
+    ExchangeUnreachable after `patience` seconds when nothing answers at its URL; other
+    temporary errors are retried as `retry` says."""
     config = settings.exchanges.get(name)
     if config is None:
         raise ConfigurationError(
@@ -173,7 +187,7 @@ def open_exchange(
         )
     client = create_ccxt(name, config, credentials, timeout_ms=timeout_ms)
     exchange = ExchangeClient(name, client, retry or RetryPolicy())
-    exchange.load_markets()
+    exchange.load_markets(patience=patience)
     return exchange
 
 
@@ -254,8 +268,9 @@ class ExchangeClient:
         """The request weight per minute the exchange stated (None: not stated)."""
         return self.pacer.budget
 
-    def load_markets(self) -> dict[str, Any]:
-        """(Re)load the markets; a malformed answer is a temporary error, not "no markets"."""
+    def load_markets(self, patience: float | None = None) -> dict[str, Any]:
+        """(Re)load the markets; a malformed answer is a temporary error, not "no markets".
+        `patience`: see `call`."""
 
         def load() -> dict[str, Any]:
             markets = self.client.load_markets(reload=True)
@@ -263,7 +278,7 @@ class ExchangeClient:
                 raise TemporaryExchangeError(f"{self.name}: malformed or empty market list")
             return markets
 
-        markets = self.call("load markets", load, kind="exchangeInfo")
+        markets = self.call("load markets", load, kind="exchangeInfo", patience=patience)
         self._learn_budget(self.client.last_json_response)
         return markets
 
@@ -308,22 +323,29 @@ class ExchangeClient:
         return self.call("server time", fetch, kind="time")
 
     def call(
-        self, what: str, function: Callable[[], T], kind: str = "other", retry: bool = True
+        self,
+        what: str,
+        function: Callable[[], T],
+        kind: str = "other",
+        retry: bool = True,
+        patience: float | None = None,
     ) -> T:
         """Run `function` with errors translated, temporary ones retried, pace kept.
 
         `retry=False` for requests that must not be repeated blindly (placing an order):
-        the caller finds out what happened before trying again."""
+        the caller finds out what happened before trying again. `patience`: seconds after
+        which an unreachable exchange is given up on (None: retried like any error)."""
         retrying = Retrying(
             retry=retry_if_exception_type(TemporaryExchangeError),
             wait=self._wait,
             stop=stop_after_attempt(self.retry.attempts if retry else 1)
-            | stop_after_delay(self.retry.total_seconds),
+            | stop_after_delay(self.retry.total_seconds)
+            | _unreachable_for(patience),
             before_sleep=self._count_retry,
             reraise=True,
         )
         for attempt in retrying:
-            with attempt, translated(f"{self.name}: {what}", self.client):
+            with attempt, translated(f"{self.name}: {what}", self.client, self.name):
                 self.pacer.before(kind)
                 try:
                     result = function()
@@ -363,6 +385,20 @@ class ExchangeClient:
         self.pacer.budget = weight_per_minute
 
 
+def _unreachable_for(patience: float | None) -> Callable[[RetryCallState], bool]:
+    """A tenacity stop: the exchange was unreachable and `patience` seconds have passed."""
+
+    def stop(state: RetryCallState) -> bool:
+        error = state.outcome.exception() if state.outcome else None
+        return (
+            patience is not None
+            and isinstance(error, ExchangeUnreachable)
+            and (state.seconds_since_start or 0.0) >= patience
+        )
+
+    return stop
+
+
 def _well_formed(rows: Any) -> bool:
     return isinstance(rows, list) and all(
         isinstance(row, list) and len(row) >= 6 and isinstance(row[0], int) for row in rows
@@ -370,14 +406,28 @@ def _well_formed(rows: Any) -> bool:
 
 
 @contextmanager
-def translated(what: str, client: Any = None) -> Iterator[None]:
-    """Translate ccxt exceptions raised inside into the cryptobots tree (the one place)."""
+def translated(what: str, client: Any = None, name: str | None = None) -> Iterator[None]:
+    """Translate ccxt exceptions raised inside into the cryptobots tree (the one place);
+    `name` is the exchange's name in settings, for the fix an unreachable one needs."""
     import ccxt
 
     try:
         yield
     except CryptobotsError:
         raise
+    except ccxt.NetworkError as error:
+        why = _unreachable(error)
+        if why is None:
+            raise TemporaryExchangeError(
+                f"{what}: {type(error).__name__}: {_short(error)}",
+                retry_after=_retry_after(client),
+            ) from error
+        setting = f"CRYPTOBOTS_EXCHANGES__{(name or 'NAME').upper()}__URL"
+        raise ExchangeUnreachable(
+            f"{what}: nothing answers at {_base_url(client)} ({why}): start the exchange "
+            f"simulator (python -m pipeline simulator) or set {setting} to the exchange's "
+            "API address"
+        ) from error
     except ccxt.AuthenticationError as error:
         raise ExchangeRejected(
             f"{what}: the exchange refused the API keys ({type(error).__name__}); "
@@ -394,6 +444,43 @@ def translated(what: str, client: Any = None) -> Iterator[None]:
         ) from error
     except ccxt.BaseError as error:
         raise ExchangeRejected(f"{what}: {type(error).__name__}: {_short(error)}") from error
+
+
+def _unreachable(error: BaseException) -> str | None:
+    """Why no connection to the exchange could be opened at all (None: it answered, or
+    the connection broke later, which a retry may fix)."""
+    import socket
+
+    from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+
+    chain: list[BaseException] = []
+    seen: BaseException | None = error
+    while seen is not None and len(chain) < 20:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    reasons = (
+        ((ConnectionRefusedError,), "connection refused"),
+        ((NameResolutionError, socket.gaierror), "no such host"),
+        ((NewConnectionError,), "no connection"),
+        ((ConnectTimeoutError,), "no connection within the timeout"),
+    )
+    for kinds, why in reasons:
+        if any(isinstance(e, kinds) for e in chain):
+            return why
+    return None
+
+
+def _base_url(client: Any) -> str:
+    """scheme://host[:port] of the client's API (the URL settings override)."""
+    from urllib.parse import urlsplit
+
+    api = getattr(client, "urls", {}).get("api") if client is not None else None
+    urls = api.values() if isinstance(api, dict) else [api]
+    for url in urls:
+        if isinstance(url, str):
+            parts = urlsplit(url)
+            return f"{parts.scheme}://{parts.netloc}"
+    return "its URL"
 
 
 def _retry_after(client: Any) -> float:
