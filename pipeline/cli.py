@@ -13,6 +13,7 @@ from pipeline import arguments as arg
 from pipeline.errors import ConfigurationError, CryptobotsError
 from pipeline.exchanges.simulator.faults import FAULT_KINDS
 from pipeline.settings import Settings, load_settings
+from pipeline.timeutil import DAY_MS, iso
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -428,7 +429,7 @@ def _backfill(settings: Settings, args: argparse.Namespace) -> int:
     market, start, end = args.market, args.start, args.end
     if end <= start:
         raise ConfigurationError(
-            f"--end {_iso(end)} is not after --start {_iso(start)}: give an --end after --start"
+            f"--end {iso(end)} is not after --start {iso(start)}: give an --end after --start"
         )
     exchange_config = settings.exchanges.get(market.exchange)
     if exchange_config is None:
@@ -553,7 +554,6 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     market = args.market or settings.markets[0]
     engine = create_engine(settings.db_url)
     t = settings.training
-    day = 86_400_000
     end = args.valid_end or _latest_candle_end(engine, market)
     end -= end % market.timeframe_ms
     if args.walk_forward:
@@ -578,9 +578,9 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
         return 0
-    valid_start = args.valid_start or args.train_end or end - t.valid_days * day
+    valid_start = args.valid_start or args.train_end or end - t.valid_days * DAY_MS
     train_end = args.train_end or valid_start
-    train_start = args.train_start or train_end - t.train_days * day
+    train_start = args.train_start or train_end - t.train_days * DAY_MS
     train, valid = Window(train_start, train_end), Window(valid_start, end)
     evaluations = _train_fold(settings, engine, market, train, valid, args)
     best = select_best(engine, [e.run_id for e in evaluations.values()])
@@ -735,12 +735,6 @@ def _latest_candle_end(engine, market) -> int:  # type: ignore[no-untyped-def]
             f"--market {market} --start ... --end ...) or give --valid-end"
         )
     return end
-
-
-def _iso(ms: int) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="minutes")
 
 
 def _settings(settings: Settings, args: argparse.Namespace) -> int:

@@ -36,9 +36,9 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.errors import DataValidationError
+from pipeline.timeutil import YEAR_MS
 
 GROWTH_FLOOR = 1e-9
-YEAR_MS = 365.25 * 24 * 3600 * 1000
 BASELINES = ("buy_and_hold", "flat", "momentum")
 POSITION_RULES = ("argmax", "expected")
 METRICS = (

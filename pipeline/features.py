@@ -49,6 +49,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from pipeline.errors import ConfigurationError, DataValidationError
+from pipeline.timeutil import DAY_MS
 
 FEATURE_VERSION = 1
 SUPPORTED_VERSIONS = (FEATURE_VERSION,)
@@ -67,7 +68,6 @@ DEFAULT_FEATURES = (
 )
 STD_FLOOR = 1e-8
 VOLUME_Z_STD_FLOOR = 1e-6
-DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
 MONDAY_OFFSET_MS = 3 * DAY_MS  # 1970-01-01 was a Thursday
 

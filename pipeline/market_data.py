@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pipeline.settings import Market, Settings
+from pipeline.timeutil import DAY_MS, HOUR_MS
 
 if TYPE_CHECKING:
     from pipeline.exchanges.client import Credentials
@@ -122,5 +123,5 @@ def history_range(days: int, end: str | None = None, now_ms: int | None = None) 
         stop = int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
     else:
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        stop = now // 3_600_000 * 3_600_000
-    return stop - days * 86_400_000, stop
+        stop = now // HOUR_MS * HOUR_MS
+    return stop - days * DAY_MS, stop

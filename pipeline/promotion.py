@@ -27,7 +27,8 @@ from pipeline.evidence import MIN_RETURNS, probabilistic_sharpe_ratio
 from pipeline.export import PARITY_TOLERANCE
 from pipeline.registry import alias, get_version, load_verified, move_alias
 from pipeline.settings import Market, PromotionSettings, Settings
-from pipeline.training import DAY_MS, Window, backtest_onnx, latest_candle_end
+from pipeline.timeutil import DAY_MS
+from pipeline.training import Window, backtest_onnx, latest_candle_end
 
 
 def evaluate_version(

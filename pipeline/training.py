@@ -58,10 +58,10 @@ from pipeline.features import (
 )
 from pipeline.registry import fetch_artifact, model_name, register, set_metrics, store_artifact
 from pipeline.settings import PROJECT_ROOT, Market, Settings
+from pipeline.timeutil import DAY_MS, iso
 from pipeline.training_runs import get_run, ms_to_datetime, start_run, update_run
 
 ALGORITHMS = ("dqn", "a2c")
-DAY_MS = 86_400_000
 DEFAULT_SPEC = FeatureSpec()
 
 
@@ -77,7 +77,7 @@ class Window:
             raise ConfigurationError(f"window {self} ends before it starts")
 
     def __str__(self) -> str:
-        return f"[{_iso(self.start)}, {_iso(self.end)})"
+        return f"[{iso(self.start)}, {iso(self.end)})"
 
 
 def windows_before(end_ms: int, train_days: int, valid_days: int, timeframe_ms: int) -> tuple:
@@ -289,7 +289,7 @@ def snapshot_window(
     candles = load_candles(engine, market, start, valid.end)
     hint = (
         f"backfill it first: python -m pipeline backfill --market {market} "
-        f"--start {_iso(start)} --end {_iso(valid.end)}"
+        f"--start {iso(start)} --end {iso(valid.end)}"
     )
     if len(candles) == 0:
         raise DataValidationError(
@@ -297,8 +297,8 @@ def snapshot_window(
         )
     if candles.ts[0] > start or candles.ts[-1] < valid.end - 2 * tf_ms:
         raise DataValidationError(
-            f"stored candles of {market} cover only [{_iso(int(candles.ts[0]))}, "
-            f"{_iso(int(candles.ts[-1]) + tf_ms)}) of the needed {Window(start, valid.end)}: {hint}"
+            f"stored candles of {market} cover only [{iso(int(candles.ts[0]))}, "
+            f"{iso(int(candles.ts[-1]) + tf_ms)}) of the needed {Window(start, valid.end)}: {hint}"
         )
     filled_candles, filled = fill_gaps(candles, tf_ms)
     coverage = 1.0 - filled.mean()
@@ -770,7 +770,7 @@ def window_steps(
         raise DataValidationError(
             f"{what}: the stored candles of {market} do not cover {window} and its feature "
             f"look-back: backfill it (python -m pipeline backfill --market {market} "
-            f"--start {_iso(start)} --end {_iso(window.end)})"
+            f"--start {iso(start)} --end {iso(window.end)})"
         )
     candles, _ = fill_gaps(candles, tf_ms)
     return decision_steps(candles, compute_features(candles, spec), window, tf_ms, every)
@@ -854,10 +854,6 @@ def code_version() -> str:
         from importlib.metadata import version
 
         return f"cryptobots {version('cryptobots')}"
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
 def _slug(text: str) -> str:
@@ -1093,7 +1089,7 @@ def walk_forward_folds(
                 raise DataValidationError(
                     f"walk-forward fold {folds - i + 1} of {folds} (validation {valid}) has "
                     f"only {max(train.end - start, 0) / DAY_MS:.0f} days of candles to train "
-                    f"on after {_iso(earliest_ms)}, fewer than {need}: use fewer folds, "
+                    f"on after {iso(earliest_ms)}, fewer than {need}: use fewer folds, "
                     "shorter validation windows, or backfill earlier history"
                 )
             train = Window(start, train.end)
@@ -1132,7 +1128,7 @@ def fold_summary(evaluations: Mapping[str, Evaluation], valid: Window) -> list[l
         baselines = {name: b.metrics for name, b in tests.items() if name != "policy"}
         rows.append(
             [
-                f"{_iso(valid.start)[:10]}..{_iso(valid.end)[:10]}",
+                f"{iso(valid.start)[:10]}..{iso(valid.end)[:10]}",
                 algorithm,
                 f"{evaluation.metrics['sharpe']:.2f}",
                 f"{baselines['buy_and_hold']['sharpe']:.2f}",

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import DataValidationError
-from pipeline.evaluate import YEAR_MS, compute_metrics
+from pipeline.evaluate import compute_metrics
 from pipeline.evidence import confidence, sharpe_per_step
+from pipeline.timeutil import YEAR_MS
 
 FOLD_KEYS = ("sharpe", "total_return", "max_drawdown", "trades", "exposure")
 

@@ -31,7 +31,6 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 from pipeline.evaluate import (
-    YEAR_MS,
     Backtest,
     CostModel,
     VolatilityTarget,
@@ -42,6 +41,7 @@ from pipeline.evaluate import (
 from pipeline.evidence import confidence
 from pipeline.features import FeatureSpec
 from pipeline.settings import Market, Settings
+from pipeline.timeutil import HOUR_MS, YEAR_MS
 from pipeline.training import (
     TrainRequest,
     Window,
@@ -195,7 +195,7 @@ def baselines(
     cost = CostModel(fee_bps=t.fee_bps, slippage_bps=t.slippage_bps)
     rules = {"buy_and_hold": ("buy_and_hold", 1), "flat": ("flat", 1)}
     for hours in MOMENTUM_HOURS:
-        rules[f"momentum_{hours}h"] = ("momentum", max(1, round(hours * 3_600_000 / step_ms)))
+        rules[f"momentum_{hours}h"] = ("momentum", max(1, round(hours * HOUR_MS / step_ms)))
     sizing = (
         VolatilityTarget(t.target_volatility, tuple(t.volatility_features))
         if t.target_volatility is not None

@@ -55,6 +55,7 @@ from pipeline.arbitrage import (
 from pipeline.errors import ConfigurationError, CryptobotsError
 from pipeline.exchanges.client import ExchangeClient
 from pipeline.settings import Settings
+from pipeline.timeutil import DAY_MS
 from serving import arbitrage_store as store
 from serving.arbitrage_risk import CycleGate
 from serving.broker import Broker
@@ -208,7 +209,7 @@ class ArbitrageTrader:
             for s in self.config.symbols
         }
         now = self._now()
-        past = store.history(self.engine, self.account, self.venue, now - 86_400_000)
+        past = store.history(self.engine, self.account, self.venue, now - DAY_MS)
         self.risk.restore(
             (p["detected_ms"] for p in past),
             ((p["detected_ms"], p["realized_profit"] or 0.0) for p in past),

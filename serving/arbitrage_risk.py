@@ -23,10 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.settings import ArbitrageSettings
+from pipeline.timeutil import DAY_MS, HOUR_MS
 from serving.risk import RiskState, Transition
-
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
 
 
 @dataclass

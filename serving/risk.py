@@ -35,10 +35,11 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
+
+from pipeline.timeutil import DAY_MS, HOUR_MS, iso
 
 RESUMED_REASON = "resumed by operator"
 """The reason of the transition an operator's resume records (risk_events)."""
@@ -46,8 +47,6 @@ RESUMED_REASON = "resumed by operator"
 if TYPE_CHECKING:
     from pipeline.settings import RiskSettings
 
-HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
 
 # ccxt's precision modes (ccxt.base.decimal_to_precision): what market["precision"] holds.
 DECIMAL_PLACES = 2
@@ -85,10 +84,6 @@ def _step_from_precision(value: Any, precision_mode: int) -> float | None:
         f"ccxt precision mode {precision_mode} is not supported: use TICK_SIZE ({TICK_SIZE}) "
         f"or DECIMAL_PLACES ({DECIMAL_PLACES})"
     )
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _base(x: float) -> str:
@@ -405,7 +400,7 @@ class RiskGate:
             if sent >= s.max_orders_per_hour:
                 return deny(
                     f"max_orders_per_hour {s.max_orders_per_hour}: {sent} orders sent on "
-                    f"{market} in the hour before {_iso(now_ms)}"
+                    f"{market} in the hour before {iso(now_ms)}"
                 )
 
         rounded = rules.round_amount(amount)
@@ -463,7 +458,7 @@ class RiskGate:
         before = {market: self._market_level(market)}
         reason = ""
         if book.pause_until_ts_ms is not None and ts_ms >= book.pause_until_ts_ms:
-            reason = f"flash pause over: candle {_iso(ts_ms)} is past the pause"
+            reason = f"flash pause over: candle {iso(ts_ms)} is past the pause"
             book.pause_until_ts_ms = None
             book.pause_reason = ""
         s = self.settings
@@ -473,9 +468,9 @@ class RiskGate:
             if book.pause_until_ts_ms is None or until > book.pause_until_ts_ms:
                 book.pause_until_ts_ms = until
                 reason = book.pause_reason = (
-                    f"flash move: candle {_iso(ts_ms)} open {_base(open)} close {_base(close)} "
+                    f"flash move: candle {iso(ts_ms)} open {_base(open)} close {_base(close)} "
                     f"moved {move:+.2%} (flash_move {s.flash_move:.2%}); reduce-only for "
-                    f"{s.flash_pause_candles} candles, until the candle at {_iso(until)}"
+                    f"{s.flash_pause_candles} candles, until the candle at {iso(until)}"
                 )
         self._record_market_changes(before, reason, now_ms)
 
@@ -586,7 +581,7 @@ class RiskGate:
         day = now_ms // DAY_MS
         if day != self._day:
             if self._loss_reason is not None:
-                reason = f"new UTC day {_iso(day * DAY_MS)[:10]}: daily loss halt lifted"
+                reason = f"new UTC day {iso(day * DAY_MS)[:10]}: daily loss halt lifted"
                 self._loss_reason = None
             self._day = day
             self._day_start_equity = total_equity
@@ -599,7 +594,7 @@ class RiskGate:
                 reason = self._loss_reason = (
                     f"daily_loss_limit {limit:.2%}: equity {_quote(total_equity)} fell below "
                     f"{_quote(floor)} ({_quote(start)} at the start of UTC day "
-                    f"{_iso(day * DAY_MS)[:10]})"
+                    f"{iso(day * DAY_MS)[:10]})"
                 )
         self._record_global_change(before, reason, now_ms)
 

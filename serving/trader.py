@@ -38,6 +38,7 @@ from pipeline.registry import (
     promotion_history,
 )
 from pipeline.settings import Market, Settings
+from pipeline.timeutil import HOUR_MS
 from serving import store
 from serving.allocation import split_balances
 from serving.broker import Broker, client_order_id
@@ -414,7 +415,7 @@ class Trader:
         serving = self.settings.serving
         price, high = float(candles.close[-1]), float(candles.high[-1])
         short = -position.base
-        hours = state.market.timeframe_ms / 3_600_000
+        hours = state.market.timeframe_ms / HOUR_MS
         fee = short * price * serving.borrow_rate_hourly * hours
         if fee > 0 and store.charge_borrow(self.engine, self.account, key, last, fee):
             position = dataclasses.replace(position, quote=position.quote - fee)

@@ -90,7 +90,7 @@ def test_a_backfill_that_ends_before_it_starts_is_refused(
     code = main(["backfill", "--market", "binance:BTC/USDT:1h", "--start", "2020-01-02",
                  "--end", "2020-01-01"])  # fmt: skip
     assert code == 2
-    assert "--end 2020-01-01T00:00+00:00 is not after --start" in capsys.readouterr().err
+    assert "--end 2020-01-01T00:00Z is not after --start" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "ten"])

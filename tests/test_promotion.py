@@ -20,7 +20,8 @@ from pipeline.errors import ConfigurationError, ModelRejected
 from pipeline.promotion import apply_promotion, evaluate_pair, gate_pair, gates, promote
 from pipeline.registry import MOVES, alias, get_version, promotion_history, register, set_metrics
 from pipeline.settings import Market, PromotionSettings, Settings
-from pipeline.training import DAY_MS, TrainRequest, Window, snapshot_window, train_candidate
+from pipeline.timeutil import DAY_MS
+from pipeline.training import TrainRequest, Window, snapshot_window, train_candidate
 from pipeline.walk_forward import score
 from tests.conftest import exchange_client
 

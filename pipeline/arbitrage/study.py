@@ -52,6 +52,7 @@ from pipeline.arbitrage.cross import (
 )
 from pipeline.arbitrage.graph import ArbitrageConfig, ExchangeGraph, MarketSpec, Triangles
 from pipeline.settings import Market
+from pipeline.timeutil import DAY_MS, iso
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -64,7 +65,6 @@ VOLUME_SHARE = 0.01
 """Largest share of the smallest leg's candle volume (quote terms) one trade may take."""
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 HISTOGRAM_BINS = 40
-DAY_MS = 86_400_000
 
 CAVEATS = (
     "Candle closes are not simultaneous quotes: each close is the last trade of its candle, "
@@ -299,7 +299,7 @@ def series_stats(
             "mean_minutes": float(minutes.mean()) if minutes.size else 0.0,
             "median_minutes": float(np.median(minutes)) if minutes.size else 0.0,
             "max_minutes": float(minutes.max()) if minutes.size else 0.0,
-            "longest_start": None if longest is None else _iso(int(starts[longest])),
+            "longest_start": None if longest is None else iso(int(starts[longest])),
         },
         "profit": {
             "total": float(profit[traded].sum()),
@@ -307,10 +307,6 @@ def series_stats(
             "mean_size": float(size[traded].mean()) if traded.any() else 0.0,
         },
     }
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
 @dataclass
@@ -495,7 +491,7 @@ def _pair_extras(
             )
         ),
         "rebalance_minutes": typical.rebalance_minutes,
-        "best": {"at": _iso(int(aligned.ts[at])), **best.as_dict()},
+        "best": {"at": iso(int(aligned.ts[at])), **best.as_dict()},
     }
 
 
@@ -677,9 +673,7 @@ def study_group(
         studied = study_cross(group, aligned, config, conversions)
     result = studied.result
     result["window"] = (
-        {"start": _iso(start), "end": _iso(end), "start_ms": start, "end_ms": end}
-        if window
-        else None
+        {"start": iso(start), "end": iso(end), "start_ms": start, "end_ms": end} if window else None
     )
     result["plot"] = None
     if plot_path is not None:
@@ -926,7 +920,7 @@ def ingest_recorded(
                     **{name: done.total(name) for name in ("inserted", "quarantined", "gaps")},
                 }
                 progress(
-                    f"{market} {_iso(start)}..{_iso(end)}: {summary['inserted']:,} stored, "
+                    f"{market} {iso(start)}..{iso(end)}: {summary['inserted']:,} stored, "
                     f"{summary['quarantined']:,} quarantined, {summary['gaps']:,} missing at the "
                     f"exchange ({done.skipped} of {done.chunks} chunks already complete)"
                 )

@@ -38,6 +38,7 @@ from pipeline.exchanges.simulator.faults import (
 from pipeline.exchanges.simulator.market import Clock, MarketFeed, Plant, Pricing
 from pipeline.exchanges.simulator.recordings import Recording, find_recordings
 from pipeline.settings import timeframe_ms
+from pipeline.timeutil import DAY_MS
 
 MAX_KLINES = 1000
 DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000, 5000)
@@ -459,8 +460,7 @@ def _book_ticker(exchange: Exchange, symbol: str) -> dict:
 def _ticker_24hr(exchange: Exchange, symbol: str) -> dict:
     feed = _market(exchange, symbol)
     now = exchange.clock.now_ms()
-    day = 86_400_000
-    rows = feed.candles(now - day, now, MAX_KLINES * 2, now)
+    rows = feed.candles(now - DAY_MS, now, MAX_KLINES * 2, now)
     values = np.array([[float(v) for v in row[1:6]] for row in rows]) if rows else None
     bids, asks = feed.book(now, 5)
     last = feed.mid(now)
@@ -487,7 +487,7 @@ def _ticker_24hr(exchange: Exchange, symbol: str) -> dict:
         "lowPrice": _num(low),
         "volume": _num(volume),
         "quoteVolume": _num(volume * last),
-        "openTime": now - day,
+        "openTime": now - DAY_MS,
         "closeTime": now,
         "firstId": -1,
         "lastId": -1,
