@@ -43,8 +43,19 @@ lint: setup ## ruff
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-bench: setup ## every benchmark in bench/, each printing its ratios against a baseline
-	@set -e; for script in bench/[a-z]*.py; do [ "$$script" = bench/common.py ] && continue; echo "== $$script"; $(PY) -m bench.$$(basename $$script .py); done
+bench: setup ## every benchmark in bench/ but the long or GPU-only ones (ALL=1: all), each with its ratios
+	@on_request=" celery_overhead gpu_check "; failed=""; skipped=""; \
+	for script in bench/[a-z]*.py; do \
+		name=$$(basename $$script .py); \
+		[ "$$name" = common ] && continue; \
+		if [ -z "$(ALL)" ] && [[ "$$on_request" == *" $$name "* ]]; then \
+			skipped="$$skipped $$name"; continue; fi; \
+		echo "== $$script"; \
+		$(PY) -m bench.$$name || failed="$$failed $$name"; \
+	done; \
+	if [ -n "$$skipped" ]; then \
+		echo "bench: skipped$$skipped (long or GPU-only): make bench ALL=1 runs them too"; fi; \
+	if [ -n "$$failed" ]; then echo "bench: failed (floors or errors):$$failed"; exit 1; fi
 
 gpu-check: setup ## prove the GPU paths (training device, ONNX Runtime CUDA vs CPU, parity); fails without a GPU
 	$(PY) -m bench.gpu_check --require-gpu $(ARGS)

@@ -211,17 +211,12 @@ def per_call_us(run: Callable[[int], object], calls: int) -> np.ndarray:
 
 
 def edges_of(graph: ExchangeGraph, cycle: Any) -> tuple[int, ...]:
+    """A found cycle's legs as edge indices of `graph`."""
     return tuple(2 * graph.market_index[leg.symbol] + (leg.side == "sell") for leg in cycle.legs)
 
 
-FLOORS = Floors()
-
-
-def verdict(value: float, floor: float) -> str:
-    return FLOORS.check(f"{value:.3g} (floor <= {floor:g})", value <= floor)
-
-
-def main(argv: list[str] | None = None) -> None:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; its defaults are Binance's size."""
     parser = argparse.ArgumentParser(prog="python -m bench.arbitrage", description=__doc__)
     parser.add_argument("--currencies", type=int, default=500)
     parser.add_argument("--markets", type=int, default=2000)
@@ -230,7 +225,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--noise-bps", type=float, default=8.0, help="mid price noise (std)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cycles", type=int, default=1000, help="cycles traded in (c)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    floors = Floors()
+    measure(parse(argv), floors)
+    floors.exit()
+
+
+def measure(args: argparse.Namespace, floors: Floors) -> dict[str, Any]:
+    """(a), (b) and (c) at the sizes of `args`, printed as they are measured, each floor
+    judged by `floors`; the figures (microseconds in (a), milliseconds in (b) and (c))."""
+
+    def verdict(value: float, floor: float) -> str:
+        return floors.check(f"{value:.3g} (floor <= {floor:g})", value <= floor)
+
     rng = np.random.default_rng(args.seed)
     config = ArbitrageConfig(home=HOME, max_length=4)
 
@@ -370,10 +380,26 @@ def main(argv: list[str] | None = None) -> None:
             f"  sizing the best cycle against its {LEVELS}-level books (for reference): "
             f"p50 {np.median(sizing):.0f} us, {profit}"
         )
-    first_leg(args.cycles)
+    leg = first_leg(args.cycles)
+    if leg is not None:
+        print(
+            f"  p99 {leg['p99_ms']:.3f} ms (floor <= {FLOOR_FIRST_LEG_MS:.0f} ms) -> "
+            f"{verdict(leg['p99_ms'], FLOOR_FIRST_LEG_MS)}"
+        )
+    return {
+        "update_full_p50_us": float(np.median(full)),
+        "update_full_vs_python": float(np.median(py_full) / np.median(full)),
+        "update_market_p99_us": float(np.percentile(inc, 99)),
+        "update_market_vs_python": float(np.median(py_full) / np.median(inc)),
+        "search_p50_ms": bf,
+        "search_vs_python": loop / bf,
+        "search_vs_python_bellman_ford": py_bf / bf,
+        "cycles_found": len(found),
+        "first_leg": leg,
+    }
 
 
-def first_leg(cycles: int) -> None:
+def first_leg(cycles: int) -> dict[str, Any] | None:
     """(c): the arbitrage trader on paper against the simulator, books in hand -> first leg."""
     import tempfile
     from pathlib import Path
@@ -391,7 +417,7 @@ def first_leg(cycles: int) -> None:
     data = load_settings().data_dir
     if data is None:
         print("(c) skipped: no recorded market data (CRYPTOBOTS_DATA_DIR, ../shared/data)")
-        return
+        return None
     symbols = ("BTC/USDT", "ETH/USDT", "ETH/BTC")
     config = SimulatorConfig(
         data_dir=data,
@@ -439,17 +465,13 @@ def first_leg(cycles: int) -> None:
     ms = np.array([v for v in stored if v is not None], dtype=float)
     if ms.size == 0:
         print(f"(c) no cycle was traded: {outcomes}")
-        return
+        return None
     p50, p99 = float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
     print("(c) detection to first leg handed to the paper broker (simulator, paper, Postgres):")
     print(f"  cycles traded {ms.size} ({outcomes}); books in hand -> broker.execute(leg 0):")
     print(f"  p50 {p50:.3f} ms, p99 {p99:.3f} ms, max {ms.max():.3f} ms")
-    print(
-        f"  p99 {p99:.3f} ms (floor <= {FLOOR_FIRST_LEG_MS:.0f} ms) -> "
-        f"{verdict(p99, FLOOR_FIRST_LEG_MS)}"
-    )
+    return {"traded": int(ms.size), "outcomes": outcomes, "p50_ms": p50, "p99_ms": p99}
 
 
 if __name__ == "__main__":
     main()
-    FLOORS.exit()

@@ -7,11 +7,12 @@ per 100k candles. Side by side, the same backfill with ccxt's own throttle left 
 its binance default (which assumes a larger budget). Floor (issue 3): the paced
 run reaches >= 90% of the ceiling with no 418.
 
-    python -m bench.backfill
+    python -m bench.backfill [--candles N]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import socket
 import subprocess
@@ -21,8 +22,9 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from bench.common import scratch_database
+from bench.common import Floors, scratch_database
 from pipeline.backfill import backfill_many
 from pipeline.exchanges.client import ExchangeClient, RetryPolicy, create_ccxt
 from pipeline.exchanges.simulator.faults import WEIGHTS
@@ -32,6 +34,7 @@ from pipeline.validate import _gx
 
 BUDGET = 600
 PAGE = 1000
+FLOOR_SHARE = 0.9
 
 
 @contextmanager
@@ -67,19 +70,24 @@ def simulator_process(data: Path) -> Iterator[str]:
         process.wait(timeout=10)
 
 
-def one_run(label: str, paced: bool) -> dict:
+def series(data: Path, candles: int | None = None) -> list[tuple[Market, int, int]]:
+    """Every recorded binance series as (market, start, end), the first `candles`
+    candles of each when given (all of it otherwise)."""
+    ranges = []
+    for r in find_recordings(data, "binance"):
+        start, end = int(r.ts[0]), int(r.ts[-1]) + r.timeframe_ms
+        if candles is not None:
+            end = min(end, start + candles * r.timeframe_ms)
+        ranges.append(
+            (Market(exchange="binance", symbol=r.symbol, timeframe=r.timeframe), start, end)
+        )
+    return ranges
+
+
+def one_run(label: str, paced: bool, data: Path, candles: int | None = None) -> dict[str, Any]:
+    """Backfill `series(data, candles)` from a fresh simulator into a scratch database."""
     with scratch_database("cb_bench_backfill") as engine:
-        data = load_settings().data_dir
-        assert data is not None, "no ../shared/data: set CRYPTOBOTS_DATA_DIR"
-        recordings = find_recordings(data, "binance")
-        ranges = [
-            (
-                Market(exchange="binance", symbol=r.symbol, timeframe=r.timeframe),
-                int(r.ts[0]),
-                int(r.ts[-1]) + r.timeframe_ms,
-            )
-            for r in recordings
-        ]
+        ranges = series(data, candles)
         with simulator_process(data) as url:
             client = create_ccxt("binance", ExchangeConfig(url=url), timeout_ms=10_000)
             exchange = ExchangeClient("binance", client, RetryPolicy())
@@ -106,18 +114,30 @@ def one_run(label: str, paced: bool) -> dict:
         }
 
 
-def main() -> None:
+def measure(data: Path, candles: int | None = None) -> dict[str, Any]:
+    """The paced run and the baseline: each run's figures, the ceiling, the paced share."""
     _gx()  # import Great Expectations once, before either run is timed
     ceiling = BUDGET / WEIGHTS["/api/v3/klines"] * PAGE / 60
+    runs = [
+        one_run("paced to the stated budget", True, data, candles),
+        one_run("ccxt's default throttle (baseline)", False, data, candles),
+    ]
+    return {
+        "ceiling": ceiling,
+        "runs": runs,
+        "share": runs[0]["rate"] / ceiling,
+        "ratio_baseline": runs[0]["rate"] / runs[1]["rate"],
+    }
+
+
+def report(figures: dict[str, Any]) -> Floors:
+    """Print each run against the ceiling and the floor's verdict."""
+    ceiling = figures["ceiling"]
     print(
         f"bench/backfill.py: weight budget {BUDGET}/min, klines weight "
         f"{WEIGHTS['/api/v3/klines']}, ceiling {ceiling:,.0f} candles/s"
     )
-    runs = [
-        one_run("paced to the stated budget", paced=True),
-        one_run("ccxt's default throttle (baseline)", paced=False),
-    ]
-    for run in runs:
+    for run in figures["runs"]:
         print(
             f"  {run['label']:<36} {run['fetched']:>7,} candles ({run['markets']} series) in "
             f"{run['seconds']:6.1f} s = {run['rate']:7,.0f} candles/s, "
@@ -127,10 +147,24 @@ def main() -> None:
             f"  {'':<36} per 100k candles: validation {run['validating_per_100k']:.2f} s, "
             f"upsert+quarantine {run['storing_per_100k']:.2f} s"
         )
+    paced = figures["runs"][0]
+    ok = figures["share"] >= FLOOR_SHARE and paced["418"] == 0
+    floors = Floors()
     print(
-        f"  floor: paced >= 90% of ceiling with no 418 -> "
-        f"{'met' if runs[0]['rate'] >= 0.9 * ceiling and runs[0]['418'] == 0 else 'NOT met'}"
+        f"  paced / baseline: {figures['ratio_baseline']:.2f}x; floor: paced >= "
+        f"{FLOOR_SHARE:.0%} of ceiling with no 418 -> {floors.check('paced backfill', ok)}"
     )
+    return floors
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.backfill", description=__doc__)
+    parser.add_argument("--candles", type=int, default=None, help="per series (default: all)")
+    args = parser.parse_args(argv)
+    data = load_settings().data_dir
+    if data is None:
+        raise SystemExit("no ../shared/data: set CRYPTOBOTS_DATA_DIR")
+    report(measure(data, args.candles)).exit()
 
 
 if __name__ == "__main__":

@@ -53,16 +53,18 @@ def runtimes(require_gpu: bool) -> tuple[bool, list[str]]:
     ]
 
 
-def train(steps: int, require_gpu: bool) -> tuple[Any, Any, Any]:
-    """A2C on the recorded window; (result, training data, env steps per second)."""
+def train(
+    steps: int, require_gpu: bool, window: tuple[str, str] = WINDOW, envs: int = 64
+) -> tuple[Any, Any, Any]:
+    """A2C on the recorded `window`; (result, training data, env steps per second)."""
     from pipeline.rl import actor_critic
     from pipeline.rl.env import EnvConfig, TradingEnv
 
     data_dir = load_settings().data_dir
     if data_dir is None:
         raise SystemExit("no recorded data: set CRYPTOBOTS_DATA_DIR to shared/data")
-    market = load_window(data_dir, *WINDOW)
-    env = TradingEnv(market.data, EnvConfig(num_envs=64))
+    market = load_window(data_dir, *window)
+    env = TradingEnv(market.data, EnvConfig(num_envs=envs))
     config = actor_critic.A2CConfig(total_steps=steps, hidden=HIDDEN)
     with tempfile.TemporaryDirectory(prefix="cb_gpu_check_") as run_dir:
         result = actor_critic.train(
@@ -71,8 +73,11 @@ def train(steps: int, require_gpu: bool) -> tuple[Any, Any, Any]:
     return result, market, result.env_steps / result.seconds
 
 
-def inference(result: Any, market: Any, folder: Path) -> dict[str, Any]:
-    """Export, then ONNX Runtime's CUDA and CPU providers side by side, and parity."""
+def inference(
+    result: Any, market: Any, folder: Path, batches: int = 200, singles: int = 2000
+) -> dict[str, Any]:
+    """Export, then ONNX Runtime's CUDA and CPU providers side by side (`batches` calls
+    at batch 1024, `singles` at batch 1), and parity."""
     import onnxruntime as ort
 
     from pipeline.export import PARITY_TOLERANCE, Lineage, export_onnx, parity_observations
@@ -96,8 +101,8 @@ def inference(result: Any, market: Any, folder: Path) -> dict[str, Any]:
     figures: dict[str, Any] = {"cuda_providers": sessions["cuda"].get_providers()}
     for name, session in sessions.items():
         feed = session.get_inputs()[0].name
-        per_batch = latencies(lambda x, s=session, f=feed: s.run(None, {f: x}), batch, 200)
-        single = latencies(lambda x, s=session, f=feed: s.run(None, {f: x}), batch[:1], 2000)
+        per_batch = latencies(lambda x, s=session, f=feed: s.run(None, {f: x}), batch, batches)
+        single = latencies(lambda x, s=session, f=feed: s.run(None, {f: x}), batch[:1], singles)
         figures[name] = {
             "obs_per_s": BATCH / float(np.median(per_batch)),
             "p50_us": float(np.median(single)) * 1e6,
@@ -107,14 +112,20 @@ def inference(result: Any, market: Any, folder: Path) -> dict[str, Any]:
     theirs = np.asarray(result.model(observations), np.float32)
     figures["parity_max_abs_diff"] = float(np.abs(ours - theirs).max())
     figures["parity_ok"] = figures["parity_max_abs_diff"] <= PARITY_TOLERANCE
+    figures["ratio"] = figures["cuda"]["obs_per_s"] / figures["cpu"]["obs_per_s"]
     return figures
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__)
     parser.add_argument("--require-gpu", action="store_true", help="fail without a GPU")
     parser.add_argument("--steps", type=int, default=400_000, help="A2C environment steps")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
     failures = []
 
     print("1. runtimes")
@@ -144,8 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         f = figures[name]
         rate = f"{f['obs_per_s']:>12,.0f} obs/s at batch {BATCH}"
         print(f"  {name:>4}: {rate}, p50 {f['p50_us']:.0f} us")
-    ratio = figures["cuda"]["obs_per_s"] / figures["cpu"]["obs_per_s"]
-    print(f"  ratio cuda/cpu at batch {BATCH}: {ratio:.2f}x")
+    print(f"  ratio cuda/cpu at batch {BATCH}: {figures['ratio']:.2f}x")
     if args.require_gpu and not on_gpu:
         failures.append("the CUDA session fell back to the CPU")
 

@@ -12,12 +12,20 @@ same run is repeated with the Keras model called directly (`model(x)`) in place 
 ONNX Runtime. Floors (issue 6): decision p99 <= 5 ms and >= 10x faster than the
 Keras path.
 
+The policy trades as a real champion does: registered in the registry with the
+drawdown expectations the champion watch reads, promoted to `champion` and loaded by
+the trader's `ModelWatch`, with the champion watch on (`serving.watch_enabled`). Its
+expectations are wide (a 99% drawdown at every horizon): the watch judges every
+decision but never rolls back or pauses, so both paths trade throughout. The watch
+runs after the decision is recorded; its own time per decision is printed apart.
+
     python -m bench.serving_latency [--decisions N]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -30,11 +38,15 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import Floors
+from pipeline.registry import model_name
+
 FLOOR_P99_MS = 5.0
 FLOOR_RATIO = 10.0
 MARKET = "binance:BTC/USDT:1h"
 SPEED = 360_000  # simulated seconds per second
 STAGES = ("state", "features", "inference", "risk", "persistence")
+WIDE_DRAWDOWN = 0.99  # the watch's expectations: judged every decision, never breached
 
 
 class KerasSession:
@@ -49,7 +61,7 @@ class KerasSession:
 
 
 class FixedWatch:
-    """A watch that always serves one policy (the bench swaps nothing)."""
+    """A model watch that always serves one policy (the Keras path swaps nothing)."""
 
     def __init__(self, policy: Any) -> None:
         self.policy = policy
@@ -110,8 +122,32 @@ def simulator_process(data_dir: Path) -> Iterator[str]:
         process.wait(timeout=30)
 
 
-def run(policy: Any, engine: Any, sim_url: str, folder: Path, decisions: int) -> dict:
-    """Decide `decisions` times; per-stage milliseconds and the network time per step."""
+def register_champion(engine: Any, folder: Path, model: Any, lineage: Any) -> int:
+    """Export the policy, register it with the metrics the champion watch reads and
+    promote it to `champion`, as training and promotion do; its version."""
+    from pipeline.evidence import WATCH_HORIZONS
+    from pipeline.export import export_onnx
+    from pipeline.registry import move_alias, register
+
+    name = model_name(MARKET)
+    path = export_onnx(model, lineage, folder / "policy.onnx")
+    expectations = {
+        "horizons": list(WATCH_HORIZONS),
+        "drawdown": [WIDE_DRAWDOWN] * len(WATCH_HORIZONS),
+        "quantile": 0.95,
+        "source": "the bench (wide: never breached)",
+        "steps": 0,
+    }
+    version = register(
+        engine, str(folder / "artifacts"), path, name, metrics={"expectations": expectations}
+    )
+    move_alias(engine, name, version, seen_generation=None, who="bench", reason="bench")
+    return version
+
+
+def run(watch: Any, engine: Any, sim_url: str, folder: Path, decisions: int) -> dict[str, Any]:
+    """Decide `decisions` times with the champion watch on; per-stage milliseconds, the
+    watch's and the network time per step, the orders and outcomes recorded."""
     import sqlalchemy as sa
 
     from pipeline.exchanges.client import ExchangeClient, RetryPolicy, create_ccxt
@@ -127,6 +163,7 @@ def run(policy: Any, engine: Any, sim_url: str, folder: Path, decisions: int) ->
         markets=[MARKET],
         serving={
             "model_poll_seconds": 3600,
+            "watch_enabled": True,
             "risk": {
                 "stale_after_timeframes": 1e9,
                 "flash_move": 1e9,
@@ -147,9 +184,18 @@ def run(policy: Any, engine: Any, sim_url: str, folder: Path, decisions: int) ->
         engine=engine,
         exchanges={"binance": exchange},
         brokers={"binance": PaperBroker(exchange, settings.serving.fee_bps)},
-        watches={policy.name: FixedWatch(policy)},
+        watches={model_name(MARKET): watch},
         risk=RiskGate(settings.serving.risk, [MARKET]),
     )
+    watch_ms: list[float] = []
+    judge = trader._watch
+
+    def timed_watch(*args: Any) -> None:
+        start = time.perf_counter()
+        judge(*args)
+        watch_ms.append((time.perf_counter() - start) * 1000)
+
+    trader._watch = timed_watch  # type: ignore[method-assign]  # the trader's own, timed
     state = trader.markets[MARKET]
     stages: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "broker")}
     totals, steps = [], []
@@ -159,11 +205,14 @@ def run(policy: Any, engine: Any, sim_url: str, folder: Path, decisions: int) ->
             steps.append((time.perf_counter() - start) * 1000)
             for stage in stages:
                 stages[stage].append(state.timings[stage])
+            assert state.last_decision_ms is not None
             totals.append(state.last_decision_ms)
-    decided = {
+    decided: dict[str, Any] = {
         "total": np.asarray(totals),
         **{k: np.asarray(v) for k, v in stages.items()},
+        "watch": np.asarray(watch_ms),
         "step": np.asarray(steps),
+        "verdict": state.verdict,
     }
     with engine.connect() as conn:
         decided["orders"] = conn.execute(sa.text("SELECT count(*) FROM orders")).scalar()
@@ -173,75 +222,75 @@ def run(policy: Any, engine: Any, sim_url: str, folder: Path, decisions: int) ->
     return decided
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.serving_latency", description=__doc__)
-    parser.add_argument("--decisions", type=int, default=10_000, help="decisions per path")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import onnxruntime as ort
+def pct(values: np.ndarray, q: float) -> float:
+    """The q-th percentile."""
+    return float(np.percentile(values, q))
 
-    from bench.common import Floors, default_policy, scratch_database
-    from pipeline.export import export_onnx
-    from pipeline.registry import model_name
-    from pipeline.settings import load_settings
-    from serving.model import Policy
+
+def measure(decisions: int, data_dir: Path) -> dict[str, Any]:
+    """Both paths, `decisions` each, on a scratch database and a simulator of its own:
+    per-path timings (`onnx`, `keras`) and the figures the floors judge."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from bench.common import default_policy, scratch_database
+    from serving.model import CPU, ModelWatch
 
     spec, model, lineage = default_policy()
-    name = model_name(MARKET)
-    data_dir = load_settings().data_dir
-    if data_dir is None:
-        raise SystemExit("recorded market data not found (../shared/data, CRYPTOBOTS_DATA_DIR)")
     with (
         tempfile.TemporaryDirectory(prefix="cb_bench_serving_") as folder,
         scratch_database("cb_bench_serving") as engine,
         simulator_process(data_dir) as sim_url,
     ):
-        path = export_onnx(model, lineage, Path(folder) / "policy.onnx")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = options.inter_op_num_threads = 1  # as serving does
-        session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        version = register_champion(engine, Path(folder), model, lineage)
+        watch = ModelWatch(engine, model_name(MARKET), Path(folder) / "models", [CPU])
+        policy = watch.poll()  # the trader polls too; loaded here so both paths share it
+        if policy is None or policy.version != version:
+            raise SystemExit(f"the champion v{version} did not load")
+        onnx = run(watch, engine, sim_url, Path(folder), decisions)
+        keras_policy = dataclasses.replace(policy, session=KerasSession(model), input_name="obs")
+        keras = run(FixedWatch(keras_policy), engine, sim_url, Path(folder), decisions)
+    return {
+        "decisions": decisions,
+        "version": version,
+        "window": spec.window,
+        "features": spec.dim,
+        "onnx": onnx,
+        "keras": keras,
+        "p99_ms": pct(onnx["total"], 99),
+        "p99_with_watch_ms": pct(onnx["total"] + onnx["watch"], 99),
+        "ratio_inference": pct(keras["inference"], 50) / pct(onnx["inference"], 50),
+        "ratio_total": pct(keras["total"], 50) / pct(onnx["total"], 50),
+    }
 
-        def policy(runtime: Any, input_name: str) -> Policy:
-            return Policy(
-                name, 1, "bench", spec, (0.0, 1.0), 1, "dqn", "bench", runtime, input_name
-            )
 
-        onnx = run(
-            policy(session, session.get_inputs()[0].name),
-            engine,
-            sim_url,
-            Path(folder),
-            args.decisions,
-        )
-        keras = run(
-            policy(KerasSession(model), "obs"), engine, sim_url, Path(folder), args.decisions
-        )
-
-    def pct(values: np.ndarray, q: float) -> float:
-        return float(np.percentile(values, q))
-
+def report(figures: dict[str, Any]) -> Floors:
+    """Print the table, the watch, the network and the floors' verdicts."""
+    onnx, keras = figures["onnx"], figures["keras"]
     print(
-        f"decisions per path: {args.decisions} (paper orders: ONNX {onnx['orders']}, "
-        f"Keras {keras['orders']}), candle window {spec.window}, {spec.dim} features; "
-        f"outcomes ONNX {onnx['outcomes']}, Keras {keras['outcomes']}"
+        f"decisions per path: {figures['decisions']} (paper orders: ONNX {onnx['orders']}, "
+        f"Keras {keras['orders']}), candle window {figures['window']}, "
+        f"{figures['features']} features; outcomes ONNX {onnx['outcomes']}, "
+        f"Keras {keras['outcomes']}"
     )
     print(f"{'ms':<12}{'ONNX p50':>10}{'ONNX p99':>10}{'Keras p50':>11}{'Keras p99':>11}")
-    for stage in (*STAGES, "total"):
+    for stage in (*STAGES, "total", "watch"):
         print(
             f"{stage:<12}{pct(onnx[stage], 50):>10.3f}{pct(onnx[stage], 99):>10.3f}"
             f"{pct(keras[stage], 50):>11.3f}{pct(keras[stage], 99):>11.3f}"
         )
-    network = onnx["step"] - onnx["total"]
+    verdict = onnx["verdict"]
+    print(
+        f"champion watch on (v{figures['version']}, registered and promoted): "
+        f"{verdict.decisions} decisions judged, drawdown {verdict.drawdown:.2%} within "
+        f"{verdict.limit:.0%}; after the decision is recorded, so not in 'total'; "
+        f"decision + watch p99 {figures['p99_with_watch_ms']:.3f} ms"
+    )
+    network = onnx["step"] - onnx["total"] - onnx["watch"]
     print(
         f"network, excluded (clock, window, book over HTTP): p50 {pct(network, 50):.3f} ms, "
         f"p99 {pct(network, 99):.3f} ms per step; paper broker incl. book fetch p50 "
         f"{pct(onnx['broker'], 50):.3f} ms"
     )
-    p99 = pct(onnx["total"], 99)
-    ratio_inference = pct(keras["inference"], 50) / pct(onnx["inference"], 50)
-    ratio_total = pct(keras["total"], 50) / pct(onnx["total"], 50)
+    p99, ratio_inference = figures["p99_ms"], figures["ratio_inference"]
     floors = Floors()
     print(
         f"decision p99 {p99:.3f} ms (floor <= {FLOOR_P99_MS} ms): "
@@ -250,9 +299,21 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"Keras / ONNX p50: inference {ratio_inference:.1f}x (floor >= {FLOOR_RATIO}x: "
         f"{floors.check('Keras / ONNX inference', ratio_inference >= FLOOR_RATIO)}), whole "
-        f"decision {ratio_total:.2f}x"
+        f"decision {figures['ratio_total']:.2f}x"
     )
-    floors.exit()
+    return floors
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.serving_latency", description=__doc__)
+    parser.add_argument("--decisions", type=int, default=10_000, help="decisions per path")
+    args = parser.parse_args(argv)
+    from pipeline.settings import load_settings
+
+    data_dir = load_settings().data_dir
+    if data_dir is None:
+        raise SystemExit("recorded market data not found (../shared/data, CRYPTOBOTS_DATA_DIR)")
+    report(measure(args.decisions, data_dir)).exit()
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import Floors
 from pipeline.exchanges.simulator.recordings import read_recording
 from pipeline.features import Candles, FeatureSpec, compute_features, fill_gaps, fit_normalization
 from pipeline.settings import TrainingSettings, load_settings
@@ -311,6 +312,7 @@ def nightly(algorithm: str, market: TrainingData, training: TrainingSettings) ->
 
 
 def repeat(times: int, run: Callable[[], Measurement]) -> Measurement:
+    """The best of `times` runs."""
     return best([run() for _ in range(times)])
 
 
@@ -325,13 +327,15 @@ def interleaved(times: int, runs: dict[str, Callable[[], Measurement]]) -> dict[
 
 
 def print_row(m: Measurement) -> None:
+    """One throughput row."""
     print(
         f"  {m.label:<8} {m.envs:>6,} {m.steps:>11,} {m.seconds:>8.2f} {m.total_seconds:>8.2f} "
         f"{m.steps_per_s:>13,.0f} {m.updates_per_s:>10,.1f}"
     )
 
 
-def print_ratio(m: Measurement, baseline: Measurement | None) -> None:
+def print_ratio(m: Measurement, baseline: Measurement | None, floors: Floors) -> None:
+    """Our run against SB3's, judged by the algorithm's floor."""
     floor = FLOORS[m.algorithm]
     head = f"  {m.label} {m.envs:>5,} envs / {m.algorithm.upper()} SB3: "
     if baseline is None:
@@ -343,7 +347,7 @@ def print_ratio(m: Measurement, baseline: Measurement | None) -> None:
     print(
         f"{head}env-steps/s {ratio:6.1f}x, updates/s {updates:8.1f}x "
         f"(updates per env step {upe_ours:.4g} vs {upe_sb3:.4g}); floor >= {floor:.0f}x "
-        f"env-steps/s -> {'PASS' if ratio >= floor else 'BELOW'}"
+        f"env-steps/s -> {floors.check(f'{m.label} {m.envs} envs / SB3', ratio >= floor)}"
     )
 
 
@@ -374,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         "--torch-threads", type=int, default=1, help="torch threads for SB3 (0: torch's default)"
     )
     args = parser.parse_args(argv)
+    floors = Floors()
     repeats = args.repeats or (1 if args.quick else 2)
     jit = not args.no_jit
     scale = 4 if args.quick else 1
@@ -424,51 +429,84 @@ def main(argv: list[str] | None = None) -> None:
         f"\nthroughput: hidden (64, 64), tanh A2C / relu DQN, DQN batch 64 and 0.25 updates per "
         f"env step; ours with jit_compile={jit}"
     )
-    print(
-        f"  {'run':<8} {'envs':>6} {'timed steps':>11} {'timed s':>8} {'total s':>8} "
-        f"{'env-steps/s':>13} {'updates/s':>10}"
+    results = throughput(
+        market, steps, envs, repeats, jit, None if sb3_version is None else sb3_steps
     )
-    results: dict[str, list[Measurement]] = {}
-    for algorithm in ("a2c", "dqn"):
-        runs: dict[str, Callable[[], Measurement]] = {
-            f"ours {n}": lambda a=algorithm, n=n: ours(a, market, n, steps[a], jit_compile=jit)
-            for n in envs[algorithm]
-        }
-        if sb3_version is not None:
-            runs["sb3"] = lambda a=algorithm: sb3(a, market, sb3_steps[a], sb3_steps[a] // 8)
-        measured = interleaved(repeats, runs)
-        for m in measured.values():
-            print_row(m)
-        results[algorithm] = list(measured.values())
-
     print("\nratios, ours / SB3 (same process, same data and window)")
     for measured in results.values():
         baseline = next((m for m in measured if m.label.startswith("SB3")), None)
         for m in measured:
             if m is not baseline:
-                print_ratio(m, baseline)
+                print_ratio(m, baseline, floors)
 
-    if args.no_nightly:
-        return
-    training = TrainingSettings()
-    daily = load_window(data_dir, *WINDOW, training.features, training.decision_every)
-    print(
-        f"\ndefault nightly run: TrainingSettings defaults ({len(daily.data):,} decisions, one "
-        f"every {training.decision_every} candles, obs dim {daily.data.features.shape[1] + 1}, "
-        f"episodes of {training.episode_length}), DQNConfig/A2CConfig defaults otherwise; wall "
-        f"time of the train() call with agent setup and XLA compile; best of {repeats}"
-    )
-    for algorithm in training.algorithms:
-        m = repeat(repeats, lambda a=algorithm: nightly(a, daily, training))
-        c = m.notes["config"]
-        minutes = m.seconds / 60
+    if not args.no_nightly:
+        training = TrainingSettings()
+        daily = load_window(data_dir, *WINDOW, training.features, training.decision_every)
         print(
-            f"  {algorithm.upper()}: {m.steps:,} env steps, {m.envs:,} envs, "
-            f"{m.updates:,} updates, chunk {c.chunk_steps:,} steps: "
-            f"wall {m.seconds:.1f} s ({minutes:.1f} min), "
-            f"train() seconds {m.total_seconds:.1f}"
-            + ("  -- over 5 minutes" if minutes > 5 else "")
+            f"\ndefault nightly run: TrainingSettings defaults ({len(daily.data):,} decisions, "
+            f"one every {training.decision_every} candles, obs dim "
+            f"{daily.data.features.shape[1] + 1}, episodes of {training.episode_length}), "
+            f"DQNConfig/A2CConfig defaults otherwise; wall time of the train() call with agent "
+            f"setup and XLA compile; best of {repeats}"
         )
+        for m in nightly_runs(daily, training, repeats):
+            print_nightly(m)
+    floors.exit()
+
+
+def throughput(
+    market: TrainingData,
+    steps: dict[str, int],
+    envs: dict[str, list[int]],
+    repeats: int,
+    jit: bool,
+    sb3_steps: dict[str, int] | None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, list[Measurement]]:
+    """Per algorithm: our runs at each of `envs` and SB3's (when `sb3_steps`), taking
+    turns, the best of `repeats` each, each row printed; `overrides` go to our configs."""
+    print(
+        f"  {'run':<8} {'envs':>6} {'timed steps':>11} {'timed s':>8} {'total s':>8} "
+        f"{'env-steps/s':>13} {'updates/s':>10}"
+    )
+    results: dict[str, list[Measurement]] = {}
+    for algorithm in envs:
+        extra = (overrides or {}).get(algorithm, {})
+        runs: dict[str, Callable[[], Measurement]] = {
+            f"ours {n}": lambda a=algorithm, n=n, x=extra: ours(
+                a, market, n, steps[a], jit_compile=jit, **x
+            )
+            for n in envs[algorithm]
+        }
+        if sb3_steps is not None:
+            runs["sb3"] = lambda a=algorithm: sb3(a, market, sb3_steps[a], sb3_steps[a] // 8)
+        measured = interleaved(repeats, runs)
+        for m in measured.values():
+            print_row(m)
+        results[algorithm] = list(measured.values())
+    return results
+
+
+def nightly_runs(
+    daily: TrainingData, training: TrainingSettings, repeats: int
+) -> list[Measurement]:
+    """One default nightly `train` call per algorithm of `training`, best of `repeats`."""
+    return [
+        repeat(repeats, lambda a=algorithm: nightly(a, daily, training))
+        for algorithm in training.algorithms
+    ]
+
+
+def print_nightly(m: Measurement) -> None:
+    """One nightly run's line."""
+    c = m.notes["config"]
+    minutes = m.seconds / 60
+    print(
+        f"  {m.algorithm.upper()}: {m.steps:,} env steps, {m.envs:,} envs, "
+        f"{m.updates:,} updates, chunk {c.chunk_steps:,} steps: "
+        f"wall {m.seconds:.1f} s ({minutes:.1f} min), "
+        f"train() seconds {m.total_seconds:.1f}" + ("  -- over 5 minutes" if minutes > 5 else "")
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import argparse
 import io
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,9 +25,12 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
 
-from bench.common import scratch_database
+from bench.common import Floors, scratch_database
 from pipeline.db.upsert import _PGCOPY_HEADER, _PGCOPY_TRAILER, upsert_ohlcv
 
+FLOOR_NEW = 0.60
+FLOOR_UNCHANGED = 0.75
+FLOOR_TO_SQL = 15.0
 COLUMNS = ["exchange", "symbol", "timeframe", "ts", "open", "high", "low", "close", "volume"]
 
 
@@ -83,6 +87,7 @@ def binary_copy_payload(frame: pd.DataFrame) -> bytes:
 
 
 def csv_payload(frame: pd.DataFrame) -> bytes:
+    """The nine columns as CSV without a header (what a text COPY reads)."""
     sink = io.BytesIO()
     pacsv.write_csv(
         pa.Table.from_pandas(frame[COLUMNS], preserve_index=False),
@@ -128,13 +133,11 @@ def timed(engine: sa.Engine, label: str, action: Callable[[], object]) -> float:
     return seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    args = parser.parse_args()
-
+def measure(rows: int, markets: int = 20) -> dict[str, Any]:
+    """Time (a)-(d) on `rows` candles over `markets` markets in a scratch database:
+    the seconds of each, rows/s, and the ratios the floors judge."""
     with scratch_database("cb_bench_upsert") as engine:
-        frame = candles(args.rows)
+        frame = candles(rows, markets)
         n = len(frame)
         print(f"bench/upsert.py: {n:,} candles, {frame['symbol'].nunique()} markets")
         csv, binary = csv_payload(frame), binary_copy_payload(frame)
@@ -176,15 +179,48 @@ def main() -> None:
         with engine.connect() as conn:
             stored = conn.execute(sa.text("SELECT count(*) FROM ohlcv")).scalar_one()
         assert stored == n, f"ohlcv holds {stored} rows, expected {n}"
+    seconds = {"copy": ceiling, "upsert_new": first, "upsert_unchanged": again, "to_sql": to_sql}
+    return {
+        "rows": n,
+        "seconds": seconds,
+        "rows_per_s": {k: n / v for k, v in seconds.items()},
+        "new_vs_copy": ceiling / first,
+        "unchanged_vs_copy": ceiling / again,
+        "new_vs_to_sql": to_sql / first,
+    }
 
-        print()
-        print(f"  (a) COPY ceiling (fastest of 3) {n / ceiling:>10,.0f} rows/s")
-        print(f"  (b) upsert, new rows            {n / first:>10,.0f} rows/s", end="")
-        print(f"   (b)/(a) = {ceiling / first:5.2f}  floor 0.60")
-        print(f"  (c) upsert, unchanged           {n / again:>10,.0f} rows/s", end="")
-        print(f"   (c)/(a) = {ceiling / again:5.2f}  floor 0.75")
-        print(f"  (d) to_sql                      {n / to_sql:>10,.0f} rows/s", end="")
-        print(f"   (b)/(d) = {to_sql / first:5.1f}x  floor 15x")
+
+def report(figures: dict[str, Any]) -> Floors:
+    """Print the rates, the ratios and the floors' verdicts."""
+    rate, floors = figures["rows_per_s"], Floors()
+    new, unchanged, vs = (
+        figures["new_vs_copy"],
+        figures["unchanged_vs_copy"],
+        figures["new_vs_to_sql"],
+    )
+    print()
+    print(f"  (a) COPY ceiling (fastest of 3) {rate['copy']:>10,.0f} rows/s")
+    print(
+        f"  (b) upsert, new rows            {rate['upsert_new']:>10,.0f} rows/s   (b)/(a) = "
+        f"{new:5.2f}  floor {FLOOR_NEW:.2f} -> {floors.check('(b)/(a)', new >= FLOOR_NEW)}"
+    )
+    print(
+        f"  (c) upsert, unchanged           {rate['upsert_unchanged']:>10,.0f} rows/s   "
+        f"(c)/(a) = {unchanged:5.2f}  floor {FLOOR_UNCHANGED:.2f} -> "
+        f"{floors.check('(c)/(a)', unchanged >= FLOOR_UNCHANGED)}"
+    )
+    print(
+        f"  (d) to_sql                      {rate['to_sql']:>10,.0f} rows/s   (b)/(d) = "
+        f"{vs:5.1f}x  floor {FLOOR_TO_SQL:.0f}x -> {floors.check('(b)/(d)', vs >= FLOOR_TO_SQL)}"
+    )
+    return floors
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.upsert", description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    args = parser.parse_args(argv)
+    report(measure(args.rows)).exit()
 
 
 if __name__ == "__main__":
