@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Floors, scratch_database
-from pipeline.backfill import backfill_many
+from pipeline.data.backfill import backfill_many
+from pipeline.data.validate import _gx
 from pipeline.exchanges.client import ExchangeClient, RetryPolicy, create_ccxt
 from pipeline.exchanges.simulator.faults import WEIGHTS
 from pipeline.exchanges.simulator.recordings import find_recordings
 from pipeline.settings import ExchangeConfig, Market, load_settings
-from pipeline.validate import _gx
 
 BUDGET = 600
 PAGE = 1000

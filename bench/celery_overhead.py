@@ -54,9 +54,9 @@ import redis
 import sqlalchemy as sa
 
 from bench.common import scratch_database
-from pipeline.deployment import ADMIN, airflow_env, free_port
 from pipeline.exchanges.simulator.app import SimulatorConfig, running
-from pipeline.launch import AirflowAPI, Children, admin_password, say, start_airflow, wait_until
+from pipeline.ops.deployment import ADMIN, airflow_env, free_port
+from pipeline.ops.launch import AirflowAPI, Children, admin_password, say, start_airflow, wait_until
 from pipeline.settings import PROJECT_ROOT, Settings, normalize_db_url
 
 DAG_ID = "market_data"

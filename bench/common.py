@@ -61,9 +61,9 @@ def scratch_database(prefix: str) -> Iterator[sa.Engine]:
 def default_policy() -> tuple[Any, Any, Any]:
     """(feature spec, Keras DQN network, lineage) of the default size: the training
     features (identity normalization), two hidden layers of 64, long/flat actions."""
-    from pipeline.export import Lineage
-    from pipeline.features import FeatureSpec
-    from pipeline.rl.networks import q_network
+    from pipeline.learn.export import Lineage
+    from pipeline.learn.features import FeatureSpec
+    from pipeline.learn.rl.networks import q_network
     from pipeline.settings import TrainingSettings
 
     spec = FeatureSpec(features=TrainingSettings().features)

@@ -3,7 +3,7 @@
 1. What the runtimes really have: the doctor's `tensorflow gpu` and `onnxruntime`
    checks (a CUDA build that silently fell back to the CPU counts as no GPU).
 2. Training on the GPU: an A2C agent trained on binance BTC/USDT 1h (2019) with the
-   device `pipeline.rl.runtime.training_device` picks; prints the device and the
+   device `pipeline.learn.rl.runtime.training_device` picks; prints the device and the
    env-steps per second.
 3. Inference: the exported ONNX policy in ONNX Runtime's CUDA provider beside its CPU
    provider in the same process: observations per second at batch 1024 (ratio
@@ -41,7 +41,7 @@ CUDA = "CUDAExecutionProvider"
 
 def runtimes(require_gpu: bool) -> tuple[bool, list[str]]:
     """The doctor's GPU checks: (every one passed, lines to print)."""
-    from pipeline.doctor import FAIL, run_checks
+    from pipeline.ops.doctor import FAIL, run_checks
 
     checks = [
         c
@@ -57,8 +57,8 @@ def train(
     steps: int, require_gpu: bool, window: tuple[str, str] = WINDOW, envs: int = 64
 ) -> tuple[Any, Any, Any]:
     """A2C on the recorded `window`; (result, training data, env steps per second)."""
-    from pipeline.rl import actor_critic
-    from pipeline.rl.env import EnvConfig, TradingEnv
+    from pipeline.learn.rl import actor_critic
+    from pipeline.learn.rl.env import EnvConfig, TradingEnv
 
     data_dir = load_settings().data_dir
     if data_dir is None:
@@ -80,7 +80,7 @@ def inference(
     at batch 1024, `singles` at batch 1), and parity."""
     import onnxruntime as ort
 
-    from pipeline.export import PARITY_TOLERANCE, Lineage, export_onnx, parity_observations
+    from pipeline.learn.export import PARITY_TOLERANCE, Lineage, export_onnx, parity_observations
 
     lineage = Lineage(
         algorithm="a2c",

@@ -1,7 +1,7 @@
 """Inference latency and throughput of an exported policy: ONNX Runtime against Keras.
 
 One policy network of the default size (the DQN head over the training features),
-exported with `pipeline.export`, is timed per observation at batch 1 (p50 and p99
+exported with `pipeline.learn.export`, is timed per observation at batch 1 (p50 and p99
 over many calls) and at batch 1024 (observations per second) in ONNX Runtime on the
 CPU and, in the same process, as the Keras model called directly (`model(x)`) and
 through `model.predict(x)`. Floors on this CPU (issue 5): ONNX Runtime p50 <= 50
@@ -49,7 +49,7 @@ def measure(calls: int, batches: int = 50) -> dict[str, Any]:
     import onnxruntime as ort
 
     from bench.common import default_policy
-    from pipeline.export import export_onnx
+    from pipeline.learn.export import export_onnx
 
     spec, model, lineage = default_policy()
     with tempfile.TemporaryDirectory(prefix="cb_bench_inference_") as folder:

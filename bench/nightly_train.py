@@ -26,17 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Floors, scratch_database
-from pipeline.backfill import backfill
+from pipeline.data.backfill import backfill
 from pipeline.exchanges.client import open_exchange
 from pipeline.exchanges.simulator.app import SimulatorConfig, running
-from pipeline.settings import Market, Settings
-from pipeline.training import (
+from pipeline.learn.training import (
     evaluate_job,
     select_best,
     select_job,
     snapshot_job,
     train_job,
 )
+from pipeline.settings import Market, Settings
 
 MARKET = Market.model_validate("binance:BTC/USDT:1h")
 FLOOR_SECONDS = 15 * 60

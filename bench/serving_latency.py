@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import Floors
-from pipeline.registry import model_name
+from pipeline.models.registry import model_name
 
 FLOOR_P99_MS = 5.0
 FLOOR_RATIO = 10.0
@@ -125,9 +125,9 @@ def simulator_process(data_dir: Path) -> Iterator[str]:
 def register_champion(engine: Any, folder: Path, model: Any, lineage: Any) -> int:
     """Export the policy, register it with the metrics the champion watch reads and
     promote it to `champion`, as training and promotion do; its version."""
-    from pipeline.evidence import WATCH_HORIZONS
-    from pipeline.export import export_onnx
-    from pipeline.registry import move_alias, register
+    from pipeline.learn.evidence import WATCH_HORIZONS
+    from pipeline.learn.export import export_onnx
+    from pipeline.models.registry import move_alias, register
 
     name = model_name(MARKET)
     path = export_onnx(model, lineage, folder / "policy.onnx")

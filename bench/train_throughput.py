@@ -20,7 +20,7 @@ machine is shared.
 Floors on this CPU (issue 4): our A2C >= 50x SB3 A2C env-steps/s with many
 parallel envs; our DQN >= 10x SB3 DQN at equal update frequency (0.25 gradient
 updates per env step). Then the wall time of one default nightly training run of
-each algorithm as `pipeline.training` sets it up from the `TrainingSettings`
+each algorithm as `pipeline.learn.training` sets it up from the `TrainingSettings`
 defaults (features, decision interval, episode length, steps, envs), agent setup
 and compile included, on the same window.
 
@@ -48,7 +48,13 @@ import numpy as np
 
 from bench.common import Floors
 from pipeline.exchanges.simulator.recordings import read_recording
-from pipeline.features import Candles, FeatureSpec, compute_features, fill_gaps, fit_normalization
+from pipeline.learn.features import (
+    Candles,
+    FeatureSpec,
+    compute_features,
+    fill_gaps,
+    fit_normalization,
+)
 from pipeline.settings import TrainingSettings, load_settings
 
 RECORDING = "binance_BTC-USDT_1h.csv.gz"
@@ -106,9 +112,9 @@ def load_window(
 ) -> TrainingData:
     """Recorded candles of [start, end), deduplicated (last row wins) and gap-filled, with
     features from one feature window before `start`, normalization fitted on the window's
-    candles and one decision every `decision_every` candles (as `pipeline.training` cuts)."""
-    from pipeline.rl.env import MarketArrays
-    from pipeline.training import Window, decision_steps
+    candles and one decision every `decision_every` candles (as `pipeline.learn.training` cuts)."""
+    from pipeline.learn.rl.env import MarketArrays
+    from pipeline.learn.training import Window, decision_steps
 
     recording = read_recording(data_dir / RECORDING)
     spec = FeatureSpec() if features is None else FeatureSpec(features=features)
@@ -145,8 +151,8 @@ def ours(
     algorithm: str, market: TrainingData, envs: int, total_steps: int, **overrides: Any
 ) -> Measurement:
     """One run of our agent; updates are counted from its own schedule (exact)."""
-    from pipeline.rl import actor_critic, dqn
-    from pipeline.rl.env import EnvConfig, TradingEnv
+    from pipeline.learn.rl import actor_critic, dqn
+    from pipeline.learn.rl.env import EnvConfig, TradingEnv
 
     env = TradingEnv(market.data, EnvConfig(num_envs=envs))
     if algorithm == "a2c":
@@ -195,8 +201,8 @@ def sb3(algorithm: str, market: TrainingData, total_steps: int, first_chunk: int
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from pipeline.rl import actor_critic, dqn
-    from pipeline.rl.env import EnvConfig, TradingGymEnv
+    from pipeline.learn.rl import actor_critic, dqn
+    from pipeline.learn.rl.env import EnvConfig, TradingGymEnv
 
     def gym_env() -> TradingGymEnv:
         return TradingGymEnv(market.data, EnvConfig(num_envs=1))
@@ -269,10 +275,10 @@ def sb3(algorithm: str, market: TrainingData, total_steps: int, first_chunk: int
 
 
 def nightly(algorithm: str, market: TrainingData, training: TrainingSettings) -> Measurement:
-    """Wall time of one `train` call as `pipeline.training` configures it from `training`
+    """Wall time of one `train` call as `pipeline.learn.training` configures it from `training`
     (agent setup and compile included; the snapshot and the evaluation are not)."""
-    from pipeline.rl import actor_critic, dqn
-    from pipeline.rl.env import LONG_FLAT, LONG_FLAT_SHORT, EnvConfig, TradingEnv
+    from pipeline.learn.rl import actor_critic, dqn
+    from pipeline.learn.rl.env import LONG_FLAT, LONG_FLAT_SHORT, EnvConfig, TradingEnv
 
     if algorithm == "dqn":
         module: Any = dqn

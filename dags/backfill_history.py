@@ -18,7 +18,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
 
-from pipeline.market_data import exchanges_of, pool_name
+from pipeline.data.market_data import exchanges_of, pool_name
 from pipeline.settings import load_settings
 
 OHLCV = Asset(name="ohlcv", uri="cryptobots://database/ohlcv")
@@ -46,7 +46,7 @@ def backfill_history() -> None:
     def backfill(market: str, **context: object) -> dict:
         from cryptobots_hooks import ExchangeHook
 
-        from pipeline.market_data import backfill_market, history_range
+        from pipeline.data.market_data import backfill_market, history_range
         from pipeline.settings import Market
 
         params: dict = context["params"]  # type: ignore[assignment]

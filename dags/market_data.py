@@ -24,7 +24,7 @@ import pendulum
 from airflow.sdk import Asset, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from pipeline.market_data import exchanges_of, pool_name
+from pipeline.data.market_data import exchanges_of, pool_name
 from pipeline.settings import load_settings
 
 OHLCV = Asset(name="ohlcv", uri="cryptobots://database/ohlcv")
@@ -51,7 +51,7 @@ def market_data() -> None:
     def ingest(market: str, **context: object) -> dict:
         from cryptobots_hooks import ExchangeHook
 
-        from pipeline.market_data import ingest_market
+        from pipeline.data.market_data import ingest_market
         from pipeline.settings import Market
 
         settings = load_settings()

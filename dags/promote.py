@@ -32,7 +32,7 @@ import pendulum
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
-from pipeline.registry import model_name
+from pipeline.models.registry import model_name
 from pipeline.settings import load_settings
 
 SETTINGS = load_settings()
@@ -89,8 +89,8 @@ def promote() -> None:
         from pathlib import Path
 
         from pipeline.db.engine import create_engine
-        from pipeline.promotion import best_recent_candidate
-        from pipeline.registry import load_verified
+        from pipeline.models.promotion import best_recent_candidate
+        from pipeline.models.registry import load_verified
 
         params: dict = context["params"]  # type: ignore[assignment]
         engine = create_engine(load_settings().db_url)
@@ -102,7 +102,7 @@ def promote() -> None:
     @task
     def evaluate(target: dict) -> dict:
         from pipeline.db.engine import create_engine
-        from pipeline.promotion import evaluate_pair, evaluation_end
+        from pipeline.models.promotion import evaluate_pair, evaluation_end
 
         settings = load_settings()
         engine = create_engine(settings.db_url)
@@ -112,7 +112,7 @@ def promote() -> None:
     @task
     def gate(pair: dict) -> dict:
         from pipeline.db.engine import create_engine
-        from pipeline.promotion import gate_pair
+        from pipeline.models.promotion import gate_pair
 
         settings = load_settings()
         engine = create_engine(settings.db_url)
@@ -122,8 +122,8 @@ def promote() -> None:
     def ask(gated: dict, **context: object) -> str:
         from airflow.configuration import conf
 
-        from pipeline.approval import ask
         from pipeline.db.engine import create_engine
+        from pipeline.models.approval import ask
 
         params: dict = context["params"]  # type: ignore[assignment]
         settings = load_settings()
@@ -154,9 +154,9 @@ def promote() -> None:
 
     @task(trigger_rule="none_failed_min_one_success")
     def apply(gated: dict, **context: object) -> dict:
-        from pipeline.approval import decision, needs_person
         from pipeline.db.engine import create_engine
-        from pipeline.promotion import apply_promotion
+        from pipeline.models.approval import decision, needs_person
+        from pipeline.models.promotion import apply_promotion
 
         params: dict = context["params"]  # type: ignore[assignment]
         settings = load_settings()
@@ -178,8 +178,8 @@ def promote() -> None:
 
     @task(trigger_rule="none_failed")
     def report(gated: dict, **context: object) -> str:
-        from pipeline.approval import conclude
         from pipeline.db.engine import create_engine
+        from pipeline.models.approval import conclude
 
         ti = context["ti"]
         engine = create_engine(load_settings().db_url)

@@ -87,7 +87,7 @@ MARKETS = [str(m) for m in (TRAINING.markets or SETTINGS.markets[:1])]
 def train() -> None:
     @task
     def snapshot(**context: object) -> list[dict]:
-        from pipeline.training import snapshot_job
+        from pipeline.learn.training import snapshot_job
 
         params: dict = context["params"]  # type: ignore[assignment]
         if params["valid_end"]:
@@ -133,7 +133,7 @@ def train() -> None:
 
     @task(queue="gpu", execution_timeout=timedelta(hours=6))
     def train_agent(job: dict, **context: object) -> str:
-        from pipeline.training import train_job
+        from pipeline.learn.training import train_job
 
         snap = job["snapshot"]
         orchestrator_run = (
@@ -145,20 +145,20 @@ def train() -> None:
 
     @task
     def evaluate(training_run: str) -> dict:
-        from pipeline.training import evaluate_job
+        from pipeline.learn.training import evaluate_job
 
         return evaluate_job(load_settings(), training_run)
 
     @task
     def select(evaluations: list[dict]) -> dict:
-        from pipeline.training import select_job
+        from pipeline.learn.training import select_job
 
         return select_job(load_settings(), [e["run_id"] for e in evaluations])
 
     @task
     def auto_promote(best: dict, **context: object) -> dict:
         from pipeline.db.engine import create_engine
-        from pipeline.promotion import promote_run
+        from pipeline.models.promotion import promote_run
 
         if not context["params"]["auto_promote"]:  # type: ignore[index]
             return {"promoted": False, "why": "auto_promote is off"}

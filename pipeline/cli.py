@@ -378,7 +378,7 @@ def _db_current(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _doctor(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.doctor import as_dicts, healthy, render, run_checks
+    from pipeline.ops.doctor import as_dicts, healthy, render, run_checks
 
     checks = run_checks(settings, gpu=not args.no_gpu_probe)
     print(json.dumps(as_dicts(checks), indent=2) if args.json else render(checks))
@@ -422,7 +422,7 @@ def _backfill(settings: Settings, args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from pipeline.backfill import backfill
+    from pipeline.data.backfill import backfill
     from pipeline.db.engine import create_engine
     from pipeline.exchanges.client import credentials_from_reference, open_exchange
 
@@ -462,7 +462,7 @@ def _backfill(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.launch import Options, run
+    from pipeline.ops.launch import Options, run
 
     options = Options(
         history_days=args.history_days or settings.airflow.history_days,
@@ -487,7 +487,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.deployment import remote_worker
+    from pipeline.ops.deployment import remote_worker
 
     secrets_file = args.secrets or settings.var_dir / "airflow" / "secrets.json"
     process = remote_worker(settings, args.queue, args.api_url, secrets_file, args.concurrency)
@@ -539,7 +539,7 @@ def _arbitrage_scan(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _airflow_pools(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.airflow_setup import ensure_pools
+    from pipeline.ops.airflow_setup import ensure_pools
 
     slots = settings.airflow.exchange_pool_slots
     for name in ensure_pools(settings):
@@ -549,7 +549,7 @@ def _airflow_pools(settings: Settings, args: argparse.Namespace) -> int:
 
 def _train(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.db.engine import create_engine
-    from pipeline.training import Window, select_best
+    from pipeline.learn.training import Window, select_best
 
     market = args.market or settings.markets[0]
     engine = create_engine(settings.db_url)
@@ -557,7 +557,7 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     end = args.valid_end or _latest_candle_end(engine, market)
     end -= end % market.timeframe_ms
     if args.walk_forward:
-        from pipeline.walk_forward_report import report
+        from pipeline.learn.walk_forward_report import report
 
         seeds = args.seeds or [args.seed if args.seed is not None else t.seed]
         report(
@@ -593,9 +593,9 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _train_fold(settings, engine, market, train, valid, args) -> dict:  # type: ignore[no-untyped-def]
-    from pipeline.features import FeatureSpec
-    from pipeline.training import TrainRequest, evaluate_run, snapshot_window, train_candidate
-    from pipeline.training_runs import get_run
+    from pipeline.learn.features import FeatureSpec
+    from pipeline.learn.training import TrainRequest, evaluate_run, snapshot_window, train_candidate
+    from pipeline.learn.training_runs import get_run
 
     spec = FeatureSpec(features=settings.training.features)
     snapshot = snapshot_window(settings, engine, market, train, valid, spec)
@@ -630,7 +630,7 @@ def _train_fold(settings, engine, market, train, valid, args) -> dict:  # type: 
 
 
 def _model_name(settings: Settings, args: argparse.Namespace) -> str:
-    from pipeline.registry import model_name
+    from pipeline.models.registry import model_name
 
     return args.name or model_name(str(settings.markets[0]))
 
@@ -646,8 +646,8 @@ def _who() -> str:
 
 def _models_list(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.db.engine import create_engine
-    from pipeline.registry import list_versions
-    from pipeline.training import text_table
+    from pipeline.learn.training import text_table
+    from pipeline.models.registry import list_versions
 
     rows = []
     for v in list_versions(create_engine(settings.db_url), args.name):
@@ -682,7 +682,7 @@ def _models_list(settings: Settings, args: argparse.Namespace) -> int:
 
 def _models_show(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.db.engine import create_engine
-    from pipeline.registry import get_version
+    from pipeline.models.registry import get_version
 
     row = get_version(create_engine(settings.db_url), _model_name(settings, args), args.version)
     print(json.dumps(row, indent=2, default=str))
@@ -691,8 +691,8 @@ def _models_show(settings: Settings, args: argparse.Namespace) -> int:
 
 def _models_promote(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.db.engine import create_engine
-    from pipeline.promotion import evaluation_end, promote
-    from pipeline.registry import get_version
+    from pipeline.models.promotion import evaluation_end, promote
+    from pipeline.models.registry import get_version
 
     engine = create_engine(settings.db_url)
     name = _model_name(settings, args)
@@ -717,7 +717,7 @@ def _models_promote(settings: Settings, args: argparse.Namespace) -> int:
 
 def _models_rollback(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.db.engine import create_engine
-    from pipeline.registry import rollback
+    from pipeline.models.registry import rollback
 
     name = _model_name(settings, args)
     event = rollback(create_engine(settings.db_url), name, who=_who(), reason=args.reason)
@@ -726,7 +726,7 @@ def _models_rollback(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _latest_candle_end(engine, market) -> int:  # type: ignore[no-untyped-def]
-    from pipeline.training import latest_candle_end
+    from pipeline.learn.training import latest_candle_end
 
     end = latest_candle_end(engine, market)
     if end is None:

@@ -1,10 +1,10 @@
 """The Models and Arbitrage pages inside the Airflow UI (Airflow 3.1+ plugin).
 
-Mounts `pipeline.models_page` under `/cryptobots-models` and `pipeline.arbitrage_page`
+Mounts `pipeline.ui.models_page` under `/cryptobots-models` and `pipeline.arbitrage.page`
 under `/cryptobots-arbitrage`, and adds a "Models" and an "Arbitrage" entry to the UI's
 navigation that frame them. Every route is guarded by Airflow's own auth: the signed-in
 user must be allowed to read the `promote` DAG (Models) or the `arbitrage_report` DAG
-(Arbitrage). The data comes from `pipeline/registry.py` and `pipeline/arbitrage/report.py`;
+(Arbitrage). The data comes from `pipeline/models/registry.py` and `pipeline/arbitrage/report.py`;
 nothing here but wiring.
 """
 
@@ -17,9 +17,9 @@ from airflow.api_fastapi.core_api.security import requires_access_dag
 from airflow.plugins_manager import AirflowPlugin
 from sqlalchemy.engine import Engine
 
-from pipeline.arbitrage_page import REPORT_DAG_ID
-from pipeline.arbitrage_page import create_app as create_arbitrage_app
-from pipeline.models_page import PROMOTE_DAG_ID, create_app
+from pipeline.arbitrage.page import REPORT_DAG_ID
+from pipeline.arbitrage.page import create_app as create_arbitrage_app
+from pipeline.ui.models_page import PROMOTE_DAG_ID, create_app
 
 URL_PREFIX = "/cryptobots-models"
 ARBITRAGE_URL_PREFIX = "/cryptobots-arbitrage"

@@ -101,7 +101,7 @@ def _model_trader(
     """The model trader over opened exchanges: ONNX Runtime, model watches, lease."""
     import onnxruntime as ort
 
-    from pipeline.registry import model_name
+    from pipeline.models.registry import model_name
     from serving.metrics import Metrics
     from serving.model import (
         CUDA,

@@ -1,6 +1,6 @@
 """The champion policy in ONNX Runtime, and the watch that swaps it.
 
-A model is loaded only through `pipeline.registry.load_verified` (checksum, ONNX
+A model is loaded only through `pipeline.models.registry.load_verified` (checksum, ONNX
 checker, signature against the feature spec), then warmed up with one inference
 before it can serve. The watcher polls the `champion` alias; a new version is
 loaded and verified off to the side and swapped in between two decisions (the
@@ -24,9 +24,9 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 from pipeline.errors import ModelRejected
-from pipeline.evaluate import VolatilityTarget, expected_positions
-from pipeline.features import FeatureSpec
-from pipeline.registry import ALIAS_CHANNEL, CHAMPION, alias, load_verified
+from pipeline.learn.evaluate import VolatilityTarget, expected_positions
+from pipeline.learn.features import FeatureSpec
+from pipeline.models.registry import ALIAS_CHANNEL, CHAMPION, alias, load_verified
 from pipeline.settings import Market
 
 log = logging.getLogger(__name__)

@@ -27,8 +27,8 @@ from sqlalchemy.engine import Engine
 
 from pipeline.errors import CryptobotsError, DataValidationError, TemporaryExchangeError
 from pipeline.exchanges.client import ExchangeClient
-from pipeline.features import Candles, fill_gaps, latest_features
-from pipeline.registry import (
+from pipeline.learn.features import Candles, fill_gaps, latest_features
+from pipeline.models.registry import (
     MOVES,
     PromotionConflict,
     alias,

@@ -3,7 +3,7 @@
 Training stores with each model version what its out-of-sample backtest makes usual:
 for several horizons (a number of decisions), the 95th percentile of the maximum
 drawdown over that many decisions, from a block bootstrap of the backtest's returns
-(`pipeline.evidence.drawdown_expectations`). While the version trades, the trader
+(`pipeline.learn.evidence.drawdown_expectations`). While the version trades, the trader
 keeps the equity of each market since the version took over and `judge`s it after
 every decision: a drawdown deeper than what the backtest made usual over the same
 number of decisions (or than `serving.watch_max_drawdown`, whichever is lower) is a

@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from pipeline.ingest import ingest
+from pipeline.data.ingest import ingest
 from pipeline.settings import Market
 from tests.conftest import exchange_client
 

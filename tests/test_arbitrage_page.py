@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 from markupsafe import escape
 from sqlalchemy.engine import Engine
 
+from pipeline.arbitrage.page import create_app
 from pipeline.arbitrage.report import save_report
 from pipeline.arbitrage.study import CAVEATS, Group, Series, StudyConfig, align, study_cross
 from pipeline.arbitrage.study import plot_group as draw
-from pipeline.arbitrage_page import create_app
 from pipeline.db.engine import create_engine
 from pipeline.db.schema import arbitrage_reports
 from pipeline.settings import Market

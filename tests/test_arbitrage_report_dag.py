@@ -115,7 +115,7 @@ def reported(airflow_env: dict, pg_server, data_dir) -> Iterator[dict]:
     nothing that day), then one `dag.test()` run of arbitrage_report for that day."""
     import uuid
 
-    from pipeline.backfill import backfill
+    from pipeline.data.backfill import backfill
     from pipeline.db.engine import create_engine
     from pipeline.db.migrate import upgrade
     from pipeline.exchanges.simulator.app import SimulatorConfig, running

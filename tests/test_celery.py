@@ -30,7 +30,9 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt
 
 from pipeline.db.engine import create_engine
 from pipeline.db.migrate import upgrade
-from pipeline.deployment import (
+from pipeline.errors import ConfigurationError
+from pipeline.exchanges.simulator.app import SimulatorConfig, running
+from pipeline.ops.deployment import (
     ADMIN,
     airflow_env,
     check_celery,
@@ -38,9 +40,7 @@ from pipeline.deployment import (
     free_port,
     worker,
 )
-from pipeline.errors import ConfigurationError
-from pipeline.exchanges.simulator.app import SimulatorConfig, running
-from pipeline.launch import DAGS, AirflowAPI, Children, admin_password, start_airflow
+from pipeline.ops.launch import DAGS, AirflowAPI, Children, admin_password, start_airflow
 from pipeline.settings import Settings
 from tests.conftest import PG_SERVER_URL
 

@@ -607,7 +607,7 @@ PER_HOST = {
 def test_airflow_services_set_every_setting_of_the_tested_celery_deployment(
     services: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:
-    from pipeline.deployment import airflow_env
+    from pipeline.ops.deployment import airflow_env
     from pipeline.settings import Settings
 
     settings = Settings(

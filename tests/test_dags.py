@@ -232,7 +232,7 @@ def test_train_dag_then_promote_dag_make_the_best_candidate_champion(
 ) -> None:
     from datetime import UTC, datetime
 
-    from pipeline.backfill import backfill
+    from pipeline.data.backfill import backfill
     from pipeline.settings import Market
     from tests.conftest import exchange_client
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 
 from pipeline.errors import DataValidationError
-from pipeline.evaluate import (
+from pipeline.learn.evaluate import (
     BASELINES,
     YEAR_MS,
     CostModel,
@@ -360,12 +360,12 @@ def test_plot_equity_writes_a_png(tmp_path: Path) -> None:
 
 
 def test_importing_the_module_does_not_load_matplotlib() -> None:
-    code = "import sys, pipeline.evaluate; assert 'matplotlib' not in sys.modules"
+    code = "import sys, pipeline.learn.evaluate; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
 def test_volatility_target_scales_down_to_the_target_and_never_levers_up() -> None:
-    from pipeline.evaluate import VolatilityTarget
+    from pipeline.learn.evaluate import VolatilityTarget
 
     hourly = np.array([[0.02 / np.sqrt(YEAR_MS / H)], [0.9 / np.sqrt(YEAR_MS / H)]])
     scale = VolatilityTarget(target=0.3, features=("vol_168",)).scale(hourly, ["vol_168"], H)
@@ -373,7 +373,7 @@ def test_volatility_target_scales_down_to_the_target_and_never_levers_up() -> No
 
 
 def test_volatility_target_sizes_by_the_largest_of_its_volatilities() -> None:
-    from pipeline.evaluate import VolatilityTarget
+    from pipeline.learn.evaluate import VolatilityTarget
 
     annual = np.sqrt(YEAR_MS / H)
     calm_week_wild_month = np.array([[0.3 / annual, 0.6 / annual], [0.8 / annual, 0.4 / annual]])
@@ -383,7 +383,7 @@ def test_volatility_target_sizes_by_the_largest_of_its_volatilities() -> None:
 
 
 def test_a_model_sized_by_one_volatility_feature_loads_as_before() -> None:
-    from pipeline.evaluate import VolatilityTarget
+    from pipeline.learn.evaluate import VolatilityTarget
 
     old = {"target": 0.3, "feature": "vol_168", "max_scale": 1.0}
     assert VolatilityTarget.from_dict(old) == VolatilityTarget(0.3, ("vol_168",), 1.0)
@@ -392,7 +392,7 @@ def test_a_model_sized_by_one_volatility_feature_loads_as_before() -> None:
 
 
 def test_volatility_target_needs_its_feature_and_names_the_setting() -> None:
-    from pipeline.evaluate import VolatilityTarget
+    from pipeline.learn.evaluate import VolatilityTarget
 
     with pytest.raises(DataValidationError, match=r"training\.volatility_features"):
         VolatilityTarget(features=("vol_168", "vol_720")).scale(

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import DataValidationError
-from pipeline.evidence import (
+from pipeline.learn.evidence import (
     block_bootstrap,
     bootstrap_sharpe_interval,
     confidence,

@@ -12,15 +12,21 @@ import pytest
 from onnx import numpy_helper
 
 from pipeline.errors import ModelRejected
-from pipeline.export import (
+from pipeline.learn.export import (
     Lineage,
     check_parity,
     export_onnx,
     parity_observations,
     read_lineage,
 )
-from pipeline.features import Candles, FeatureSpec, compute_features, fill_gaps, fit_normalization
-from pipeline.rl.networks import actor_critic_network, policy_of, q_network
+from pipeline.learn.features import (
+    Candles,
+    FeatureSpec,
+    compute_features,
+    fill_gaps,
+    fit_normalization,
+)
+from pipeline.learn.rl.networks import actor_critic_network, policy_of, q_network
 
 LONG_FLAT = (0.0, 1.0)
 
@@ -127,7 +133,7 @@ def test_parity_needs_a_thousand_real_observations(real: tuple[FeatureSpec, np.n
 
 
 def test_greedy_actions_that_differ_only_on_a_float_tie_are_not_a_parity_failure() -> None:
-    from pipeline.export import greedy_disagreements
+    from pipeline.learn.export import greedy_disagreements
 
     theirs = np.array([[0.10038567, 0.10038567], [0.2, 0.9], [0.5, 0.1]], np.float32)
     ours = np.array([[0.10038563, 0.10038567], [0.9, 0.2], [0.5, 0.1]], np.float32)

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import DataValidationError
-from pipeline.features import (
+from pipeline.learn.features import (
     DEFAULT_FEATURES,
     KNOWN_FEATURES,
     Candles,

@@ -1,7 +1,7 @@
 """deploy/helm/values.yaml: the official Airflow chart deploying the tested Celery setup.
 
 No cluster, chart or network here. These tests hold the values file to what
-pipeline/deployment.py's tested Celery deployment sets (the same Airflow settings, one
+pipeline/ops/deployment.py's tested Celery deployment sets (the same Airflow settings, one
 worker set per queue with the same concurrency), to the settings cryptobots has, to
 Airflow's own configuration options, to docker-compose.yaml's airflow-init, and to the
 Secrets its header tells how to create. The chart keys themselves were checked against
@@ -243,8 +243,8 @@ def airflow_options() -> dict[str, set[str]]:
 
 @pytest.fixture
 def tested_env(tmp_path: Path) -> dict[str, str]:
-    """The Airflow environment of the tested Celery deployment (pipeline/deployment.py)."""
-    from pipeline.deployment import airflow_env
+    """The Airflow environment of the tested Celery deployment (pipeline/ops/deployment.py)."""
+    from pipeline.ops.deployment import airflow_env
 
     settings = Settings(
         var_dir=tmp_path,
@@ -412,7 +412,7 @@ def test_every_queue_a_dag_routes_to_has_a_worker_set() -> None:
 
 def test_worker_sets_match_the_tested_deployments_workers(tmp_path: Path) -> None:
     """One worker set per queue of the tested deployment, with its number of task slots."""
-    from pipeline.deployment import processes
+    from pipeline.ops.deployment import processes
 
     settings = Settings(var_dir=tmp_path, airflow={"executor": "celery"})
     tested = {}

@@ -8,9 +8,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from pipeline.backfill import backfill
+from pipeline.data.backfill import backfill
+from pipeline.data.ingest import ingest
 from pipeline.errors import DataValidationError, ExchangeRejected
-from pipeline.ingest import ingest
 from pipeline.settings import Market, ValidationSettings
 from tests.conftest import exchange_client
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.data.market_data import history_range
 from pipeline.errors import ConfigurationError, CryptobotsError
-from pipeline.launch import (
+from pipeline.ops.launch import (
     Children,
     Options,
     admin_password,
@@ -22,7 +23,6 @@ from pipeline.launch import (
     simulator_port,
     status_line,
 )
-from pipeline.market_data import history_range
 from pipeline.settings import Settings
 
 HOUR, DAY = 3_600_000, 86_400_000
@@ -153,7 +153,7 @@ def test_the_status_line_reads_each_markets_position_and_newest_decision(fresh_p
     import sqlalchemy as sa
 
     from pipeline.db.schema import decisions, positions
-    from pipeline.launch import trader_books
+    from pipeline.ops.launch import trader_books
 
     engine = fresh_pg()
     market = "binance:BTC/USDT:1h"

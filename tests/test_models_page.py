@@ -16,12 +16,12 @@ from fastapi import HTTPException, Request
 from fastapi.testclient import TestClient
 
 from pipeline.db.engine import create_engine
-from pipeline.evaluate import backtest_positions, plot_equity
-from pipeline.export import Lineage, export_onnx
-from pipeline.features import FeatureSpec
-from pipeline.models_page import create_app
-from pipeline.registry import alias, move_alias, register, set_metrics, store_artifact
-from pipeline.rl.networks import q_network
+from pipeline.learn.evaluate import backtest_positions, plot_equity
+from pipeline.learn.export import Lineage, export_onnx
+from pipeline.learn.features import FeatureSpec
+from pipeline.learn.rl.networks import q_network
+from pipeline.models.registry import alias, move_alias, register, set_metrics, store_artifact
+from pipeline.ui.models_page import create_app
 from tests.conftest import airflow_env
 
 REPO = Path(__file__).resolve().parents[1]

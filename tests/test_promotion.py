@@ -11,18 +11,25 @@ import numpy as np
 import pytest
 from sqlalchemy.engine import Engine
 
-from pipeline.approval import approval_required, ask, conclude, decision, needs_person
-from pipeline.backfill import backfill
 from pipeline.cli import main
+from pipeline.data.backfill import backfill
 from pipeline.db.engine import create_engine
 from pipeline.db.migrate import upgrade
 from pipeline.errors import ConfigurationError, ModelRejected
-from pipeline.promotion import apply_promotion, evaluate_pair, gate_pair, gates, promote
-from pipeline.registry import MOVES, alias, get_version, promotion_history, register, set_metrics
+from pipeline.learn.training import TrainRequest, Window, snapshot_window, train_candidate
+from pipeline.learn.walk_forward import score
+from pipeline.models.approval import approval_required, ask, conclude, decision, needs_person
+from pipeline.models.promotion import apply_promotion, evaluate_pair, gate_pair, gates, promote
+from pipeline.models.registry import (
+    MOVES,
+    alias,
+    get_version,
+    promotion_history,
+    register,
+    set_metrics,
+)
 from pipeline.settings import Market, PromotionSettings, Settings
 from pipeline.timeutil import DAY_MS
-from pipeline.training import TrainRequest, Window, snapshot_window, train_candidate
-from pipeline.walk_forward import score
 from tests.conftest import exchange_client
 
 BTC = Market.model_validate("binance:BTC/USDT:1h")
@@ -208,8 +215,8 @@ def test_models_cli_lists_promotes_and_rolls_back(world, monkeypatch, capsys) ->
 
 def test_auto_promotion_of_a_training_run_promotes_then_reports_a_refusal(world) -> None:
     engine, settings, _ = world
-    from pipeline.promotion import promote_run
-    from pipeline.training_runs import recent_runs
+    from pipeline.learn.training_runs import recent_runs
+    from pipeline.models.promotion import promote_run
 
     run = next(r for r in recent_runs(engine) if (r["artifacts"] or {}).get("model_version"))
     name, version = run["artifacts"]["model_name"], run["artifacts"]["model_version"]
@@ -223,8 +230,8 @@ def test_auto_promotion_of_a_training_run_promotes_then_reports_a_refusal(world)
 
 def test_auto_promotion_waits_for_a_person_when_trading_live(world) -> None:
     engine, settings, _ = world
-    from pipeline.promotion import promote_run
-    from pipeline.training_runs import recent_runs
+    from pipeline.learn.training_runs import recent_runs
+    from pipeline.models.promotion import promote_run
 
     run = next(r for r in recent_runs(engine) if (r["artifacts"] or {}).get("model_version"))
     name = run["artifacts"]["model_name"]

@@ -11,9 +11,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pipeline.errors import ModelRejected
-from pipeline.export import Lineage, export_onnx
-from pipeline.features import FeatureSpec
-from pipeline.registry import (
+from pipeline.learn.export import Lineage, export_onnx
+from pipeline.learn.features import FeatureSpec
+from pipeline.learn.rl.networks import q_network
+from pipeline.models.registry import (
     PromotionConflict,
     alias,
     archive,
@@ -25,7 +26,6 @@ from pipeline.registry import (
     register,
     rollback,
 )
-from pipeline.rl.networks import q_network
 
 SPEC = FeatureSpec(features=("ret_1", "ret_4", "rsi_14"), mean=(0.0,) * 3, std=(1.0,) * 3)
 

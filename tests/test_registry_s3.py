@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from pipeline.errors import ModelRejected
-from pipeline.registry import load_verified, register
+from pipeline.models.registry import load_verified, register
 from tests.test_registry import exported
 
 BUCKET = "cryptobots-artifacts"

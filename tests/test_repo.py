@@ -47,7 +47,7 @@ def test_other_environments_use_the_main_pins(name: str) -> None:
 def test_light_modules_import_nothing_heavy() -> None:
     code = (
         "import sys, pipeline.settings, pipeline.cli, pipeline.db.upsert, pipeline.db.migrate, "
-        "pipeline.doctor, pipeline.features, pipeline.evaluate, serving; "
+        "pipeline.ops.doctor, pipeline.learn.features, pipeline.learn.evaluate, serving; "
         f"print([m for m in {HEAVY!r} if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from pipeline.errors import DataValidationError
-from pipeline.evaluate import CostModel, backtest_positions, step_growth
-from pipeline.rl.env import (
+from pipeline.learn.evaluate import CostModel, backtest_positions, step_growth
+from pipeline.learn.rl.env import (
     LONG_FLAT_SHORT,
     EnvConfig,
     EnvState,

@@ -9,10 +9,10 @@ import pytest
 import tensorflow as tf
 
 from pipeline.errors import ConfigurationError
-from pipeline.evaluate import evaluate_policy
-from pipeline.rl import actor_critic, dqn
-from pipeline.rl.env import EnvConfig, MarketArrays, TradingEnv
-from pipeline.rl.runtime import training_device
+from pipeline.learn.evaluate import evaluate_policy
+from pipeline.learn.rl import actor_critic, dqn
+from pipeline.learn.rl.env import EnvConfig, MarketArrays, TradingEnv
+from pipeline.learn.rl.runtime import training_device
 
 HOUR = 3_600_000
 

@@ -19,10 +19,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pipeline.exchanges.simulator.app import Running
-from pipeline.export import Lineage, export_onnx
-from pipeline.features import FeatureSpec
-from pipeline.registry import alias, model_name, move_alias, register, set_metrics
-from pipeline.rl.networks import q_network
+from pipeline.learn.export import Lineage, export_onnx
+from pipeline.learn.features import FeatureSpec
+from pipeline.learn.rl.networks import q_network
+from pipeline.models.registry import alias, model_name, move_alias, register, set_metrics
 from pipeline.settings import Settings
 from serving import store
 from serving.broker import PaperBroker, client_order_id

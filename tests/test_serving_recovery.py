@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from pipeline.db.engine import create_engine
 from pipeline.exchanges.client import ExchangeClient, RetryPolicy, create_ccxt
 from pipeline.exchanges.simulator.app import Running
-from pipeline.registry import move_alias, register
+from pipeline.models.registry import move_alias, register
 from pipeline.settings import ExchangeConfig, Settings
 from serving import store
 from serving.broker import ExchangeBroker, PaperBroker, client_order_id

@@ -16,15 +16,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from pipeline.backfill import backfill
+from pipeline.data.backfill import backfill
 from pipeline.db.engine import create_engine
 from pipeline.db.migrate import upgrade
 from pipeline.errors import ConfigurationError, DataValidationError
-from pipeline.export import read_lineage
-from pipeline.features import Candles, compute_features
-from pipeline.registry import get_version
-from pipeline.settings import Market, Settings
-from pipeline.training import (
+from pipeline.learn.export import read_lineage
+from pipeline.learn.features import Candles, compute_features
+from pipeline.learn.training import (
     TrainRequest,
     Window,
     decision_steps,
@@ -38,7 +36,9 @@ from pipeline.training import (
     verdict,
     walk_forward_folds,
 )
-from pipeline.training_runs import get_run
+from pipeline.learn.training_runs import get_run
+from pipeline.models.registry import get_version
+from pipeline.settings import Market, Settings
 from tests.conftest import exchange_client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -347,7 +347,7 @@ def test_daily_decisions_fall_at_midnight_and_fill_at_the_next_open() -> None:
 def test_walk_forward_report_replays_both_procedures_beside_the_baselines(
     tmp_path: Path, engine: Engine
 ) -> None:
-    from pipeline.walk_forward_report import report
+    from pipeline.learn.walk_forward_report import report
 
     settings = Settings(
         var_dir=tmp_path,

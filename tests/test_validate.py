@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from pipeline.data.validate import validate_candles
 from pipeline.settings import Market, ValidationSettings
-from pipeline.validate import validate_candles
 
 MARKET = Market.model_validate("binance:BTC/USDT:1h")
 H = 3_600_000

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import DataValidationError
-from pipeline.training import walk_forward_folds
-from pipeline.walk_forward import score, select
+from pipeline.learn.training import walk_forward_folds
+from pipeline.learn.walk_forward import score, select
 
 DAY = 86_400_000
 

@@ -40,7 +40,7 @@ def report_interval(settings: Settings, key: str, start_ms: int, end_ms: int) ->
     """Study group `key` over the stored candles of [start_ms, end_ms), save the row and the
     PNG; a small summary (row id, observations, share above the threshold, plot URI)."""
     from pipeline.db.engine import create_engine
-    from pipeline.registry import store_artifact
+    from pipeline.models.registry import store_artifact
 
     group = group_of(settings.arbitrage, key)
     config = StudyConfig.from_settings(settings.arbitrage)

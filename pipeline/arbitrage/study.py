@@ -23,7 +23,7 @@ allowed, they are not capturable profit; `CAVEATS` say so in every report.
 
 `study_windows` studies what is stored; `ingest_recorded` first fills the windows from the
 recorded files through the exchange simulator, ccxt, validation and storage
-(`pipeline.backfill`). numpy at import; SQLAlchemy, matplotlib and the ingest machinery
+(`pipeline.data.backfill`). numpy at import; SQLAlchemy, matplotlib and the ingest machinery
 inside the functions that use them.
 """
 
@@ -875,9 +875,9 @@ def ingest_recorded(
 ) -> list[dict[str, Any]]:
     """Fill every group's window from the recorded files: one in-process simulator per venue
     (`settings.data_dir`), ccxt's binance client, validation and storage by
-    `pipeline.backfill` (complete chunks are skipped). Conversion markets of mixed-quote
+    `pipeline.data.backfill` (complete chunks are skipped). Conversion markets of mixed-quote
     groups come along when the venue has them. One summary per market."""
-    from pipeline.backfill import backfill
+    from pipeline.data.backfill import backfill
     from pipeline.errors import ConfigurationError
     from pipeline.exchanges.client import ExchangeClient, RetryPolicy, create_ccxt
     from pipeline.exchanges.simulator.app import SimulatorConfig, running

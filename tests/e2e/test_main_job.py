@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline.db.engine import create_engine
-from pipeline.registry import alias, load_verified, model_name
+from pipeline.models.registry import alias, load_verified, model_name
 from tests.conftest import exchange_client
 from tests.e2e.conftest import Stack, start
 

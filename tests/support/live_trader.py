@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from pipeline.exchanges.simulator.app import Running
-from pipeline.registry import move_alias, register
+from pipeline.models.registry import move_alias, register
 from tests.test_serving import MARKET, NAME, export
 
 REPO = Path(__file__).resolve().parents[2]

@@ -31,7 +31,9 @@ from urllib.parse import urlparse
 
 import httpx
 
-from pipeline.deployment import (
+from pipeline.errors import ConfigurationError, CryptobotsError
+from pipeline.models.registry import model_name
+from pipeline.ops.deployment import (
     ADMIN,
     airflow_bin,
     airflow_env,
@@ -39,8 +41,6 @@ from pipeline.deployment import (
     metadata_url,
     processes,
 )
-from pipeline.errors import ConfigurationError, CryptobotsError
-from pipeline.registry import model_name
 from pipeline.settings import PROJECT_ROOT, Settings, mask_url
 
 DAGS = ("market_data", "backfill_history", "train", "promote")
@@ -567,7 +567,7 @@ def _run_dag(
 
 
 def _champion(engine: Any, name: str) -> int | None:
-    from pipeline.registry import CHAMPION, alias
+    from pipeline.models.registry import CHAMPION, alias
 
     found = alias(engine, name, CHAMPION)
     return None if found is None else int(found["version"])

@@ -1,7 +1,7 @@
 """The Models page: registered versions with their metrics and equity plots, the
 champion and its promotion history, as HTML for the Airflow UI and as JSON.
 
-A FastAPI app over `pipeline/registry.py`. The Airflow plugin
+A FastAPI app over `pipeline/models/registry.py`. The Airflow plugin
 (`plugins/cryptobots_models.py`) mounts it and passes Airflow's own authorization
 check as `guard`, so the page, its data and its plots are only served to a signed-in
 Airflow user allowed to read the `promote` DAG. The Promote button never promotes by
@@ -18,8 +18,8 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.engine import Engine
 
-from pipeline.registry import CHAMPION, get_version, list_versions, promotion_history
-from pipeline.ui_pages import connected_engine, page_app, templates
+from pipeline.models.registry import CHAMPION, get_version, list_versions, promotion_history
+from pipeline.ui.pages import connected_engine, page_app, templates
 
 PROMOTE_DAG_ID = "promote"
 SHOWN_METRICS = ("sharpe", "total_return", "max_drawdown", "trades", "exposure")
@@ -127,7 +127,7 @@ def create_app(
 
     @app.get("/plots/{name}/{version}.png")
     def plot(name: str, version: int) -> Response:
-        from pipeline.registry import VersionNotFound
+        from pipeline.models.registry import VersionNotFound
 
         try:
             payload = plot_bytes(registry(), name, version)

@@ -1,6 +1,6 @@
 """Backtest trading policies and baselines with one cost model; the numpy reference.
 
-The RL environment (`pipeline.rl.env`) and its gymnasium wrapper are tested against
+The RL environment (`pipeline.learn.rl.env`) and its gymnasium wrapper are tested against
 `step_growth` here, so this formula is the single definition of what a step earns.
 
 Fill rule and costs

@@ -2,7 +2,7 @@
 
 The first layer standardizes the observation with the FeatureSpec's statistics
 (the position column passes through), so the exported policy takes the raw
-features that `pipeline.features` computes. Hidden layers run in mixed precision
+features that `pipeline.learn.features` computes. Hidden layers run in mixed precision
 on a GPU; outputs stay float32.
 """
 

@@ -5,7 +5,7 @@ whole rollout (policy, step, replay writes, updates) compiles into one graph on
 GPU or CPU. The same semantics in numpy, one episode at a time, live in
 `TradingGymEnv` (gymnasium) for comparisons with other libraries.
 
-Semantics (the cost model of `pipeline.evaluate`, tested against it):
+Semantics (the cost model of `pipeline.learn.evaluate`, tested against it):
 - The observation at decision index t is the feature row of candle t (data up to
   its close) followed by the position currently held.
 - The action indexes the action map of target positions (fractions of equity).
@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.errors import DataValidationError
-from pipeline.evaluate import CostModel
+from pipeline.learn.evaluate import CostModel
 
 LONG_FLAT = (0.0, 1.0)
 LONG_FLAT_SHORT = (0.0, 1.0, -1.0)

@@ -6,7 +6,7 @@ airflow-pools`, which `make run` calls); it is idempotent.
 
 from __future__ import annotations
 
-from pipeline.market_data import exchanges_of, pool_name
+from pipeline.data.market_data import exchanges_of, pool_name
 from pipeline.settings import Settings
 
 

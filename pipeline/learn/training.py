@@ -32,7 +32,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.db.schema import ohlcv
 from pipeline.errors import ConfigurationError, DataValidationError
-from pipeline.evaluate import (
+from pipeline.learn.evaluate import (
     POSITION_RULES,
     Backtest,
     CostModel,
@@ -41,25 +41,31 @@ from pipeline.evaluate import (
     metrics_table,
     plot_equity,
 )
-from pipeline.evidence import MIN_RETURNS, drawdown_expectations
-from pipeline.export import (
+from pipeline.learn.evidence import MIN_RETURNS, drawdown_expectations
+from pipeline.learn.export import (
     OUTPUT_NAMES,
     Lineage,
     check_parity,
     export_onnx,
     parity_observations,
 )
-from pipeline.features import (
+from pipeline.learn.features import (
     Candles,
     FeatureSpec,
     compute_features,
     fill_gaps,
     fit_normalization,
 )
-from pipeline.registry import fetch_artifact, model_name, register, set_metrics, store_artifact
+from pipeline.learn.training_runs import get_run, ms_to_datetime, start_run, update_run
+from pipeline.models.registry import (
+    fetch_artifact,
+    model_name,
+    register,
+    set_metrics,
+    store_artifact,
+)
 from pipeline.settings import PROJECT_ROOT, Market, Settings
 from pipeline.timeutil import DAY_MS, iso
-from pipeline.training_runs import get_run, ms_to_datetime, start_run, update_run
 
 ALGORITHMS = ("dqn", "a2c")
 DEFAULT_SPEC = FeatureSpec()
@@ -203,7 +209,7 @@ class TrainRequest:
     def action_map(self) -> tuple[float, ...]:
         """Flat, then long positions in `position_steps` steps up to 1, then the same short
         when shorting is allowed: (0, 1), (0, 1, -1), (0, 0.5, 1), ..."""
-        from pipeline.rl.env import action_map
+        from pipeline.learn.rl.env import action_map
 
         return action_map(self.position_steps, self.shorting)
 
@@ -405,7 +411,7 @@ def prepare(
 ) -> Prepared:
     """Compute features once, cut both windows into decision steps, fit normalization on
     the training window's candles, size positions by `sizing` when given."""
-    from pipeline.rl.env import MarketArrays
+    from pipeline.learn.rl.env import MarketArrays
 
     candles, tf_ms = snapshot.candles, snapshot.market.timeframe_ms
     matrix = compute_features(candles, spec)
@@ -471,9 +477,9 @@ def train_candidate(
 
     Every run is exported and parity-checked; `register_version` makes it a candidate
     in the registry (an older walk-forward fold's run is evidence only, never shipped)."""
-    from pipeline.rl import actor_critic, dqn
-    from pipeline.rl.env import EnvConfig, TradingEnv
-    from pipeline.rl.networks import ensemble_of
+    from pipeline.learn.rl import actor_critic, dqn
+    from pipeline.learn.rl.env import EnvConfig, TradingEnv
+    from pipeline.learn.rl.networks import ensemble_of
 
     snapshot = load_snapshot(local_copy(settings, snapshot_path, "snapshots"))
     if (snapshot.market, snapshot.train, snapshot.valid) != (
@@ -956,14 +962,14 @@ def evaluate_job(settings: Settings, run_id: str) -> dict[str, Any]:
 
 def select_walk_forward(engine: Engine, run_ids: list[str]) -> dict[str, Any]:
     """Per market, the algorithm with the best walk-forward score over its folds (see
-    `pipeline.walk_forward`); its newest fold's run is the candidate, and the evidence
+    `pipeline.learn.walk_forward`); its newest fold's run is the candidate, and the evidence
     (folds, chained metrics, PSR, DSR, bootstrap interval) is stored on the candidate's
     model version for the promotion gate and the Models page.
 
     Returns {"markets": {market: summary}} and, at the top level, the summary of the
     market with the best median fold Sharpe.
     """
-    from pipeline import walk_forward
+    from pipeline.learn import walk_forward
 
     runs = [get_run(engine, run_id) for run_id in run_ids]
     evaluated = [

@@ -53,7 +53,7 @@ def ingest_market(
     run_id: str | None = None,
 ) -> dict[str, Any]:
     """Fetch, validate and store `market`'s closed candles in [start, end); a small summary."""
-    from pipeline.ingest import ingest
+    from pipeline.data.ingest import ingest
 
     summary = _with_exchange(
         settings,
@@ -90,8 +90,8 @@ def backfill_market(
     credentials: Credentials | None = None,
 ) -> dict[str, Any]:
     """Fetch, validate and store `market`'s history in [start, end) chunk by chunk
-    (`pipeline.backfill`: chunks already complete are skipped); totals."""
-    from pipeline.backfill import backfill
+    (`pipeline.data.backfill`: chunks already complete are skipped); totals."""
+    from pipeline.data.backfill import backfill
 
     result = _with_exchange(
         settings,

@@ -119,7 +119,7 @@ def verify_artifact(
     failed check."""
     import onnx
 
-    from pipeline.export import INPUT_NAME, read_lineage
+    from pipeline.learn.export import INPUT_NAME, read_lineage
 
     path = Path(path)
     if not path.is_file():

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ModelRejected
-from pipeline.evaluate import POSITION_RULES
-from pipeline.features import FeatureSpec
+from pipeline.learn.evaluate import POSITION_RULES
+from pipeline.learn.features import FeatureSpec
 
 OPSET = 17
 INPUT_NAME = "obs"
@@ -81,7 +81,7 @@ class Lineage:
         if missing:
             raise ModelRejected(
                 f"{where} lacks metadata {missing}: export it with python -m pipeline train "
-                "(pipeline.export), which writes the lineage"
+                "(pipeline.learn.export), which writes the lineage"
             )
         try:
             lineage = cls(

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from pipeline.evaluate import (
+from pipeline.learn.evaluate import (
     Backtest,
     CostModel,
     VolatilityTarget,
@@ -38,11 +38,9 @@ from pipeline.evaluate import (
     baseline_positions,
     compute_metrics,
 )
-from pipeline.evidence import confidence
-from pipeline.features import FeatureSpec
-from pipeline.settings import Market, Settings
-from pipeline.timeutil import HOUR_MS, YEAR_MS
-from pipeline.training import (
+from pipeline.learn.evidence import confidence
+from pipeline.learn.features import FeatureSpec
+from pipeline.learn.training import (
     TrainRequest,
     Window,
     backtest_onnx,
@@ -56,8 +54,10 @@ from pipeline.training import (
     walk_forward_folds,
     window_steps,
 )
-from pipeline.training_runs import get_run
-from pipeline.walk_forward import select
+from pipeline.learn.training_runs import get_run
+from pipeline.learn.walk_forward import select
+from pipeline.settings import Market, Settings
+from pipeline.timeutil import HOUR_MS, YEAR_MS
 
 MOMENTUM_HOURS = (24, 168)
 STABLE_POINTS = 0.10

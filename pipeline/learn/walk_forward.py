@@ -2,7 +2,7 @@
 
 A fold is a validation window whose model was trained only on candles before it.
 Chaining the folds' step returns gives one out-of-sample equity curve; its Sharpe
-ratio, how sure that Sharpe is (`pipeline.evidence`: PSR, DSR over the candidates
+ratio, how sure that Sharpe is (`pipeline.learn.evidence`: PSR, DSR over the candidates
 compared, a block-bootstrap interval) and the worst fold say more than any single
 window can. `score` does this for one candidate procedure (an algorithm on a
 market); `select` picks among candidates by median fold Sharpe and deflates the
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import DataValidationError
-from pipeline.evaluate import compute_metrics
-from pipeline.evidence import confidence, sharpe_per_step
+from pipeline.learn.evaluate import compute_metrics
+from pipeline.learn.evidence import confidence, sharpe_per_step
 from pipeline.timeutil import YEAR_MS
 
 FOLD_KEYS = ("sharpe", "total_return", "max_drawdown", "trades", "exposure")

@@ -16,7 +16,7 @@ from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.engine import Engine
 
-from pipeline.ui_pages import connected_engine, page_app, templates
+from pipeline.ui.pages import connected_engine, page_app, templates
 
 REPORT_DAG_ID = "arbitrage_report"
 

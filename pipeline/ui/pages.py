@@ -17,9 +17,9 @@ from pipeline.errors import ConfigurationError
 
 @cache
 def templates() -> Environment:
-    """The Jinja environment over pipeline/templates (HTML autoescaped)."""
+    """The Jinja environment over pipeline/ui/templates (HTML autoescaped)."""
     return Environment(
-        loader=PackageLoader("pipeline", "templates"),
+        loader=PackageLoader("pipeline.ui", "templates"),
         autoescape=select_autoescape(["html"]),
         trim_blocks=True,
         lstrip_blocks=True,

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from pipeline.errors import ModelRejected
-from pipeline.registry import get_version, record_refusal
+from pipeline.models.registry import get_version, record_refusal
 from pipeline.settings import Settings
 
 APPROVE = "Approve"

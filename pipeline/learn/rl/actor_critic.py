@@ -20,9 +20,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pipeline.rl.env import EnvState, TradingEnv
-from pipeline.rl.networks import actor_critic_network, policy_of
-from pipeline.rl.runtime import (
+from pipeline.learn.rl.env import EnvState, TradingEnv
+from pipeline.learn.rl.networks import actor_critic_network, policy_of
+from pipeline.learn.rl.runtime import (
     TrainResult,
     env_variables,
     make_optimizer,

@@ -17,9 +17,9 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from pipeline.data.ingest import IngestSummary, fetch_interval, store_interval
 from pipeline.db.schema import ohlcv, ohlcv_gaps, ohlcv_quarantine
 from pipeline.exchanges.client import ExchangeClient
-from pipeline.ingest import IngestSummary, fetch_interval, store_interval
 from pipeline.settings import Market, ValidationSettings
 
 CHUNK_PAGES = 50

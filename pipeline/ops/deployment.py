@@ -9,7 +9,7 @@
   training tasks), sharing nothing but the metadata database (Postgres), the broker
   (Redis) and the secrets every Airflow process must agree on.
 
-`processes()` says what to start and with which environment; `pipeline.launch`
+`processes()` says what to start and with which environment; `pipeline.ops.launch`
 starts them, and the Celery test starts the same list. `remote_worker()` is one more
 Celery worker on another host (`python -m pipeline worker`), joining a running
 deployment through its services only.

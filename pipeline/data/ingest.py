@@ -25,12 +25,12 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from pipeline.data.validate import Validated, validate_candles
 from pipeline.db.schema import ohlcv_gaps, ohlcv_quarantine
 from pipeline.db.upsert import upsert_ohlcv
 from pipeline.errors import DataValidationError
 from pipeline.exchanges.client import ExchangeClient
 from pipeline.settings import Market, ValidationSettings
-from pipeline.validate import Validated, validate_candles
 
 
 @dataclass(frozen=True)

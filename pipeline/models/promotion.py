@@ -20,15 +20,15 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from pipeline.approval import approval_required
 from pipeline.errors import ConfigurationError, DataValidationError, ModelRejected
-from pipeline.evaluate import CostModel, VolatilityTarget
-from pipeline.evidence import MIN_RETURNS, probabilistic_sharpe_ratio
-from pipeline.export import PARITY_TOLERANCE
-from pipeline.registry import alias, get_version, load_verified, move_alias
+from pipeline.learn.evaluate import CostModel, VolatilityTarget
+from pipeline.learn.evidence import MIN_RETURNS, probabilistic_sharpe_ratio
+from pipeline.learn.export import PARITY_TOLERANCE
+from pipeline.learn.training import Window, backtest_onnx, latest_candle_end
+from pipeline.models.approval import approval_required
+from pipeline.models.registry import alias, get_version, load_verified, move_alias
 from pipeline.settings import Market, PromotionSettings, Settings
 from pipeline.timeutil import DAY_MS
-from pipeline.training import Window, backtest_onnx, latest_candle_end
 
 
 def evaluate_version(
@@ -186,7 +186,7 @@ def apply_promotion(
     approval: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Move the champion if the gates passed (or `force` with a reason) and, where a
-    person had to decide (`approval`, see pipeline.approval), they approved; else refuse."""
+    person had to decide (`approval`, see pipeline.models.approval), they approved; else refuse."""
     if force and not (reason or "").strip():
         raise ConfigurationError("a forced promotion needs a reason (--reason TEXT)")
     if not verdict["passed"] and not force:
@@ -286,7 +286,7 @@ def best_recent_candidate(engine: Engine, name: str) -> int:
 def promote_run(settings: Settings, engine: Engine, run_id: str, *, who: str) -> dict[str, Any]:
     """Gate the model version a training run registered and promote it if the gates pass
     (the train DAG's `auto_promote`); a refusal is reported, not raised."""
-    from pipeline.training_runs import get_run
+    from pipeline.learn.training_runs import get_run
 
     artifacts = get_run(engine, run_id)["artifacts"] or {}
     name, version = artifacts.get("model_name"), artifacts.get("model_version")

@@ -1,0 +1,1 @@
+"""Market data: ingest closed candles, validate them, backfill history."""

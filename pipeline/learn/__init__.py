@@ -1,0 +1,1 @@
+"""Learning: features, the RL agents, training, evaluation, evidence, ONNX export."""

@@ -1,0 +1,1 @@
+"""The model registry (versions, artifacts, aliases, audit), promotion gates, approval."""

@@ -1,0 +1,1 @@
+"""Running it: `make run`'s launch, doctor, the Airflow and Celery set-up."""

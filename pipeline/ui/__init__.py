@@ -1,0 +1,1 @@
+"""The pages cryptobots adds to the Airflow UI, and their templates."""
