@@ -29,19 +29,14 @@ from bench.common import Floors, scratch_database
 from pipeline.data.backfill import backfill
 from pipeline.exchanges.client import open_exchange
 from pipeline.exchanges.simulator.app import SimulatorConfig, running
-from pipeline.learn.training import (
-    evaluate_job,
-    select_best,
-    select_job,
-    snapshot_job,
-    train_job,
-)
+from pipeline.learn.training import select_best
 from pipeline.settings import Market, Settings
+from pipeline.tasks import train as tasks
+from pipeline.timeutil import DAY_MS
 
 MARKET = Market.model_validate("binance:BTC/USDT:1h")
 FLOOR_SECONDS = 15 * 60
 FIRST_CANDLE = "2017-08-17"
-DAY_MS = 86_400_000
 
 
 def _ms(text: str) -> int:
@@ -52,15 +47,15 @@ def nightly(settings: Settings, end_ms: int, folds: int, changes: dict[str, Any]
     """The train DAG's tasks in a row; returns the selection and the seconds taken."""
     t = settings.training
     started = time.perf_counter()
-    snapshots = snapshot_job(settings, str(MARKET), end_ms, t.train_days, t.valid_days, folds)
+    snapshots = tasks.snapshot(settings, [str(MARKET)], end_ms, t.train_days, t.valid_days, folds)
     runs = [
-        train_job(settings, snapshot, algorithm, changes, orchestrator_run=None)
-        for snapshot in snapshots
+        tasks.train_agent(settings, {"snapshot": snap, "algorithm": algorithm, "changes": changes})
+        for snap in snapshots
         for algorithm in t.algorithms
     ]
-    evaluations = [evaluate_job(settings, run_id) for run_id in runs]
+    evaluations = [tasks.evaluate(settings, run_id) for run_id in runs]
     if folds > 1:
-        chosen = select_job(settings, [e["run_id"] for e in evaluations])
+        chosen = tasks.select(settings, [e["run_id"] for e in evaluations])
     else:
         from pipeline.db.engine import create_engine
 

@@ -27,10 +27,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 from pipeline.settings import load_settings
 
 SETTINGS = load_settings()
-# The keys of pipeline.arbitrage.report.group_keys, without importing numpy at parse time.
-GROUPS = [f"triangle:{i}" for i in range(len(SETTINGS.arbitrage.triangles))] + [
-    f"cross:{i}" for i in range(len(SETTINGS.arbitrage.venue_groups))
-]
+GROUPS = SETTINGS.arbitrage.group_keys()
 
 
 @dag(
@@ -46,9 +43,9 @@ GROUPS = [f"triangle:{i}" for i in range(len(SETTINGS.arbitrage.triangles))] + [
 def arbitrage_report() -> None:
     @task
     def study(group: str, **context: object) -> dict:
-        from pipeline.arbitrage.report import report_interval
+        from pipeline.tasks.arbitrage import report
 
-        return report_interval(
+        return report(
             load_settings(),
             group,
             int(context["data_interval_start"].timestamp() * 1000),  # type: ignore[attr-defined]

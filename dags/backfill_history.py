@@ -18,8 +18,8 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
 
-from pipeline.data.market_data import exchanges_of, pool_name
 from pipeline.settings import load_settings
+from pipeline.tasks.market_data import exchanges_of, pool_name
 
 OHLCV = Asset(name="ohlcv", uri="cryptobots://database/ohlcv")
 SETTINGS = load_settings()
@@ -46,8 +46,8 @@ def backfill_history() -> None:
     def backfill(market: str, **context: object) -> dict:
         from cryptobots_hooks import ExchangeHook
 
-        from pipeline.data.market_data import backfill_market, history_range
         from pipeline.settings import Market
+        from pipeline.tasks.market_data import backfill_market, history_range
 
         params: dict = context["params"]  # type: ignore[assignment]
         settings = load_settings()

@@ -24,8 +24,8 @@ import pendulum
 from airflow.sdk import Asset, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from pipeline.data.market_data import exchanges_of, pool_name
 from pipeline.settings import load_settings
+from pipeline.tasks.market_data import exchanges_of, pool_name
 
 OHLCV = Asset(name="ohlcv", uri="cryptobots://database/ohlcv")
 SETTINGS = load_settings()
@@ -51,8 +51,8 @@ def market_data() -> None:
     def ingest(market: str, **context: object) -> dict:
         from cryptobots_hooks import ExchangeHook
 
-        from pipeline.data.market_data import ingest_market
         from pipeline.settings import Market
+        from pipeline.tasks.market_data import ingest_market
 
         settings = load_settings()
         exchange = Market.model_validate(market).exchange

@@ -85,62 +85,38 @@ class AnsweredApproval(ApprovalOperator):
 def promote() -> None:
     @task
     def verify(**context: object) -> dict:
-        import tempfile
-        from pathlib import Path
-
-        from pipeline.db.engine import create_engine
-        from pipeline.models.promotion import best_recent_candidate
-        from pipeline.models.registry import load_verified
+        from pipeline.tasks.promote import verify
 
         params: dict = context["params"]  # type: ignore[assignment]
-        engine = create_engine(load_settings().db_url)
-        version = params["version"] or best_recent_candidate(engine, params["name"])
-        with tempfile.TemporaryDirectory() as folder:
-            verified = load_verified(engine, params["name"], version, Path(folder))
-        return {"name": params["name"], "version": version, "sha256": verified.sha256}
+        return verify(load_settings(), params["name"], params["version"])
 
     @task
     def evaluate(target: dict) -> dict:
-        from pipeline.db.engine import create_engine
-        from pipeline.models.promotion import evaluate_pair, evaluation_end
+        from pipeline.tasks.promote import evaluate
 
-        settings = load_settings()
-        engine = create_engine(settings.db_url)
-        end = evaluation_end(engine, target["name"], target["version"])
-        return {**target, **evaluate_pair(settings, engine, target["name"], target["version"], end)}
+        return evaluate(load_settings(), target)
 
     @task
     def gate(pair: dict) -> dict:
-        from pipeline.db.engine import create_engine
-        from pipeline.models.promotion import gate_pair
+        from pipeline.tasks.promote import gate
 
-        settings = load_settings()
-        engine = create_engine(settings.db_url)
-        return {**pair, "verdict": gate_pair(settings, engine, pair["name"], pair["version"], pair)}
+        return gate(load_settings(), pair)
 
     @task.branch
     def ask(gated: dict, **context: object) -> str:
         from airflow.configuration import conf
 
-        from pipeline.db.engine import create_engine
-        from pipeline.models.approval import ask
+        from pipeline.tasks.promote import ask
 
         params: dict = context["params"]  # type: ignore[assignment]
-        settings = load_settings()
         base = conf.get("api", "base_url", fallback="") or ""
-        plot = f"{base.rstrip('/')}{PLOTS}/{gated['name']}/{gated['version']}.png"
-        engine = create_engine(settings.db_url)
-        try:
-            request = ask(
-                settings,
-                engine,
-                gated,
-                force=params["force"],
-                asked=params["approval"],
-                plot_url=plot,
-            )
-        finally:
-            engine.dispose()
+        request = ask(
+            load_settings(),
+            gated,
+            force=params["force"],
+            asked=params["approval"],
+            plot_url=f"{base.rstrip('/')}{PLOTS}/{gated['name']}/{gated['version']}.png",
+        )
         context["ti"].xcom_push(key="request", value=request)  # type: ignore[attr-defined]
         return "approve" if request["ask"] else "apply"
 
@@ -154,44 +130,30 @@ def promote() -> None:
 
     @task(trigger_rule="none_failed_min_one_success")
     def apply(gated: dict, **context: object) -> dict:
-        from pipeline.db.engine import create_engine
-        from pipeline.models.approval import decision, needs_person
-        from pipeline.models.promotion import apply_promotion
+        from pipeline.tasks.promote import apply
 
         params: dict = context["params"]  # type: ignore[assignment]
-        settings = load_settings()
-        approval = None
-        if needs_person(settings, gated["verdict"], params["force"], params["approval"]):
-            answer = context["ti"].xcom_pull(task_ids="approve", key="answer")  # type: ignore[attr-defined]
-            approval = decision(answer)
-        return apply_promotion(
-            create_engine(settings.db_url),
-            gated["name"],
-            gated["version"],
-            gated["verdict"],
-            gated["generation"],
+        return apply(
+            load_settings(),
+            gated,
             who=f"airflow:{context['run_id']}",
-            reason=params["reason"] or None,
+            reason=params["reason"],
             force=params["force"],
-            approval=approval,
+            asked=params["approval"],
+            answer=context["ti"].xcom_pull(task_ids="approve", key="answer"),  # type: ignore[attr-defined]
         )
 
     @task(trigger_rule="none_failed")
     def report(gated: dict, **context: object) -> str:
-        from pipeline.db.engine import create_engine
-        from pipeline.models.approval import conclude
+        from pipeline.tasks.promote import report
 
         ti = context["ti"]
-        engine = create_engine(load_settings().db_url)
-        try:
-            return conclude(
-                engine,
-                gated,
-                ti.xcom_pull(task_ids="apply"),  # type: ignore[attr-defined]
-                ti.xcom_pull(task_ids="approve", key="answer"),  # type: ignore[attr-defined]
-            )
-        finally:
-            engine.dispose()
+        return report(
+            load_settings(),
+            gated,
+            ti.xcom_pull(task_ids="apply"),  # type: ignore[attr-defined]
+            ti.xcom_pull(task_ids="approve", key="answer"),  # type: ignore[attr-defined]
+        )
 
     gated = gate(evaluate(verify()))
     moved = apply(gated)

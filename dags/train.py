@@ -87,7 +87,7 @@ MARKETS = [str(m) for m in (TRAINING.markets or SETTINGS.markets[:1])]
 def train() -> None:
     @task
     def snapshot(**context: object) -> list[dict]:
-        from pipeline.learn.training import snapshot_job
+        from pipeline.tasks.train import snapshot
 
         params: dict = context["params"]  # type: ignore[assignment]
         if params["valid_end"]:
@@ -96,83 +96,49 @@ def train() -> None:
             # a run triggered without a logical date (the REST API's default) ends at its
             # run_after: when it was triggered
             end = context.get("logical_date") or context["dag_run"].run_after  # type: ignore[attr-defined]
-        end_ms = int(end.timestamp() * 1000)  # type: ignore[attr-defined]
-        settings = load_settings()
-        return [
-            fold
-            for market in params["markets"]
-            for fold in snapshot_job(
-                settings,
-                market,
-                end_ms,
-                params["train_days"],
-                params["valid_days"],
-                params["folds"],
-            )
-        ]
+        return snapshot(
+            load_settings(),
+            params["markets"],
+            int(end.timestamp() * 1000),  # type: ignore[attr-defined]
+            params["train_days"],
+            params["valid_days"],
+            params["folds"],
+        )
 
     @task
     def plan(snapshots: list[dict], **context: object) -> list[dict]:
-        params: dict = context["params"]  # type: ignore[assignment]
-        return [
-            {
-                "snapshot": snap,
-                "algorithm": algorithm,
-                "changes": {
-                    "steps": params[f"{algorithm}_steps"],
-                    "decision_every": params["decision_every"],
-                    "episode_length": params["episode_length"],
-                    "seed": params["seed"],
-                    "ensemble": params["ensemble"],
-                    "shorting": params["shorting"],
-                },
-            }
-            for snap in snapshots
-            for algorithm in params["algorithms"]
-        ]
+        from pipeline.tasks.train import plan
+
+        return plan(snapshots, context["params"])  # type: ignore[arg-type]
 
     @task(queue="gpu", execution_timeout=timedelta(hours=6))
     def train_agent(job: dict, **context: object) -> str:
-        from pipeline.learn.training import train_job
+        from pipeline.tasks.train import orchestrator_run, train_agent
 
-        snap = job["snapshot"]
-        orchestrator_run = (
-            f"{context['run_id']}/{snap['market']}/{job['algorithm']}/fold-{snap['fold']}"
-        )
-        return train_job(
-            load_settings(), job["snapshot"], job["algorithm"], job["changes"], orchestrator_run
-        )
+        return train_agent(load_settings(), job, orchestrator_run(str(context["run_id"]), job))
 
     @task
     def evaluate(training_run: str) -> dict:
-        from pipeline.learn.training import evaluate_job
+        from pipeline.tasks.train import evaluate
 
-        return evaluate_job(load_settings(), training_run)
+        return evaluate(load_settings(), training_run)
 
     @task
     def select(evaluations: list[dict]) -> dict:
-        from pipeline.learn.training import select_job
+        from pipeline.tasks.train import select
 
-        return select_job(load_settings(), [e["run_id"] for e in evaluations])
+        return select(load_settings(), [e["run_id"] for e in evaluations])
 
     @task
     def auto_promote(best: dict, **context: object) -> dict:
-        from pipeline.db.engine import create_engine
-        from pipeline.models.promotion import promote_run
+        from pipeline.tasks.train import auto_promote
 
-        if not context["params"]["auto_promote"]:  # type: ignore[index]
-            return {"promoted": False, "why": "auto_promote is off"}
-        settings = load_settings()
-        engine = create_engine(settings.db_url)
-        try:
-            return {
-                market: promote_run(
-                    settings, engine, chosen["run_id"], who=f"airflow:{context['run_id']}"
-                )
-                for market, chosen in best["markets"].items()
-            }
-        finally:
-            engine.dispose()
+        return auto_promote(
+            load_settings(),
+            best,
+            enabled=context["params"]["auto_promote"],  # type: ignore[index]
+            who=f"airflow:{context['run_id']}",
+        )
 
     runs = train_agent.expand(job=plan(snapshot()))
     auto_promote(select(evaluate.expand(training_run=runs)))

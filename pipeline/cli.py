@@ -13,7 +13,7 @@ from pipeline import arguments as arg
 from pipeline.errors import ConfigurationError, CryptobotsError
 from pipeline.exchanges.simulator.faults import FAULT_KINDS
 from pipeline.settings import Settings, load_settings
-from pipeline.timeutil import DAY_MS, iso
+from pipeline.timeutil import iso
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -356,24 +356,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.db.engine import create_engine
-    from pipeline.db.migrate import upgrade
+    from pipeline.tasks.database import upgrade
 
-    engine = create_engine(settings.db_url)
-    before, after = upgrade(engine, args.revision)
-    state = "already at" if before == after else f"migrated from {before or 'empty'} to"
-    print(f"database {settings.masked_db_url}: {state} revision {after}")
+    done = upgrade(settings, args.revision)
+    state = (
+        "already at"
+        if done["before"] == done["after"]
+        else f"migrated from {done['before'] or 'empty'} to"
+    )
+    print(f"database {done['database']}: {state} revision {done['after']}")
     return 0
 
 
 def _db_current(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.db.engine import create_engine
-    from pipeline.db.migrate import current_revision, head_revision
+    from pipeline.tasks.database import current
 
-    current = current_revision(create_engine(settings.db_url))
-    print(
-        f"database {settings.masked_db_url}: revision {current or 'none'} (head {head_revision()})"
-    )
+    now = current(settings)
+    print(f"database {now['database']}: revision {now['revision'] or 'none'} (head {now['head']})")
     return 0
 
 
@@ -418,13 +417,10 @@ def _simulator(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _backfill(settings: Settings, args: argparse.Namespace) -> int:
-    import os
-
     from tqdm import tqdm
 
-    from pipeline.data.backfill import backfill
-    from pipeline.db.engine import create_engine
-    from pipeline.exchanges.client import credentials_from_reference, open_exchange
+    from pipeline.exchanges.client import credentials_from_reference
+    from pipeline.tasks.market_data import backfill_market
 
     market, start, end = args.market, args.start, args.end
     if end <= start:
@@ -438,26 +434,12 @@ def _backfill(settings: Settings, args: argparse.Namespace) -> int:
             f"configured: {sorted(settings.exchanges)}"
         )
     credentials = credentials_from_reference(exchange_config.credentials, os.environ)
-    exchange = open_exchange(settings, market.exchange, credentials)
-    engine = create_engine(settings.db_url)
     total = len(range(start, end, market.timeframe_ms))
     with tqdm(total=total, unit="candle", desc=str(market)) as bar:
-        result = backfill(
-            exchange,
-            engine,
-            market,
-            start,
-            end,
-            policy=settings.validation,
-            report_dir=settings.var_dir / "validations",
-            progress=bar.update,
+        result = backfill_market(
+            settings, str(market), start, end, credentials=credentials, progress=bar.update
         )
-    print(
-        f"{market}: {result.chunks} chunks ({result.skipped} already complete), "
-        f"{result.total('inserted')} inserted, {result.total('updated')} updated, "
-        f"{result.total('unchanged')} unchanged, {result.total('quarantined')} quarantined, "
-        f"{result.total('gaps')} missing at the exchange, {exchange.retries} retries"
-    )
+    print(f"{result['line']}, {result['retries']} retries")
     return 0
 
 
@@ -499,21 +481,13 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 def _arbitrage_study(settings: Settings, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from pipeline.arbitrage.study import render_text, run_study
-    from pipeline.db.engine import create_engine
-    from pipeline.db.migrate import upgrade
+    from pipeline.arbitrage.study import render_text
+    from pipeline.tasks.arbitrage import study
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or settings.var_dir / "reports" / "arbitrage" / stamp
-    engine = create_engine(settings.db_url)
-    upgrade(engine)
-    report = run_study(
-        settings,
-        engine,
-        out,
-        days=args.days,
-        threshold_bps=args.threshold_bps,
-        ingest=not args.no_ingest,
+    report = study(
+        settings, out, days=args.days, threshold_bps=args.threshold_bps, ingest=not args.no_ingest
     )
     print()
     print(render_text(report))
@@ -522,18 +496,10 @@ def _arbitrage_study(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _arbitrage_scan(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.arbitrage.scan import render, scan
+    from pipeline.arbitrage.scan import render
+    from pipeline.tasks.arbitrage import scan
 
     report = scan(settings, min_spread_bps=args.min_spread_bps)
-    if not any(group["scanned"] for group in report["groups"]):
-        reasons = "; ".join(r for group in report["groups"] for r in group["skipped"])
-        raise ConfigurationError(
-            "nothing was scanned: no venue group had two venues that could be read"
-            + (f" ({reasons})" if reasons else "")
-            + ". Configure two or more of a group's exchanges (CRYPTOBOTS_EXCHANGES__NAME__URL"
-            "=...) or list the venues you have in arbitrage.venue_groups "
-            "(CRYPTOBOTS_ARBITRAGE__VENUE_GROUPS)"
-        )
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 
@@ -548,85 +514,54 @@ def _airflow_pools(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _train(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.db.engine import create_engine
-    from pipeline.learn.training import Window, select_best
+    from pipeline.tasks.train import train_fold, walk_forward
 
+    if args.seeds and not args.walk_forward:
+        raise ConfigurationError(
+            "--seeds replays several seeds of --walk-forward N: add --walk-forward, or train "
+            "one seed with --seed"
+        )
     market = args.market or settings.markets[0]
-    engine = create_engine(settings.db_url)
-    t = settings.training
-    end = args.valid_end or _latest_candle_end(engine, market)
-    end -= end % market.timeframe_ms
+    algorithms = args.algo or list(settings.training.algorithms)
+    changes = {
+        "steps": args.steps,
+        "num_envs": args.envs,
+        "episode_length": args.episode_length,
+        "decision_every": args.decision_every,
+        "shorting": args.shorting or None,
+    }
     if args.walk_forward:
-        from pipeline.learn.walk_forward_report import report
-
-        seeds = args.seeds or [args.seed if args.seed is not None else t.seed]
-        report(
+        seeds = args.seeds or [args.seed if args.seed is not None else settings.training.seed]
+        walk_forward(
             settings,
-            engine,
             market,
-            end,
             args.walk_forward,
             seeds,
-            args.algo or list(t.algorithms),
-            changes={
-                "steps": args.steps,
-                "num_envs": args.envs,
-                "episode_length": args.episode_length,
-                "decision_every": args.decision_every,
-                "shorting": args.shorting or None,
-            },
+            algorithms,
+            changes,
+            valid_end=args.valid_end,
             progress=not args.quiet,
         )
         return 0
-    valid_start = args.valid_start or args.train_end or end - t.valid_days * DAY_MS
-    train_end = args.train_end or valid_start
-    train_start = args.train_start or train_end - t.train_days * DAY_MS
-    train, valid = Window(train_start, train_end), Window(valid_start, end)
-    evaluations = _train_fold(settings, engine, market, train, valid, args)
-    best = select_best(engine, [e.run_id for e in evaluations.values()])
+    changes |= {"seed": args.seed, "ensemble": args.ensemble}
+    result = train_fold(
+        settings,
+        market,
+        algorithms,
+        changes,
+        valid_end=args.valid_end,
+        train_start=args.train_start,
+        train_end=args.train_end,
+        valid_start=args.valid_start,
+        progress=not args.quiet,
+    )
+    best = result["best"]
     verdict = "beats" if best["beats_baselines"] else "does NOT beat"
     print(
         f"\nbest by validation Sharpe: {best['run_id']} ({best['algorithm']}, "
         f"Sharpe {best['sharpe']:.2f}; {verdict} every baseline)"
     )
     return 0
-
-
-def _train_fold(settings, engine, market, train, valid, args) -> dict:  # type: ignore[no-untyped-def]
-    from pipeline.learn.features import FeatureSpec
-    from pipeline.learn.training import TrainRequest, evaluate_run, snapshot_window, train_candidate
-    from pipeline.learn.training_runs import get_run
-
-    spec = FeatureSpec(features=settings.training.features)
-    snapshot = snapshot_window(settings, engine, market, train, valid, spec)
-    print(f"\n{market}: training {train}, validation {valid}")
-    evaluations = {}
-    for algorithm in args.algo or list(settings.training.algorithms):
-        request = TrainRequest.from_settings(
-            settings,
-            algorithm,
-            market,
-            train,
-            valid,
-            steps=args.steps,
-            num_envs=args.envs,
-            episode_length=args.episode_length,
-            decision_every=args.decision_every,
-            seed=args.seed,
-            shorting=args.shorting or None,
-            ensemble=args.ensemble,
-        )
-        run_id = train_candidate(settings, engine, request, snapshot, progress=not args.quiet)
-        evaluation = evaluate_run(settings, engine, run_id)
-        run = get_run(engine, run_id)
-        print(
-            f"\n{algorithm} run {run_id}: {run['env_steps']:,} steps, {run['updates']:,} updates "
-            f"in {run['train_seconds']:.1f} s on {run['device']}"
-        )
-        print(evaluation.table())
-        print(f"equity plot: {evaluation.plot}")
-        evaluations[algorithm] = evaluation
-    return evaluations
 
 
 def _model_name(settings: Settings, args: argparse.Namespace) -> str:
@@ -645,12 +580,11 @@ def _who() -> str:
 
 
 def _models_list(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.db.engine import create_engine
     from pipeline.learn.training import text_table
-    from pipeline.models.registry import list_versions
+    from pipeline.tasks.promote import versions
 
     rows = []
-    for v in list_versions(create_engine(settings.db_url), args.name):
+    for v in versions(settings, args.name):
         validation = (v["metrics"] or {}).get("validation", {})
         rows.append(
             [
@@ -681,32 +615,25 @@ def _models_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _models_show(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.db.engine import create_engine
-    from pipeline.models.registry import get_version
+    from pipeline.tasks.promote import version
 
-    row = get_version(create_engine(settings.db_url), _model_name(settings, args), args.version)
+    row = version(settings, _model_name(settings, args), args.version)
     print(json.dumps(row, indent=2, default=str))
     return 0
 
 
 def _models_promote(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.db.engine import create_engine
-    from pipeline.models.promotion import evaluation_end, promote
-    from pipeline.models.registry import get_version
+    from pipeline.tasks.promote import promote_version
 
-    engine = create_engine(settings.db_url)
     name = _model_name(settings, args)
-    get_version(engine, name, args.version)
-    end = args.end or evaluation_end(engine, name, args.version)
-    event = promote(
+    event = promote_version(
         settings,
-        engine,
         name,
         args.version,
         who=_who(),
         reason=args.reason,
         force=args.force,
-        end_ms=end,
+        end_ms=args.end,
     )
     forced = " (FORCED)" if event["forced"] else ""
     print(f"{name}: champion v{event['from_version'] or '-'} -> v{event['to_version']}{forced}")
@@ -716,25 +643,12 @@ def _models_promote(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _models_rollback(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.db.engine import create_engine
-    from pipeline.models.registry import rollback
+    from pipeline.tasks.promote import rollback
 
     name = _model_name(settings, args)
-    event = rollback(create_engine(settings.db_url), name, who=_who(), reason=args.reason)
+    event = rollback(settings, name, who=_who(), reason=args.reason)
     print(f"{name}: champion v{event['from_version']} -> v{event['to_version']} (rollback)")
     return 0
-
-
-def _latest_candle_end(engine, market) -> int:  # type: ignore[no-untyped-def]
-    from pipeline.learn.training import latest_candle_end
-
-    end = latest_candle_end(engine, market)
-    if end is None:
-        raise ConfigurationError(
-            f"no stored candles of {market}: backfill first (python -m pipeline backfill "
-            f"--market {market} --start ... --end ...) or give --valid-end"
-        )
-    return end
 
 
 def _settings(settings: Settings, args: argparse.Namespace) -> int:

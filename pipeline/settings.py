@@ -597,6 +597,12 @@ class ArbitrageSettings(BaseModel):
         default=10.0, ge=0, description="an edge above this counts as an opportunity in the study"
     )
 
+    def group_keys(self) -> list[str]:
+        """One key per configured group ("triangle:0", ..., "cross:0", ...), in order."""
+        return [f"triangle:{i}" for i in range(len(self.triangles))] + [
+            f"cross:{i}" for i in range(len(self.venue_groups))
+        ]
+
     @field_validator("home")
     @classmethod
     def _home(cls, value: str) -> str:

@@ -64,6 +64,14 @@ def test_train_refuses_seeds_that_are_not_whole_numbers(
     assert "e.g. 0,1,2,3,4" in err
 
 
+def test_seeds_without_a_walk_forward_are_refused(
+    capsys: pytest.CaptureFixture[str], var_dir: Path
+) -> None:
+    assert main(["train", "--seeds", "0,1"]) == 2
+    assert "--seeds replays several seeds of --walk-forward N" in capsys.readouterr().err
+    assert not var_dir.exists()
+
+
 def test_a_bad_market_flag_is_named_as_typed_without_pydantic_text(
     capsys: pytest.CaptureFixture[str], var_dir: Path
 ) -> None:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data.market_data import history_range
 from pipeline.errors import ConfigurationError, CryptobotsError
 from pipeline.ops.launch import (
     Children,
@@ -24,6 +23,7 @@ from pipeline.ops.launch import (
     status_line,
 )
 from pipeline.settings import Settings
+from pipeline.tasks.market_data import history_range
 
 HOUR, DAY = 3_600_000, 86_400_000
 TREE = """

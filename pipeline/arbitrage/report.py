@@ -21,16 +21,9 @@ if TYPE_CHECKING:
     from pipeline.settings import ArbitrageSettings, Settings
 
 
-def group_keys(arbitrage: ArbitrageSettings) -> list[str]:
-    """One key per configured group ("triangle:0", ..., "cross:0", ...), in settings order."""
-    return [f"triangle:{i}" for i in range(len(arbitrage.triangles))] + [
-        f"cross:{i}" for i in range(len(arbitrage.venue_groups))
-    ]
-
-
 def group_of(arbitrage: ArbitrageSettings, key: str) -> Group:
     """The group a key names; KeyError naming the configured keys when there is none."""
-    groups = dict(zip(group_keys(arbitrage), configured_groups(arbitrage), strict=True))
+    groups = dict(zip(arbitrage.group_keys(), configured_groups(arbitrage), strict=True))
     if key not in groups:
         raise KeyError(f"no arbitrage group {key!r}; configured: {sorted(groups)}")
     return groups[key]

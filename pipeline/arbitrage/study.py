@@ -913,12 +913,7 @@ def ingest_recorded(
                     policy=settings.validation,
                     report_dir=settings.var_dir / "validations",
                 )
-                summary = {
-                    "market": str(market),
-                    "chunks": done.chunks,
-                    "skipped": done.skipped,
-                    **{name: done.total(name) for name in ("inserted", "quarantined", "gaps")},
-                }
+                summary = done.as_dict()
                 progress(
                     f"{market} {iso(start)}..{iso(end)}: {summary['inserted']:,} stored, "
                     f"{summary['quarantined']:,} quarantined, {summary['gaps']:,} missing at the "

@@ -24,6 +24,7 @@ from pipeline.settings import Market, ValidationSettings
 
 CHUNK_PAGES = 50
 LOOKAHEAD = 3  # chunks fetched ahead of the one being stored (bounds memory)
+ROW_FATES = ("inserted", "updated", "unchanged", "quarantined", "gaps")
 
 
 @dataclass
@@ -37,6 +38,24 @@ class BackfillSummary:
 
     def total(self, name: str) -> int:
         return sum(getattr(s, name) for s in self.summaries)
+
+    def as_dict(self) -> dict[str, int | str]:
+        """JSON-able totals: market, chunks (skipped ones complete already), rows by fate."""
+        return {
+            "market": self.market,
+            "chunks": self.chunks,
+            "skipped": self.skipped,
+            **{name: self.total(name) for name in ROW_FATES},
+        }
+
+    def line(self) -> str:
+        """The totals for people, one line."""
+        return (
+            f"{self.market}: {self.chunks} chunks ({self.skipped} already complete), "
+            f"{self.total('inserted')} inserted, {self.total('updated')} updated, "
+            f"{self.total('unchanged')} unchanged, {self.total('quarantined')} quarantined, "
+            f"{self.total('gaps')} missing at the exchange"
+        )
 
 
 def chunks(start: int, end: int, size: int) -> Iterator[tuple[int, int]]:

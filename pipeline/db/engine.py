@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -35,6 +37,17 @@ def create_engine(url: str, *, check: bool = True) -> Engine:
     if check:
         check_connection(engine)
     return engine
+
+
+@contextmanager
+def opened(url: str) -> Iterator[Engine]:
+    """An engine for `url` (see `create_engine`), disposed when the block ends: what a
+    task opens, it closes."""
+    engine = create_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def check_connection(engine: Engine) -> None:

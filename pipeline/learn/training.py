@@ -86,11 +86,24 @@ class Window:
         return f"[{iso(self.start)}, {iso(self.end)})"
 
 
-def windows_before(end_ms: int, train_days: int, valid_days: int, timeframe_ms: int) -> tuple:
-    """(train, valid) windows ending at `end_ms` (floored to the timeframe), valid last."""
+def windows_before(
+    end_ms: int,
+    train_days: int,
+    valid_days: int,
+    timeframe_ms: int,
+    *,
+    train_start: int | None = None,
+    train_end: int | None = None,
+    valid_start: int | None = None,
+) -> tuple[Window, Window]:
+    """(train, valid) windows ending at `end_ms` (floored to the timeframe), valid last:
+    `valid_days` of validation after `train_days` of training, unless a boundary is given
+    (a given training end is also where validation starts)."""
     end = end_ms - end_ms % timeframe_ms
-    valid = Window(end - valid_days * DAY_MS, end)
-    return Window(valid.start - train_days * DAY_MS, valid.start), valid
+    valid_start = valid_start or train_end or end - valid_days * DAY_MS
+    train_end = train_end or valid_start
+    train_start = train_start or train_end - train_days * DAY_MS
+    return Window(train_start, train_end), Window(valid_start, end)
 
 
 _FLAGS = {"num_envs": "envs"}
@@ -866,100 +879,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def snapshot_job(
-    settings: Settings,
-    market: str,
-    end_ms: int,
-    train_days: int,
-    valid_days: int,
-    folds: int = 1,
-) -> list[dict[str, Any]]:
-    """Snapshot one market's walk-forward folds ending at `end_ms` (the newest fold's
-    model is the candidate, the older ones are its evidence); plain dicts for the next
-    tasks."""
-    from pipeline.db.engine import create_engine
-
-    parsed = Market.model_validate(market)
-    spec = FeatureSpec(features=settings.training.features)
-    engine = create_engine(settings.db_url)
-    try:
-        windows = walk_forward_folds(
-            end_ms,
-            folds,
-            train_days,
-            valid_days,
-            parsed.timeframe_ms,
-            earliest_training_start(engine, parsed, spec) if folds > 1 else None,
-        )
-        snapshots = []
-        for fold, (train, valid) in enumerate(windows):
-            path = snapshot_window(settings, engine, parsed, train, valid, spec)
-            uri, _, _ = store_artifact(settings.artifact_root, path, "snapshots", ".npz")
-            snapshots.append(
-                {
-                    "market": str(parsed),
-                    "snapshot": uri,
-                    "train": [train.start, train.end],
-                    "valid": [valid.start, valid.end],
-                    "fold": fold,
-                    "folds": folds,
-                }
-            )
-        return snapshots
-    finally:
-        engine.dispose()
-
-
-def train_job(
-    settings: Settings,
-    snapshot: Mapping[str, Any],
-    algorithm: str,
-    changes: Mapping[str, Any],
-    orchestrator_run: str | None = None,
-) -> str:
-    """Train one algorithm on a snapshot made by `snapshot_job`; returns the run id."""
-    from pipeline.db.engine import create_engine
-
-    request = TrainRequest.from_settings(
-        settings,
-        algorithm,
-        Market.model_validate(snapshot["market"]),
-        Window(*snapshot["train"]),
-        Window(*snapshot["valid"]),
-        **changes,
-    )
-    engine = create_engine(settings.db_url)
-    try:
-        return train_candidate(
-            settings,
-            engine,
-            request,
-            snapshot["snapshot"],
-            orchestrator_run=orchestrator_run,
-            register_version=snapshot.get("fold", 0) == snapshot.get("folds", 1) - 1,
-        )
-    finally:
-        engine.dispose()
-
-
-def evaluate_job(settings: Settings, run_id: str) -> dict[str, Any]:
-    """Evaluate one run; a plain summary (run id, policy and baseline Sharpe, plot path)."""
-    from pipeline.db.engine import create_engine
-
-    evaluation = evaluate_run(settings, create_engine(settings.db_url), run_id)
-    return {
-        "run_id": run_id,
-        "sharpe": evaluation.metrics["sharpe"],
-        "total_return": evaluation.metrics["total_return"],
-        "baseline_sharpe": {
-            name: b.metrics["sharpe"]
-            for name, b in evaluation.backtests.items()
-            if name != "policy"
-        },
-        "plot": str(evaluation.plot),
-    }
-
-
 def select_walk_forward(engine: Engine, run_ids: list[str]) -> dict[str, Any]:
     """Per market, the algorithm with the best walk-forward score over its folds (see
     `pipeline.learn.walk_forward`); its newest fold's run is the candidate, and the evidence
@@ -1040,17 +959,6 @@ def select_walk_forward(engine: Engine, run_ids: list[str]) -> dict[str, Any]:
         }
     top = max(summaries.values(), key=lambda s: s["median_sharpe"])
     return {**top, "markets": summaries}
-
-
-def select_job(settings: Settings, run_ids: list[str]) -> dict[str, Any]:
-    """The best algorithm per market by walk-forward score (see `select_walk_forward`)."""
-    from pipeline.db.engine import create_engine
-
-    engine = create_engine(settings.db_url)
-    try:
-        return select_walk_forward(engine, run_ids)
-    finally:
-        engine.dispose()
 
 
 def ms_of(value: Any) -> int:

@@ -6,8 +6,8 @@ airflow-pools`, which `make run` calls); it is idempotent.
 
 from __future__ import annotations
 
-from pipeline.data.market_data import exchanges_of, pool_name
 from pipeline.settings import Settings
+from pipeline.tasks.market_data import exchanges_of, pool_name
 
 
 def ensure_pools(settings: Settings) -> list[str]:

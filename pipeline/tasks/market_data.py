@@ -1,5 +1,5 @@
-"""The market-data DAGs' tasks, without Airflow: ingest one market's data interval
-(`market_data`), or its history in chunks (`backfill_history`).
+"""The market-data DAGs' tasks and `python -m pipeline backfill`: ingest one market's
+data interval (`market_data`), or its history in chunks (`backfill_history`, the CLI).
 
 Light at import (the DAG files import it while parsing): the ingest machinery is
 imported inside the functions.
@@ -88,28 +88,18 @@ def backfill_market(
     end: int,
     *,
     credentials: Credentials | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> dict[str, Any]:
     """Fetch, validate and store `market`'s history in [start, end) chunk by chunk
-    (`pipeline.data.backfill`: chunks already complete are skipped); totals."""
+    (`pipeline.data.backfill`: chunks already complete are skipped); the totals, the
+    exchange's retries and a line for people."""
     from pipeline.data.backfill import backfill
 
-    result = _with_exchange(
-        settings,
-        market,
-        credentials,
-        lambda exchange, engine, target, **options: backfill(
-            exchange, engine, target, start, end, **options
-        ),
-    )
-    return {
-        "market": market,
-        "chunks": result.chunks,
-        "skipped": result.skipped,
-        **{
-            name: result.total(name)
-            for name in ("inserted", "updated", "unchanged", "quarantined", "gaps")
-        },
-    }
+    def work(exchange: Any, engine: Any, target: Market, **options: Any) -> dict[str, Any]:
+        result = backfill(exchange, engine, target, start, end, progress=progress, **options)
+        return {**result.as_dict(), "retries": exchange.retries, "line": result.line()}
+
+    return _with_exchange(settings, market, credentials, work)
 
 
 def history_range(days: int, end: str | None = None, now_ms: int | None = None) -> tuple[int, int]:
