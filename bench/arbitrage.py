@@ -49,6 +49,7 @@ from pipeline.arbitrage import (
     Triangles,
     size_cycle,
 )
+from pipeline.arguments import Parser, non_negative_float, non_negative_int, positive_int
 
 FLOOR_UPDATE_US = 100.0
 FLOOR_SEARCH_MS = 10.0
@@ -217,14 +218,20 @@ def edges_of(graph: ExchangeGraph, cycle: Any) -> tuple[int, ...]:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; its defaults are Binance's size."""
-    parser = argparse.ArgumentParser(prog="python -m bench.arbitrage", description=__doc__)
-    parser.add_argument("--currencies", type=int, default=500)
-    parser.add_argument("--markets", type=int, default=2000)
-    parser.add_argument("--updates", type=int, default=20_000, help="book updates timed in (a)")
-    parser.add_argument("--searches", type=int, default=300, help="full searches timed in (b)")
-    parser.add_argument("--noise-bps", type=float, default=8.0, help="mid price noise (std)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cycles", type=int, default=1000, help="cycles traded in (c)")
+    parser = Parser(prog="python -m bench.arbitrage", description=__doc__)
+    parser.add_argument("--currencies", type=positive_int, default=500)
+    parser.add_argument("--markets", type=positive_int, default=2000)
+    parser.add_argument(
+        "--updates", type=positive_int, default=20_000, help="book updates timed in (a)"
+    )
+    parser.add_argument(
+        "--searches", type=positive_int, default=300, help="full searches timed in (b)"
+    )
+    parser.add_argument(
+        "--noise-bps", type=non_negative_float, default=8.0, help="mid price noise (std)"
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--cycles", type=positive_int, default=1000, help="cycles traded in (c)")
     return parser.parse_args(argv)
 
 

@@ -12,7 +12,6 @@ run reaches >= 90% of the ceiling with no 418.
 
 from __future__ import annotations
 
-import argparse
 import json
 import socket
 import subprocess
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Floors, scratch_database
+from pipeline.arguments import Parser, positive_int
 from pipeline.data.backfill import backfill_many
 from pipeline.data.validate import _gx
 from pipeline.exchanges.client import ExchangeClient, RetryPolicy, create_ccxt
@@ -158,8 +158,10 @@ def report(figures: dict[str, Any]) -> Floors:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.backfill", description=__doc__)
-    parser.add_argument("--candles", type=int, default=None, help="per series (default: all)")
+    parser = Parser(prog="python -m bench.backfill", description=__doc__)
+    parser.add_argument(
+        "--candles", type=positive_int, default=None, help="per series (default: all)"
+    )
     args = parser.parse_args(argv)
     data = load_settings().data_dir
     if data is None:

@@ -54,6 +54,7 @@ import redis
 import sqlalchemy as sa
 
 from bench.common import scratch_database
+from pipeline.arguments import Parser, positive_int
 from pipeline.exchanges.simulator.app import SimulatorConfig, running
 from pipeline.ops.deployment import ADMIN, airflow_env, free_port
 from pipeline.ops.launch import AirflowAPI, Children, admin_password, say, start_airflow, wait_until
@@ -296,14 +297,17 @@ def report(local: Result, celery: Result) -> bool:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m bench.celery_overhead", description=__doc__)
+    parser = Parser(prog="python -m bench.celery_overhead", description=__doc__)
     parser.add_argument(
-        "--days", type=int, default=1, help="days of hourly runs (24 a day); the issue's: 30"
+        "--days",
+        type=positive_int,
+        default=1,
+        help="days of hourly runs (24 a day); the issue's: 30",
     )
     parser.add_argument("--end", default="2020-03-01", help="end of the window (UTC)")
     parser.add_argument(
         "--worker-concurrency",
-        type=int,
+        type=positive_int,
         default=Settings().airflow.exchange_pool_slots,
         help="slots of the Celery default-queue worker (default: the exchange pool's)",
     )

@@ -31,6 +31,7 @@ import numpy as np
 
 from bench.inference import latencies
 from bench.train_throughput import HIDDEN, load_window
+from pipeline.arguments import Parser, positive_int
 from pipeline.errors import CryptobotsError
 from pipeline.settings import Settings, load_settings
 
@@ -118,9 +119,9 @@ def inference(
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__)
+    parser = Parser(prog="python -m bench.gpu_check", description=__doc__)
     parser.add_argument("--require-gpu", action="store_true", help="fail without a GPU")
-    parser.add_argument("--steps", type=int, default=400_000, help="A2C environment steps")
+    parser.add_argument("--steps", type=positive_int, default=400_000, help="A2C environment steps")
     return parser.parse_args(argv)
 
 

@@ -12,7 +12,6 @@ microseconds at batch 1 and >= 20x faster than `model(x)`.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import Floors
+from pipeline.arguments import Parser, positive_int
 
 FLOOR_P50_US = 50.0
 FLOOR_RATIO = 20.0
@@ -109,8 +109,10 @@ def report(figures: dict[str, Any]) -> Floors:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.inference", description=__doc__)
-    parser.add_argument("--calls", type=int, default=5000, help="batch-1 calls per runtime")
+    parser = Parser(prog="python -m bench.inference", description=__doc__)
+    parser.add_argument(
+        "--calls", type=positive_int, default=5000, help="batch-1 calls per runtime"
+    )
     args = parser.parse_args(argv)
     report(measure(args.calls)).exit()
 

@@ -18,7 +18,6 @@ Floor (issue 15): the nightly run within 15 minutes on two CPU cores.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Floors, scratch_database
+from pipeline.arguments import Parser, positive_int
 from pipeline.data.backfill import backfill
 from pipeline.exchanges.client import open_exchange
 from pipeline.exchanges.simulator.app import SimulatorConfig, running
@@ -124,10 +124,13 @@ def report(figures: dict[str, Any]) -> Floors:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.nightly_train", description=__doc__)
+    parser = Parser(prog="python -m bench.nightly_train", description=__doc__)
     parser.add_argument("--end", default="2021-03-15", help="end of the newest fold (UTC)")
     parser.add_argument(
-        "--days", type=int, default=None, help="days backfilled (default: from the first candle)"
+        "--days",
+        type=positive_int,
+        default=None,
+        help="days backfilled (default: from the first candle)",
     )
     args = parser.parse_args(argv)
     report(measure(args.end, args.days)).exit()

@@ -24,7 +24,6 @@ runs after the decision is recorded; its own time per decision is printed apart.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import subprocess
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import Floors
+from pipeline.arguments import Parser, positive_int
 from pipeline.models.registry import model_name
 
 FLOOR_P99_MS = 5.0
@@ -305,8 +305,8 @@ def report(figures: dict[str, Any]) -> Floors:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.serving_latency", description=__doc__)
-    parser.add_argument("--decisions", type=int, default=10_000, help="decisions per path")
+    parser = Parser(prog="python -m bench.serving_latency", description=__doc__)
+    parser.add_argument("--decisions", type=positive_int, default=10_000, help="decisions per path")
     args = parser.parse_args(argv)
     from pipeline.settings import load_settings
 

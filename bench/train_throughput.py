@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import Floors
+from pipeline.arguments import Parser, non_negative_int, positive_int
 from pipeline.exchanges.simulator.recordings import read_recording
 from pipeline.learn.features import (
     Candles,
@@ -358,30 +359,46 @@ def print_ratio(m: Measurement, baseline: Measurement | None, floors: Floors) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m bench.train_throughput",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--data", type=Path, default=None, help="recorded data folder")
     parser.add_argument("--quick", action="store_true", help="about 4x fewer steps, one repeat")
-    parser.add_argument("--repeats", type=int, default=None, help="runs of each, best kept")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=None, help="runs of each, best kept"
+    )
     parser.add_argument("--no-sb3", action="store_true", help="skip the Stable-Baselines3 runs")
     parser.add_argument("--no-nightly", action="store_true", help="skip the default nightly runs")
     parser.add_argument(
-        "--a2c-envs", type=int, nargs="*", default=[1024, 4096], help="our A2C's parallel envs"
+        "--a2c-envs",
+        type=positive_int,
+        nargs="*",
+        default=[1024, 4096],
+        help="our A2C's parallel envs",
     )
     parser.add_argument(
-        "--dqn-envs", type=int, nargs="*", default=[1, 8, 32], help="our DQN's parallel envs"
+        "--dqn-envs",
+        type=positive_int,
+        nargs="*",
+        default=[1, 8, 32],
+        help="our DQN's parallel envs",
     )
     parser.add_argument(
         "--no-jit", action="store_true", help="our agents with jit_compile=False (diagnosis)"
     )
     parser.add_argument(
-        "--tf-threads", type=int, default=0, help="TensorFlow intra/inter-op threads (0: default)"
+        "--tf-threads",
+        type=non_negative_int,
+        default=0,
+        help="TensorFlow intra/inter-op threads (0: default)",
     )
     parser.add_argument(
-        "--torch-threads", type=int, default=1, help="torch threads for SB3 (0: torch's default)"
+        "--torch-threads",
+        type=non_negative_int,
+        default=1,
+        help="torch threads for SB3 (0: torch's default)",
     )
     args = parser.parse_args(argv)
     floors = Floors()

@@ -13,7 +13,6 @@ Floors (issue 2): (b) >= 60% of (a), (c) >= 75% of (a), (b) >= 15x (d).
 
 from __future__ import annotations
 
-import argparse
 import io
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import pyarrow.csv as pacsv
 import sqlalchemy as sa
 
 from bench.common import Floors, scratch_database
+from pipeline.arguments import Parser, positive_int
 from pipeline.db.upsert import _PGCOPY_HEADER, _PGCOPY_TRAILER, upsert_ohlcv
 
 FLOOR_NEW = 0.60
@@ -217,8 +217,8 @@ def report(figures: dict[str, Any]) -> Floors:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.upsert", description=__doc__)
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser = Parser(prog="python -m bench.upsert", description=__doc__)
+    parser.add_argument("--rows", type=positive_int, default=1_000_000)
     args = parser.parse_args(argv)
     report(measure(args.rows)).exit()
 
