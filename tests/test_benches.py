@@ -214,7 +214,12 @@ def test_train_throughput_bench_times_our_agents_past_their_first_chunk() -> Non
         assert positive(m.steps_per_s)
         assert positive(m.updates_per_s)
     training = TrainingSettings(
-        algorithms=("a2c", "dqn"), a2c_steps=512, a2c_envs=4, dqn_steps=128, dqn_envs=1
+        algorithms=("a2c", "dqn"),
+        a2c_steps=512,
+        a2c_envs=4,
+        dqn_steps=128,
+        dqn_envs=1,
+        episode_length=24,
     )
     daily = bench.load_window(
         DATA, "2019-06-01", "2019-08-01", training.features, training.decision_every
