@@ -51,6 +51,15 @@ class Position:
 
 
 @dataclass(frozen=True)
+class Mark:
+    """A market's equity point at candle `ts`: its position valued at `price`."""
+
+    ts: int
+    position: Position
+    price: float
+
+
+@dataclass(frozen=True)
 class Fill:
     """One execution of an order."""
 
@@ -150,7 +159,8 @@ def last_decided_candle(engine: Engine, account: str, market: str) -> int | None
 
 
 class DecisionWriter:
-    """Writes decisions, each with its order, fills and position change, atomically.
+    """Writes decisions, each with its order, fills, position change and equity point,
+    atomically.
 
     On Postgres it keeps one connection of its own in autocommit and sends each
     decision as a single statement of data-modifying CTEs: one round trip, where a
@@ -172,10 +182,13 @@ class DecisionWriter:
         *,
         durable: bool = True,
         fence: Fence | None = None,
+        mark: Mark | None = None,
     ) -> int:
         """Write a decision, its order (if any) and, for paper fills known at once, the
         execution; returns the decision id. With a `fence` (holder, token) nothing is
-        written unless that lease still holds the market: LeaseLost.
+        written unless that lease still holds the market: LeaseLost. With a `mark`, the
+        market's equity point after the decision goes in the same transaction (what
+        `record_equity` writes: a point already there for that candle is kept).
 
         A live order is written `pending` before it is sent, durably. A paper decision
         (`durable=False`) commits without waiting for the WAL flush on Postgres: only a
@@ -192,7 +205,15 @@ class DecisionWriter:
         moves = bool(decision["outcome"] in ("order", "hold") or base_change or quote_change)
         if not self.postgres:
             return _record_core(
-                self.engine, decision, values, fill_rows, moves, base_change, quote_change, fence
+                self.engine,
+                decision,
+                values,
+                fill_rows,
+                moves,
+                base_change,
+                quote_change,
+                fence,
+                mark,
             )
         params = {
             **decision,
@@ -207,7 +228,9 @@ class DecisionWriter:
             params["fills"] = json.dumps(fill_rows)
         if fence is not None:
             params |= {"lease_holder": fence[0], "lease_token": fence[1]}
-        statement = _PG_STATEMENTS[(bool(values), durable, fence is not None)]
+        if mark is not None:
+            params |= _mark_values(mark, prefix="e_")
+        statement = _PG_STATEMENTS[(bool(values), durable, fence is not None, mark is not None)]
         if self._conn is None or self._conn.closed:
             self._conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
@@ -236,11 +259,12 @@ def record_decision(
     *,
     durable: bool = True,
     fence: Fence | None = None,
+    mark: Mark | None = None,
 ) -> int:
     """`DecisionWriter.record` once, on a connection of its own (tests, tools)."""
     writer = DecisionWriter(engine)
     try:
-        return writer.record(decision, order, execution, durable=durable, fence=fence)
+        return writer.record(decision, order, execution, durable=durable, fence=fence, mark=mark)
     finally:
         writer.close()
 
@@ -254,6 +278,7 @@ def _record_core(
     base_change: float,
     quote_change: float,
     fence: Fence | None,
+    mark: Mark | None,
 ) -> int:
     with engine.begin() as conn:
         _check_fence(conn, decision["account"], decision["market"], fence)
@@ -266,6 +291,8 @@ def _record_core(
             conn.execute(sa.insert(fills), fill_rows)
         if moves:
             conn.execute(_position_update(decision, base_change, quote_change, postgres=False))
+        if mark is not None:
+            _record_equity(conn, decision["account"], decision["market"], mark)
     return int(decision_id)
 
 
@@ -300,6 +327,11 @@ _FILLED = (
     "ts bigint, price float8, amount float8, fee float8, fee_currency text) "
     "WHERE EXISTS (SELECT 1 FROM made))"
 ).format(columns="client_order_id, trade_id, ts, price, amount, fee, fee_currency")
+_EQUITY_COLUMNS = ("ts", "equity", "base", "quote", "price")
+_MARKED = (
+    ", marked AS (INSERT INTO equity (account, market, {columns}) SELECT :account, :market, "
+    "{values} WHERE EXISTS (SELECT 1 FROM made) ON CONFLICT DO NOTHING)"
+).format(columns=", ".join(_EQUITY_COLUMNS), values=", ".join(f":e_{c}" for c in _EQUITY_COLUMNS))
 # the lease row is read FOR SHARE: a takeover waits until this write is committed (and
 # then its reconciliation sees it), or this write sees the takeover and writes nothing
 _FENCE = (
@@ -309,15 +341,17 @@ _FENCE = (
 _PG_STATEMENTS = {
     # in autocommit, the statements of one query string are one implicit transaction,
     # so SET LOCAL covers exactly the decision's write
-    (with_order, durable, fenced): sa.text(
+    (with_order, durable, fenced, marked): sa.text(
         ("" if durable else "SET LOCAL synchronous_commit TO OFF; ")
         + _MADE.format(fence=_FENCE if fenced else "TRUE")
         + (_ORDERED + _FILLED if with_order else "")
+        + (_MARKED if marked else "")
         + " SELECT id FROM made"
     )
     for with_order in (False, True)
     for durable in (False, True)
     for fenced in (False, True)
+    for marked in (False, True)
 }
 
 
@@ -487,23 +521,29 @@ def record_equity(
 ) -> None:
     """One equity point per market and candle (a repeat of the same candle is ignored)."""
     with engine.begin() as conn:
-        exists = conn.execute(
-            sa.select(equity.c.ts).where(
-                equity.c.account == account, equity.c.market == market, equity.c.ts == ts
-            )
-        ).first()
-        if exists is None:
-            conn.execute(
-                sa.insert(equity).values(
-                    account=account,
-                    market=market,
-                    ts=ts,
-                    equity=position.equity(price),
-                    base=position.base,
-                    quote=position.quote,
-                    price=price,
-                )
-            )
+        _record_equity(conn, account, market, Mark(ts, position, price))
+
+
+def _record_equity(conn: Connection, account: str, market: str, mark: Mark) -> None:
+    exists = conn.execute(
+        sa.select(equity.c.ts).where(
+            equity.c.account == account, equity.c.market == market, equity.c.ts == mark.ts
+        )
+    ).first()
+    if exists is None:
+        conn.execute(sa.insert(equity).values(account=account, market=market, **_mark_values(mark)))
+
+
+def _mark_values(mark: Mark, prefix: str = "") -> dict[str, Any]:
+    """The equity row's values of an equity point (keys prefixed with `prefix`)."""
+    position = mark.position
+    return {
+        f"{prefix}ts": mark.ts,
+        f"{prefix}equity": position.equity(mark.price),
+        f"{prefix}base": position.base,
+        f"{prefix}quote": position.quote,
+        f"{prefix}price": mark.price,
+    }
 
 
 def equity_since_version(

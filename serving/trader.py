@@ -31,6 +31,7 @@ from pipeline.learn.features import Candles, fill_gaps, latest_features
 from pipeline.models.registry import (
     MOVES,
     PromotionConflict,
+    VersionNotFound,
     alias,
     get_version,
     model_name,
@@ -46,7 +47,7 @@ from serving.lease import Lease, LeaseLost, Renewer, Role
 from serving.metrics import RISK_CODES, Metrics
 from serving.model import AliasNotifications, ModelWatch, Policy
 from serving.risk import MarketRules, OrderIntent, RiskGate
-from serving.watch import WATCH_REASON, Expectations, Verdict, judge
+from serving.watch import WATCH_REASON, Expectations, RunningDrawdown, Verdict, judge
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,9 @@ class MarketState:
     position: store.Position | None = None  # cached: this process is the only writer
     rows: dict[int, list] = field(default_factory=dict)  # recent candles by open time
     watched: int | None = None  # the model version the champion watch follows
-    watch_equity: list[float] = field(default_factory=list)  # since that version took over
+    # its equity since that version took over: running peak, deepest fall, decisions
+    watch_record: RunningDrawdown = field(default_factory=RunningDrawdown)
+    watch_blind: str | None = None  # why the watch cannot judge that version, if it cannot
     expectations: Expectations | None = None  # what its backtest makes usual
     verdict: Verdict | None = None  # the watch's latest judgement
 
@@ -309,9 +312,20 @@ class Trader:
                 market.symbol, order["side"], order["amount"], order["client_order_id"], now
             )
         lap("broker")
+        # the position after the decision is known before the write, but for a live order
+        # (the exchange has yet to tell its fills): its equity point then goes into the
+        # decision's own transaction, one per decision
+        after: store.Position | None = position
+        if decision["outcome"] in ("order", "hold"):
+            after = dataclasses.replace(position, target=target)
+        if order is not None and broker.live:
+            after = None  # the exchange's answer moves it: read back after sending
+        elif order is not None and execution is not None:
+            after = store.moved(after, order["side"], execution)
+        mark = None if after is None else store.Mark(last, after, price)
         try:
             self.writer.record(
-                decision, order, execution, durable=broker.live, fence=self._fence(key)
+                decision, order, execution, durable=broker.live, fence=self._fence(key), mark=mark
             )
         except LeaseLost as error:
             self._lease_lost(error)
@@ -325,19 +339,13 @@ class Trader:
         state.last_decision_ms = sum(ms for stage, ms in lap.ms.items() if stage != "broker")
         self.metrics.decisions.labels(key, decision["outcome"]).inc()
         self.metrics.decision_latency.labels(key).observe(state.last_decision_ms / 1000)
-        after: store.Position | None = position
-        if decision["outcome"] in ("order", "hold"):
-            after = dataclasses.replace(position, target=target)
         if order is not None:
             self.risk.record_order(key, now)
             if broker.live:
                 execution = self._send(broker, market, order, now)
-                after = None  # the exchange's answer moved it: read it back
-            elif execution is not None:
-                after = store.moved(after or position, order["side"], execution)
             self._count(key, execution)
         state.handled = last
-        self._mark(key, price, last, after)
+        self._mark(key, price, last, after, recorded=mark is not None)
         if self.settings.serving.watch_enabled:
             self._watch(state, policy, now)
         return 1
@@ -346,28 +354,31 @@ class Trader:
 
     def _watch(self, state: MarketState, policy: Policy, now: int) -> None:
         """Judge the champion's record since it took over this market; on a breach roll
-        back to the previous champion, or flatten and pause when there is none."""
+        back to the previous champion, or flatten and pause when there is none.
+
+        The record is read from the database once, when the version changes; after
+        that each decision adds its equity point in constant time."""
         key = str(state.market)
         if state.watched != policy.version:
-            state.watched = policy.version
-            state.watch_equity = store.equity_since_version(
-                self.engine,
-                self.account,
-                key,
-                policy.name,
-                policy.version,
-                since=store.watch_resumed_at(self.engine, self.account),
-            )
-            metrics = get_version(self.engine, policy.name, policy.version)["metrics"]
-            state.expectations = Expectations.from_metrics(metrics)
+            self._watch_version(state, policy)
         elif state.position is not None and state.last_price is not None:
-            state.watch_equity.append(state.position.equity(state.last_price))
+            state.watch_record.add(state.position.equity(state.last_price))
         if state.verdict is not None and state.verdict.breached:
             return  # acted on already; waiting for the model to change
         label = f"{policy.name} v{policy.version} on {key}"
-        verdict = judge(
-            label, state.watch_equity, state.expectations, self.settings.serving.watch_max_drawdown
-        )
+        record = state.watch_record
+        if state.watch_blind is not None:
+            verdict = Verdict(
+                False, True, record.drawdown, None, record.decisions, state.watch_blind
+            )
+        else:
+            verdict = judge(
+                label,
+                record.drawdown,
+                record.decisions,
+                state.expectations,
+                self.settings.serving.watch_max_drawdown,
+            )
         state.verdict = verdict
         self.metrics.watch_drawdown.labels(key).set(verdict.drawdown)
         if verdict.limit is not None:
@@ -375,6 +386,34 @@ class Trader:
         if verdict.breached:
             self.metrics.watch_breaches.labels(key).inc()
             self._watch_breach(state, policy, verdict, now)
+
+    def _watch_version(self, state: MarketState, policy: Policy) -> None:
+        """Start following a version that took the market over: its record so far (a
+        restart goes on where it was) and its backtest's expectations. A version the
+        registry does not know leaves the watch blind to it (said once, here)."""
+        key = str(state.market)
+        equity = store.equity_since_version(
+            self.engine,
+            self.account,
+            key,
+            policy.name,
+            policy.version,
+            since=store.watch_resumed_at(self.engine, self.account),
+        )
+        blind = None
+        try:
+            metrics = get_version(self.engine, policy.name, policy.version)["metrics"]
+        except VersionNotFound as error:
+            metrics = None
+            blind = (
+                f"{policy.name} v{policy.version} on {key} is not in the registry ({error}): "
+                "the watch is blind to it"
+            )
+            log.warning("%s%s", WATCH_REASON, blind)
+        state.watch_record = RunningDrawdown.of(equity)
+        state.expectations = Expectations.from_metrics(metrics)
+        state.watch_blind = blind
+        state.watched = policy.version  # last: a database error above tries again next time
 
     def _watch_breach(self, state: MarketState, policy: Policy, verdict: Verdict, now: int) -> None:
         reason = f"{WATCH_REASON}{verdict.reason}"
@@ -530,15 +569,23 @@ class Trader:
             self.metrics.fills.labels(key).inc(len(execution.fills))
 
     def _mark(
-        self, key: str, price: float, ts: int, position: store.Position | None = None
+        self,
+        key: str,
+        price: float,
+        ts: int,
+        position: store.Position | None = None,
+        *,
+        recorded: bool = False,
     ) -> None:
-        """Record the equity point; `position` is the market's, when known without a read."""
+        """Record the equity point (unless the decision's write `recorded` it already);
+        `position` is the market's, when known without a read."""
         position = position or store.get_position(self.engine, self.account, key)
         if position is None:
             return
         self.markets[key].last_price = price
         self.markets[key].position = position
-        store.record_equity(self.engine, self.account, key, ts, position, price)
+        if not recorded:
+            store.record_equity(self.engine, self.account, key, ts, position, price)
         self.metrics.equity.labels(key).set(position.equity(price))
         self.metrics.position.labels(key).set(position.base)
         self.risk.on_equity(self._total_equity(), ts)
@@ -721,7 +768,7 @@ class Trader:
             for state in self.markets.values():
                 if state.verdict is not None and state.verdict.breached:
                     state.verdict = None
-                    state.watch_equity = (
+                    state.watch_record = RunningDrawdown.of(
                         [state.position.equity(state.last_price)]
                         if state.position is not None and state.last_price is not None
                         else []

@@ -4,8 +4,9 @@ Training stores with each model version what its out-of-sample backtest makes us
 for several horizons (a number of decisions), the 95th percentile of the maximum
 drawdown over that many decisions, from a block bootstrap of the backtest's returns
 (`pipeline.learn.evidence.drawdown_expectations`). While the version trades, the trader
-keeps the equity of each market since the version took over and `judge`s it after
-every decision: a drawdown deeper than what the backtest made usual over the same
+follows the equity of each market since the version took over (its running peak and
+deepest fall, a `RunningDrawdown`, updated in constant time per point) and `judge`s
+it after every decision: a drawdown deeper than what the backtest made usual over the same
 number of decisions (or than `serving.watch_max_drawdown`, whichever is lower) is a
 breach. The trader then rolls back to the previous champion, or flattens and pauses
 when there is none. Without a distribution and without a configured limit the watch
@@ -14,8 +15,9 @@ is blind: it says so, and never changes the champion on its own.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -80,16 +82,61 @@ def max_drawdown(equity: Sequence[float]) -> float:
     return float(np.max(1.0 - values / np.where(peak > 0, peak, 1.0)))
 
 
+@dataclass
+class RunningDrawdown:
+    """`max_drawdown` of an equity record kept up to date one point at a time, in
+    constant time per point: the running peak and the deepest fall from it so far.
+
+    It computes exactly what `max_drawdown` computes over the whole record (the same
+    float operations in the same order; a NaN point poisons it the same way)."""
+
+    points: int = 0
+    peak: float = math.nan
+    deepest: float = 0.0  # the largest 1 - value / peak so far, the first point's included
+
+    @classmethod
+    def of(cls, equity: Iterable[float]) -> RunningDrawdown:
+        """The running figures of a whole record."""
+        running = cls()
+        for value in equity:
+            running.add(value)
+        return running
+
+    def add(self, value: float) -> None:
+        """One more equity point."""
+        value = float(value)
+        first = self.points == 0
+        self.peak = value if first else _max(self.peak, value)
+        fall = 1.0 - value / (self.peak if self.peak > 0 else 1.0)
+        self.deepest = fall if first else _max(self.deepest, fall)
+        self.points += 1
+
+    @property
+    def drawdown(self) -> float:
+        """The largest fall from a running peak so far, as a positive fraction."""
+        return self.deepest if self.points >= 2 else 0.0
+
+    @property
+    def decisions(self) -> int:
+        """Decisions judged: one point comes before the first decision."""
+        return max(self.points - 1, 0)
+
+
+def _max(a: float, b: float) -> float:
+    """max that propagates a NaN from either side, as `np.maximum` does."""
+    return a if a >= b or a != a else b
+
+
 def judge(
     label: str,
-    equity: Sequence[float],
+    drawdown: float,
+    decisions: int,
     expectations: Expectations | None,
     configured: float | None = None,
 ) -> Verdict:
-    """Compare the equity since `label` took over (one point before its first decision,
-    then one per decision) with its expectations and the configured limit."""
-    decisions = max(len(equity) - 1, 0)
-    drawdown = max_drawdown(equity)
+    """Compare the `drawdown` of the equity since `label` took over, over `decisions`
+    decisions (a `RunningDrawdown`'s figures), with its expectations and the configured
+    limit."""
     limits: list[tuple[float, str]] = []
     if expectations is not None:
         limits.append(

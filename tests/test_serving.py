@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import logging
 import os
 import re
 import signal
@@ -30,6 +32,7 @@ from serving.metrics import Metrics
 from serving.model import CPU, AliasNotifications, ModelWatch
 from serving.risk import RiskGate
 from serving.trader import Trader
+from serving.watch import max_drawdown
 from tests.conftest import exchange_client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -588,3 +591,63 @@ def test_after_a_resume_a_restarted_watch_judges_only_what_came_after(
     assert len(whole) >= 2, "the breach needed a fall"
     assert 1 <= len(since) < len(whole)
     assert since == whole[len(whole) - len(since) :], "the tail of the record, from the resume"
+
+
+def test_the_watchs_running_record_is_the_equity_on_record_since_the_version_took_over(
+    registry: tuple[Engine, str, list[int]], clock_sim: Running, tmp_path: Path
+) -> None:
+    engine, _, (first, _) = registry
+    trader = paper_trader(settings_for(engine, clock_sim, tmp_path), engine, clock_sim)
+    run_until(trader, lambda: decided(engine) >= 5, 60)
+
+    state = trader.markets[MARKET]
+    equity = store.equity_since_version(engine, "paper", MARKET, NAME, first)
+    assert state.watch_record.decisions == len(equity) - 1 >= 4
+    assert state.watch_record.drawdown == max_drawdown(equity)
+    assert state.verdict is not None
+    assert state.verdict.decisions == state.watch_record.decisions
+    restarted = paper_trader(settings_for(engine, clock_sim, tmp_path), engine, clock_sim)
+    run_until(restarted, lambda: restarted.markets[MARKET].verdict is not None, 30)
+    record = restarted.markets[MARKET].watch_record  # seeded from the database once
+    equity = store.equity_since_version(engine, "paper", MARKET, NAME, first)
+    assert (record.drawdown, record.decisions) == (max_drawdown(equity), len(equity) - 1)
+
+
+class ServesOne:
+    """A model watch that always serves one policy, registered or not."""
+
+    def __init__(self, policy: object) -> None:
+        self.policy = policy
+
+    def current(self) -> object:
+        return self.policy
+
+    def poll(self) -> object:
+        return self.policy
+
+
+def test_a_champion_unknown_to_the_registry_leaves_the_watch_blind_and_trading_on(
+    registry: tuple[Engine, str, list[int]],
+    clock_sim: Running,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine, _, (first, _) = registry
+    settings = settings_for(engine, clock_sim, tmp_path, watch_max_drawdown=1e-9)
+    loaded = ModelWatch(engine, NAME, settings.var_dir / "models", [CPU]).poll()
+    assert loaded is not None
+    assert loaded.version == first
+    trader = paper_trader(settings, engine, clock_sim)
+    trader.watches = {NAME: ServesOne(dataclasses.replace(loaded, version=999))}
+    with caplog.at_level(logging.WARNING, logger="serving.trader"):
+        run_until(trader, lambda: decided(engine) >= 3, 60)
+
+    verdict = trader.markets[MARKET].verdict
+    assert verdict is not None
+    assert verdict.blind
+    assert not verdict.breached, "a blind watch never acts, not even on the configured limit"
+    assert verdict.decisions >= 2
+    blind = [r for r in caplog.records if "v999" in r.getMessage()]
+    assert len(blind) == 1, "said once for the version"
+    assert not trader.risk.snapshot()["global"]["operator_paused"]
+    assert rows(engine, "SELECT count(*) FROM promotion_events WHERE who = 'watchdog'") == [(0,)]
