@@ -24,6 +24,11 @@ RESTARTS = 20
 KEY, SECRET = "crash-test-key", "crash-test-secret"
 
 
+def started_count(log: Path) -> int:
+    """Trader starts that got as far as serving health, in the shared log so far."""
+    return log.read_text().count("health http://") if log.exists() else 0
+
+
 def test_sigkill_at_random_points_never_doubles_an_order_and_books_match_the_exchange(
     fresh_pg,
     simulator: Callable[..., AbstractContextManager[Running]],
@@ -47,9 +52,19 @@ def test_sigkill_at_random_points_never_doubles_an_order_and_books_match_the_exc
             # a restart waits out its killed predecessor's lease: keep that short here
             "CRYPTOBOTS_SERVING__FAILOVER_SECONDS": "1.5",
         }
+        startup = None  # this machine's start-up time, measured on the first start
         for _ in range(RESTARTS):
+            healthy = started_count(log)
+            started = time.monotonic()
             process = start_trader(env, log)
-            time.sleep(rng.uniform(4.0, 10.0))  # startup takes ~5 s: some die in it
+            if startup is None:
+                while started_count(log) == healthy:
+                    assert time.monotonic() - started < 120, log.read_text()[-3000:]
+                    time.sleep(0.1)
+                startup = time.monotonic() - started
+                time.sleep(rng.uniform(0.0, startup))
+            else:
+                time.sleep(rng.uniform(0.8, 2.0) * startup)  # some die in start-up
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=30)
         sim.exchange.faults.rate = 0.0
@@ -67,7 +82,7 @@ def test_sigkill_at_random_points_never_doubles_an_order_and_books_match_the_exc
     output = log.read_text()
     assert SECRET not in output, "the API secret reached the logs"
     assert KEY not in output, "the API key reached the logs"
-    assert output.count("health http://") >= RESTARTS // 2
+    assert started_count(log) >= RESTARTS // 2
     assert len(sent) >= 5, "the trader hardly traded: the test would prove nothing"
     assert len(sent) == len(set(sent)), "a client order id reached the exchange twice"
     ours = {r[0]: r[1] for r in rows(engine, "SELECT client_order_id, status FROM orders")}
