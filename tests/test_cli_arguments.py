@@ -120,15 +120,17 @@ def test_arbitrage_scan_with_no_second_venue_says_nothing_was_scanned(
     assert "CRYPTOBOTS_ARBITRAGE__VENUE_GROUPS" in captured.err
 
 
-def test_worker_refuses_malformed_secrets_naming_the_file(
-    capsys: pytest.CaptureFixture[str],
-    var_dir: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def secrets(var_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where a remote worker's secrets file goes, with the settings such a worker needs."""
     monkeypatch.setenv("CRYPTOBOTS_DB_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     monkeypatch.setenv("CRYPTOBOTS_ARTIFACT_ROOT", "s3://models/cryptobots")
-    secrets = tmp_path / "secrets.json"
+    return tmp_path / "secrets.json"
+
+
+def test_worker_refuses_malformed_secrets_naming_the_file(
+    capsys: pytest.CaptureFixture[str], secrets: Path
+) -> None:
     secrets.write_text('{"fernet_key": "abc",')
     code = main(["worker", "--api-url", "http://airflow-host:8080", "--secrets", str(secrets)])
     assert code == 2
@@ -138,14 +140,8 @@ def test_worker_refuses_malformed_secrets_naming_the_file(
 
 
 def test_worker_refuses_secrets_that_lack_a_key(
-    capsys: pytest.CaptureFixture[str],
-    var_dir: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], secrets: Path
 ) -> None:
-    monkeypatch.setenv("CRYPTOBOTS_DB_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    monkeypatch.setenv("CRYPTOBOTS_ARTIFACT_ROOT", "s3://models/cryptobots")
-    secrets = tmp_path / "secrets.json"
     secrets.write_text(json.dumps({"fernet_key": "abc", "jwt_secret": "def"}))
     assert main(["worker", "--api-url", "http://h:8080", "--secrets", str(secrets)]) == 2
     assert "fernet_key, jwt_secret, secret_key" in capsys.readouterr().err
