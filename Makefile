@@ -10,10 +10,10 @@ UV_VERSION := 0.13.9
 SETUP_INPUTS := requirements.txt pyproject.toml
 SETUP_STAMP := $(VENV)/.cryptobots-setup
 
-.PHONY: help setup browser run test lint bench gpu-check lock clean
+.PHONY: help setup browser run test test-unit test-integration test-e2e lint bench gpu-check lock clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
 setup: ## create .venv with the pinned requirements and the project (quick when nothing changed)
 	@want=$$(cat $(SETUP_INPUTS) | sha256sum | cut -d' ' -f1); \
@@ -36,8 +36,17 @@ browser: ## install Debian's chromium and chromium-driver for the browser tests 
 run: setup ## the main job: simulator, Airflow, backfill, a first model, the paper trader (Ctrl-C stops)
 	$(PY) -m pipeline run $(ARGS)
 
-test: setup lint ## lint, then the whole test suite (real Postgres: CRYPTOBOTS_TEST_PG_URL)
-	$(PY) -m pytest
+test: setup lint ## lint, then the whole test suite: unit, integration, e2e (real Postgres: CRYPTOBOTS_TEST_PG_URL)
+	$(PY) -m pytest $(ARGS)
+
+test-unit: setup ## the unit layer: no network, no database, under a minute
+	$(PY) -m pytest tests/unit $(ARGS)
+
+test-integration: setup ## the integration layer: real Postgres, the simulator, Airflow
+	$(PY) -m pytest tests/integration $(ARGS)
+
+test-e2e: setup ## the end-to-end layer: `make run` as a user starts it, and the browser
+	$(PY) -m pytest tests/e2e $(ARGS)
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .

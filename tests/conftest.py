@@ -7,6 +7,7 @@ CI=true: CI never passes by silently skipping them.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -23,19 +24,11 @@ from sqlalchemy.engine import Engine
 
 from pipeline.db.engine import create_engine
 from pipeline.db.migrate import upgrade
-from pipeline.exchanges.client import ExchangeClient, RetryPolicy, create_ccxt
 from pipeline.exchanges.simulator.app import Running, SimulatorConfig, running
-from pipeline.settings import (
-    ENV_PREFIX,
-    ExchangeConfig,
-    default_data_dir,
-    mask_url,
-    normalize_db_url,
-)
+from pipeline.settings import ENV_PREFIX, default_data_dir, mask_url
+from tests.support.paths import REPO
+from tests.support.postgres import PG_SERVER_URL
 
-PG_SERVER_URL = normalize_db_url(
-    os.environ.get("CRYPTOBOTS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-)
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
@@ -48,6 +41,25 @@ def _isolated_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith(ENV_PREFIX) and not key.startswith(f"{ENV_PREFIX}TEST_"):
             monkeypatch.delenv(key)
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """main() points the root logger at this test's stderr: put it back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A SQLite database (not created) and var dir for a CLI run, set in the environment."""
+    url = f"sqlite:///{tmp_path / 'var' / 'cryptobots.db'}"
+    monkeypatch.setenv("CRYPTOBOTS_DB_URL", url)
+    monkeypatch.setenv("CRYPTOBOTS_VAR_DIR", str(tmp_path / "var"))
+    return url
 
 
 @pytest.fixture(scope="session")
@@ -122,19 +134,6 @@ def simulator(data_dir: Path) -> Callable[..., AbstractContextManager[Running]]:
     return start
 
 
-def fast_retry() -> RetryPolicy:
-    """Retries quick enough for tests (the simulator's Retry-After is 1 s)."""
-    return RetryPolicy(attempts=12, initial_seconds=0.05, max_seconds=0.5, total_seconds=120)
-
-
-def exchange_client(url: str, name: str = "binance", timeout_ms: int = 2000) -> ExchangeClient:
-    """A ccxt.binance client for the simulator at `url`, behind the cryptobots adapter."""
-    client = create_ccxt(name, ExchangeConfig(ccxt_id="binance", url=url), timeout_ms=timeout_ms)
-    exchange = ExchangeClient(name, client, fast_retry())
-    exchange.load_markets()
-    return exchange
-
-
 @pytest.fixture
 def fresh_pg(pg_server: Engine) -> Iterator[Callable[[], Engine]]:
     """Make fresh, migrated Postgres databases inside a test; all dropped afterwards."""
@@ -155,24 +154,6 @@ def fresh_pg(pg_server: Engine) -> Iterator[Callable[[], Engine]]:
         engine.dispose()
         with pg_server.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def airflow_env(home: Path, metadata_url: str | None = None) -> dict[str, str]:
-    """Environment of an isolated Airflow over this repo's dags/ and plugins/: the outer
-    shell's AIRFLOW*/CRYPTOBOTS_* variables dropped, metadata in SQLite under `home`
-    unless `metadata_url` says otherwise."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CRYPTOBOTS_"))}
-    return env | {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url or f"sqlite:///{home / 'airflow.db'}",
-        "PYTHONPATH": str(REPO / "plugins"),
-    }
 
 
 @pytest.fixture(scope="module")

@@ -26,14 +26,14 @@ from pipeline.db.engine import create_engine
 from pipeline.db.schema import model_versions, promotion_events
 from pipeline.models.registry import alias, model_name, promotion_history
 from pipeline.ops.launch import AirflowAPI
-from tests.e2e.browser_airflow import (
+from tests.support.browser_airflow import (
     AirflowUI,
     missing_browser,
     poll,
     replace_text,
     start_chromium,
 )
-from tests.e2e.conftest import Stack
+from tests.support.main_job import Stack
 
 if (why := missing_browser()) is not None:
     if os.environ.get("CI"):  # CI must run them: a missing browser fails, loudly

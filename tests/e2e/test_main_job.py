@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from pipeline.db.engine import create_engine
 from pipeline.models.registry import alias, load_verified, model_name
-from tests.conftest import exchange_client
-from tests.e2e.conftest import Stack, start
+from tests.support.exchange import exchange_client
+from tests.support.main_job import Stack, start
 
 MARKETS = ("BTC/USDT", "ETH/USDT", "ETH/BTC")
 NAME = model_name("binance:BTC/USDT:1h")

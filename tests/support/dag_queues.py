@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+
 AIRFLOW_DEFAULT_QUEUE = "default"  # Airflow's [operators] default_queue
 
 

@@ -12,15 +12,14 @@ from sqlalchemy.engine import Engine
 
 from pipeline.exchanges.simulator.app import Running
 from pipeline.models.registry import move_alias, register
-from tests.test_serving import MARKET, NAME, export
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+from tests.support.policies import MARKET, NAME, exported_policy
 
 
 def promote_champion(engine: Engine, tmp_path: Path, reason: str) -> str:
     """Register and promote a small exported policy; returns the artifact root."""
     root = f"file://{tmp_path / 'artifacts'}"
-    version = register(engine, root, export(tmp_path, seed=3), NAME)
+    version = register(engine, root, exported_policy(tmp_path, seed=3), NAME)
     move_alias(engine, NAME, version, seen_generation=None, who="test", reason=reason)
     return root
 

@@ -1,0 +1,105 @@
+"""The trader killed with SIGKILL at random moments, again and again, trading through
+the simulator's signed endpoints under injected faults: nothing is sent twice and its
+books equal the exchange's."""
+
+from __future__ import annotations
+
+import random
+import re
+import signal
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from pipeline.exchanges.simulator.app import Running
+from tests.support.live_trader import exchange_books, live_env, promote_champion, start_trader
+from tests.support.trading import rows
+
+RESTARTS = 20
+KEY, SECRET = "crash-test-key", "crash-test-secret"
+
+
+def started_count(log: Path) -> int:
+    """Trader starts that got as far as serving health, in the shared log so far."""
+    return log.read_text().count("health http://") if log.exists() else 0
+
+
+def test_sigkill_at_random_points_never_doubles_an_order_and_books_match_the_exchange(
+    fresh_pg,
+    simulator: Callable[..., AbstractContextManager[Running]],
+    tmp_path: Path,
+) -> None:
+    engine: Engine = fresh_pg()
+    promote_champion(engine, tmp_path, "crash test")
+    rng = random.Random(7)
+    log = tmp_path / "trader.log"
+    with simulator(
+        shift_to_now=True,
+        speed=3600.0,
+        api_keys=((KEY, SECRET),),
+        fault_rate=0.05,
+        fault_kinds=("500", "503", "malformed", "drop", "latency"),
+        seed=11,
+    ) as sim:
+        env = live_env(engine, sim, KEY, SECRET) | {
+            "CRYPTOBOTS_VAR_DIR": str(tmp_path / "var"),
+            "CRYPTOBOTS_SERVING__LOOP_SECONDS": "0.05",
+            # a restart waits out its killed predecessor's lease: keep that short here
+            "CRYPTOBOTS_SERVING__FAILOVER_SECONDS": "1.5",
+        }
+        startup = None  # this machine's start-up time, measured on the first start
+        for _ in range(RESTARTS):
+            healthy = started_count(log)
+            started = time.monotonic()
+            process = start_trader(env, log)
+            if startup is None:
+                while started_count(log) == healthy:
+                    assert time.monotonic() - started < 120, log.read_text()[-3000:]
+                    time.sleep(0.1)
+                startup = time.monotonic() - started
+                time.sleep(rng.uniform(0.0, startup))
+            else:
+                time.sleep(rng.uniform(0.8, 2.0) * startup)  # some die in start-up
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+        sim.exchange.faults.rate = 0.0
+        process = start_trader(env, log)
+        before = rows(engine, "SELECT count(*) FROM decisions")[0][0]
+        deadline = time.monotonic() + 90
+        while rows(engine, "SELECT count(*) FROM decisions")[0][0] < before + 3:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        sent = [o.client_order_id for o in sim.exchange.accounts.account(KEY).orders]
+        exchange_base, exchange_quote = exchange_books(sim, KEY)
+
+    output = log.read_text()
+    assert SECRET not in output, "the API secret reached the logs"
+    assert KEY not in output, "the API key reached the logs"
+    assert started_count(log) >= RESTARTS // 2
+    assert len(sent) >= 5, "the trader hardly traded: the test would prove nothing"
+    assert len(sent) == len(set(sent)), "a client order id reached the exchange twice"
+    ours = {r[0]: r[1] for r in rows(engine, "SELECT client_order_id, status FROM orders")}
+    assert set(sent) <= set(ours), "the exchange has an order the trader does not know"
+    assert all(status in ("filled", "expired", "rejected") for status in ours.values()), ours
+    orphans = rows(
+        engine,
+        "SELECT d.candle_ts FROM decisions d LEFT JOIN orders o "
+        "ON o.client_order_id = d.client_order_id "
+        "WHERE (d.outcome = 'order' AND o.client_order_id IS NULL) "
+        "OR (d.outcome = 'denied' AND d.reason IS NULL)",
+    )
+    assert orphans == []
+    [(base, quote)] = rows(engine, "SELECT base, quote FROM positions WHERE account = 'live'")
+    assert base == pytest.approx(exchange_base, abs=1e-9)
+    assert quote == pytest.approx(exchange_quote, abs=1e-6)
+    assert "balances differ" not in output, re.findall(r".*balances differ.*", output)[:3]
+    with engine.connect() as conn:
+        decided = conn.execute(sa.text("SELECT count(*) FROM decisions")).scalar()
+    assert decided >= RESTARTS // 2

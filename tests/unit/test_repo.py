@@ -1,0 +1,92 @@
+"""The repository's contracts: pinned environments, a slim serving set, light imports."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.paths import REPO
+
+REQUIREMENTS = ["requirements.txt", "requirements-gpu.txt", "serving/requirements.txt"]
+HEAVY = ["tensorflow", "airflow", "great_expectations", "onnx", "tf2onnx", "ccxt", "pandas"]
+
+
+def pins(path: Path) -> dict[str, str]:
+    result = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            match = re.fullmatch(r"([A-Za-z0-9_.\-\[\],]+)==([^\s;]+)(\s*;.*)?", line)
+            assert match, f"{path.name}: {line!r} is not pinned as name==version"
+            result[match.group(1).lower()] = match.group(2)
+    return result
+
+
+@pytest.mark.parametrize("name", REQUIREMENTS)
+def test_requirements_files_are_fully_pinned(name: str) -> None:
+    assert len(pins(REPO / name)) > 10
+
+
+def test_serving_requirements_have_no_tensorflow_airflow_or_great_expectations() -> None:
+    serving = pins(REPO / "serving/requirements.txt")
+    heavy = [p for p in serving if p.startswith(("tensorflow", "apache-airflow", "great-exp"))]
+    assert heavy == []
+    assert "onnxruntime-gpu" in serving
+
+
+@pytest.mark.parametrize("name", ["requirements-gpu.txt", "serving/requirements.txt"])
+def test_other_environments_use_the_main_pins(name: str) -> None:
+    main, other = pins(REPO / "requirements.txt"), pins(REPO / name)
+    differ = {p: (main[p], v) for p, v in other.items() if p in main and main[p] != v}
+    assert differ == {}
+
+
+def test_light_modules_import_nothing_heavy() -> None:
+    code = (
+        "import sys, pipeline.settings, pipeline.cli, pipeline.db.upsert, pipeline.db.migrate, "
+        "pipeline.ops.doctor, pipeline.learn.features, pipeline.learn.evaluate, serving; "
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_readme_quickstart_is_make_run_then_make_test() -> None:
+    readme = (REPO / "README.md").read_text()
+    quickstart = readme.split("## Quickstart", 1)[1].split("```", 2)[1]
+    commands = [line.split("#")[0].strip() for line in quickstart.splitlines()[1:]]
+    assert [c for c in commands if c] == ["make run", "make test"]
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    assert "make test" in (REPO / ".ci/run").read_text()
+
+
+def test_no_test_module_imports_another() -> None:
+    """Test modules share builders through tests/support, never through each other."""
+    offenders = {}
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        if "support" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                if name.startswith("tests.") and not name.startswith("tests.support"):
+                    offenders.setdefault(str(path.relative_to(REPO)), []).append(name)
+    assert offenders == {}
+
+
+def test_every_test_sits_in_a_layer() -> None:
+    """tests/ holds only the layers, the builders and the fixtures; no loose test modules."""
+    loose = sorted(p.name for p in (REPO / "tests").glob("test_*.py"))
+    assert loose == []
