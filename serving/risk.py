@@ -297,130 +297,74 @@ class RiskGate:
     def check(self, intent: OrderIntent, rules: MarketRules, now_ms: int) -> Verdict:
         """Judge one order; the limits apply in the order of the module's rules, first denial wins.
 
+        0. an order with a non-finite number, or an amount or price <= 0, is invalid;
         1. state: HALTED passes only reducing flatten orders, REDUCING only reducing ones;
         2. reduce-only orders (REDUCING, HALTED, flatten) are capped at |position|;
         3. max_order_notional caps; 4. max_position_notional and 5. max_leverage cap the
         position after the order, and deny when there is no room at all; 6.
         max_orders_per_hour denies; 7. rounding down to the step, then min amount and min
         cost deny. Reducing orders (including flatten) skip 3-6. Caps are named in the
-        reason of an allowed verdict.
+        reason of an allowed verdict. Each rule is one helper below, called in this order.
         """
         self._seen(now_ms)
-        market = intent.market
-        notes: list[str] = []
+        draft = _Draft(intent.amount)
+        why = _invalid_order(intent)
+        if why is not None:
+            return draft.deny(why)
+        state = self.state(intent.market)
+        why = self._state_denial(intent, state)
+        if why is not None:
+            return draft.deny(why)
+        _cap_reduce_only(intent, state, draft)
+        if not (intent.reduces and draft.amount <= abs(intent.position)):
+            why = self._limits_denial(intent, draft, now_ms)
+            if why is not None:
+                return draft.deny(why)
+        return _rounded_verdict(intent, rules, draft)
 
-        def deny(why: str) -> Verdict:
-            return Verdict(False, 0.0, "; ".join([*notes, why]))
-
-        numbers = (intent.amount, intent.price, intent.position, intent.equity)
-        if not all(math.isfinite(x) for x in numbers):
-            return deny(f"invalid order {intent}: amount, price, position, equity must be finite")
-        if intent.amount <= 0 or intent.price <= 0:
-            return deny(
-                f"invalid order: amount {_base(intent.amount)} and price "
-                f"{_base(intent.price)} must be > 0"
-            )
-
-        state = self.state(market)
-        reduces = intent.reduces
-        pos = intent.position
-        base, quote = _currencies(market)
+    def _state_denial(self, intent: OrderIntent, state: RiskState) -> str | None:
+        """Rule 1: why the market's state refuses the order, or None when it may pass."""
+        market, pos, reduces = intent.market, intent.position, intent.reduces
+        base, _ = _currencies(market)
         if state is RiskState.HALTED and not (intent.flatten and reduces):
-            return deny(
+            return (
                 f"{market} is HALTED ({self._market_reason(market)}): only flatten orders "
                 f"that reduce the position pass; {intent.side} {_base(intent.amount)} "
                 f"{base} with position {_base(pos)}"
             )
         if state is RiskState.REDUCING and not reduces:
-            return deny(
+            return (
                 f"{market} is REDUCING ({self._market_reason(market)}): only orders that "
                 f"reduce the position pass; {intent.side} {_base(intent.amount)} {base} "
                 f"with position {_base(pos)}"
             )
         if intent.flatten and not reduces:
-            return deny(
+            return (
                 f"flatten order must reduce the position: {intent.side} with position "
                 f"{_base(pos)} {base}"
             )
+        return None
 
-        amount = intent.amount
-        reduce_only = state is not RiskState.ACTIVE or intent.flatten
-        if reduce_only and amount > abs(pos):
-            notes.append(
-                f"reduce-only ({state}{', flatten' if intent.flatten else ''}): "
-                f"{_base(amount)} capped to |position| {_base(abs(pos))} {base}"
+    def _limits_denial(self, intent: OrderIntent, draft: _Draft, now_ms: int) -> str | None:
+        """Rules 3-6, for an order that does not only reduce: cap the draft, or deny."""
+        _cap_order_notional(self.settings, intent, draft)
+        why = _cap_position_notional(self.settings, intent, draft)
+        if why is None:
+            why = _cap_leverage(self.settings, intent, draft)
+        if why is None:
+            why = self._rate_limit_denial(intent.market, now_ms)
+        return why
+
+    def _rate_limit_denial(self, market: str, now_ms: int) -> str | None:
+        """Rule 6: max_orders_per_hour denies once the sliding hour holds that many orders."""
+        sent = self._orders_last_hour(market, now_ms)
+        limit = self.settings.max_orders_per_hour
+        if sent >= limit:
+            return (
+                f"max_orders_per_hour {limit}: {sent} orders sent on "
+                f"{market} in the hour before {iso(now_ms)}"
             )
-            amount = abs(pos)
-
-        if not (reduces and amount <= abs(pos)):
-            price = intent.price
-            sign = 1 if intent.side == "buy" else -1
-            s = self.settings
-
-            cap = _headroom(s.max_order_notional, price, 0, pos)
-            if amount > cap:
-                notes.append(
-                    f"max_order_notional {_quote(s.max_order_notional)} {quote}: order "
-                    f"{_quote(amount * price)} {quote} capped to {_base(cap)} {base}"
-                )
-                amount = cap
-
-            cap = _headroom(s.max_position_notional, price, sign, pos)
-            if cap <= 0:
-                return deny(
-                    f"max_position_notional {_quote(s.max_position_notional)} {quote}: "
-                    f"position {_base(pos)} {base} ({_quote(abs(pos) * price)} {quote}) "
-                    f"leaves no room to {intent.side}"
-                )
-            if amount > cap:
-                notes.append(
-                    f"max_position_notional {_quote(s.max_position_notional)} {quote}: "
-                    f"{intent.side} {_base(amount)} from position {_base(pos)} {base} "
-                    f"capped to {_base(cap)}"
-                )
-                amount = cap
-
-            limit = float(_dec(s.max_leverage) * _dec(intent.equity))
-            cap = _headroom(limit, price, sign, pos)
-            if cap <= 0:
-                return deny(
-                    f"max_leverage {s.max_leverage:g}x of equity {_quote(intent.equity)} "
-                    f"{quote} = {_quote(limit)} {quote}: position {_base(pos)} {base} "
-                    f"({_quote(abs(pos) * price)} {quote}) leaves no room to {intent.side}"
-                )
-            if amount > cap:
-                notes.append(
-                    f"max_leverage {s.max_leverage:g}x of equity {_quote(intent.equity)} "
-                    f"{quote}: {intent.side} {_base(amount)} from position {_base(pos)} "
-                    f"{base} capped to {_base(cap)}"
-                )
-                amount = cap
-
-            sent = self._orders_last_hour(market, now_ms)
-            if sent >= s.max_orders_per_hour:
-                return deny(
-                    f"max_orders_per_hour {s.max_orders_per_hour}: {sent} orders sent on "
-                    f"{market} in the hour before {iso(now_ms)}"
-                )
-
-        rounded = rules.round_amount(amount)
-        if rounded <= 0:
-            return deny(
-                f"amount {_base(amount)} {base} rounds down to 0 at step "
-                f"{_base(rules.amount_step or 0.0)}"
-            )
-        if rules.min_amount is not None and rounded < rules.min_amount:
-            return deny(
-                f"min amount {_base(rules.min_amount)} {base}: order rounds to {_base(rounded)}"
-            )
-        if rules.min_cost is not None and _dec(rounded) * _dec(intent.price) < _dec(rules.min_cost):
-            return deny(
-                f"min cost {_quote(rules.min_cost)} {quote}: {_base(rounded)} {base} at "
-                f"{_base(intent.price)} is {_quote(rounded * intent.price)} {quote}"
-            )
-        if rounded != amount and notes:
-            notes.append(f"rounded down to {_base(rounded)} {base}")
-        return Verdict(True, rounded, "; ".join(notes) or "ok")
+        return None
 
     def record_order(self, market: str, now_ms: int) -> None:
         """Count one sent order toward max_orders_per_hour (a sliding hour before now_ms)."""
@@ -672,6 +616,131 @@ class RiskGate:
             "markets": markets,
             "breakers": breakers,
         }
+
+
+@dataclass
+class _Draft:
+    """An order under judgement: its amount so far and the notes of the caps applied."""
+
+    amount: float
+    notes: list[str] = field(default_factory=list)
+
+    def cap(self, amount: float, note: str) -> None:
+        self.notes.append(note)
+        self.amount = amount
+
+    def deny(self, why: str) -> Verdict:
+        """A denial whose reason lists the caps applied before it, then `why`."""
+        return Verdict(False, 0.0, "; ".join([*self.notes, why]))
+
+
+def _invalid_order(intent: OrderIntent) -> str | None:
+    """Why the order's numbers make no order at all, or None when they are sound."""
+    numbers = (intent.amount, intent.price, intent.position, intent.equity)
+    if not all(math.isfinite(x) for x in numbers):
+        return f"invalid order {intent}: amount, price, position, equity must be finite"
+    if intent.amount <= 0 or intent.price <= 0:
+        return (
+            f"invalid order: amount {_base(intent.amount)} and price "
+            f"{_base(intent.price)} must be > 0"
+        )
+    return None
+
+
+def _cap_reduce_only(intent: OrderIntent, state: RiskState, draft: _Draft) -> None:
+    """Rule 2: a reduce-only order (REDUCING, HALTED, flatten) goes no further than zero."""
+    pos = abs(intent.position)
+    if (state is not RiskState.ACTIVE or intent.flatten) and draft.amount > pos:
+        base, _ = _currencies(intent.market)
+        draft.cap(
+            pos,
+            f"reduce-only ({state}{', flatten' if intent.flatten else ''}): "
+            f"{_base(draft.amount)} capped to |position| {_base(pos)} {base}",
+        )
+
+
+def _cap_order_notional(s: RiskSettings, intent: OrderIntent, draft: _Draft) -> None:
+    """Rule 3: max_order_notional caps the order's own notional."""
+    cap = _headroom(s.max_order_notional, intent.price, 0, intent.position)
+    if draft.amount > cap:
+        base, quote = _currencies(intent.market)
+        draft.cap(
+            cap,
+            f"max_order_notional {_quote(s.max_order_notional)} {quote}: order "
+            f"{_quote(draft.amount * intent.price)} {quote} capped to {_base(cap)} {base}",
+        )
+
+
+def _cap_position_notional(s: RiskSettings, intent: OrderIntent, draft: _Draft) -> str | None:
+    """Rule 4: max_position_notional caps the position after the order; no room denies."""
+    pos, price = intent.position, intent.price
+    base, quote = _currencies(intent.market)
+    cap = _headroom(s.max_position_notional, price, _sign(intent), pos)
+    if cap <= 0:
+        return (
+            f"max_position_notional {_quote(s.max_position_notional)} {quote}: "
+            f"position {_base(pos)} {base} ({_quote(abs(pos) * price)} {quote}) "
+            f"leaves no room to {intent.side}"
+        )
+    if draft.amount > cap:
+        draft.cap(
+            cap,
+            f"max_position_notional {_quote(s.max_position_notional)} {quote}: "
+            f"{intent.side} {_base(draft.amount)} from position {_base(pos)} {base} "
+            f"capped to {_base(cap)}",
+        )
+    return None
+
+
+def _cap_leverage(s: RiskSettings, intent: OrderIntent, draft: _Draft) -> str | None:
+    """Rule 5: max_leverage times equity caps the position after the order; no room denies."""
+    pos, price = intent.position, intent.price
+    base, quote = _currencies(intent.market)
+    limit = float(_dec(s.max_leverage) * _dec(intent.equity))
+    cap = _headroom(limit, price, _sign(intent), pos)
+    if cap <= 0:
+        return (
+            f"max_leverage {s.max_leverage:g}x of equity {_quote(intent.equity)} "
+            f"{quote} = {_quote(limit)} {quote}: position {_base(pos)} {base} "
+            f"({_quote(abs(pos) * price)} {quote}) leaves no room to {intent.side}"
+        )
+    if draft.amount > cap:
+        draft.cap(
+            cap,
+            f"max_leverage {s.max_leverage:g}x of equity {_quote(intent.equity)} "
+            f"{quote}: {intent.side} {_base(draft.amount)} from position {_base(pos)} "
+            f"{base} capped to {_base(cap)}",
+        )
+    return None
+
+
+def _rounded_verdict(intent: OrderIntent, rules: MarketRules, draft: _Draft) -> Verdict:
+    """Rule 7: round down to the amount step; the min amount and min cost deny."""
+    amount, price = draft.amount, intent.price
+    base, quote = _currencies(intent.market)
+    rounded = rules.round_amount(amount)
+    if rounded <= 0:
+        return draft.deny(
+            f"amount {_base(amount)} {base} rounds down to 0 at step "
+            f"{_base(rules.amount_step or 0.0)}"
+        )
+    if rules.min_amount is not None and rounded < rules.min_amount:
+        return draft.deny(
+            f"min amount {_base(rules.min_amount)} {base}: order rounds to {_base(rounded)}"
+        )
+    if rules.min_cost is not None and _dec(rounded) * _dec(price) < _dec(rules.min_cost):
+        return draft.deny(
+            f"min cost {_quote(rules.min_cost)} {quote}: {_base(rounded)} {base} at "
+            f"{_base(price)} is {_quote(rounded * price)} {quote}"
+        )
+    if rounded != amount and draft.notes:
+        draft.notes.append(f"rounded down to {_base(rounded)} {base}")
+    return Verdict(True, rounded, "; ".join(draft.notes) or "ok")
+
+
+def _sign(intent: OrderIntent) -> int:
+    """+1 for a buy, -1 for a sell: the order's direction on the position."""
+    return 1 if intent.side == "buy" else -1
 
 
 def _headroom(limit_quote: float, price: float, sign: int, position: float) -> float:

@@ -43,6 +43,7 @@ from pipeline.timeutil import HOUR_MS
 from serving import store
 from serving.allocation import split_balances
 from serving.broker import Broker, client_order_id
+from serving.decision import position_after
 from serving.lease import Lease, LeaseLost, Renewer, Role
 from serving.metrics import RISK_CODES, Metrics
 from serving.model import AliasNotifications, ModelWatch, Policy
@@ -239,21 +240,10 @@ class Trader:
         candles: Candles,
         now: int,
     ) -> int:
-        market, tf, key = state.market, state.market.timeframe_ms, str(state.market)
+        market, key = state.market, str(state.market)
         started = self.clock()
-        last = int(candles.ts[-1])
-        state.last_closed = last
-        if state.handled is not None and last <= state.handled:
-            return 0  # the exchange has not published the closed candle yet
-        if not self.risk.data_fresh(key, last, tf, now):
-            self.metrics.stale.labels(key).inc()
-            log.warning("%s: newest closed candle %d is stale at %d: no trade", key, last, now)
-            return 0
-        self.risk.on_candle(key, last, float(candles.open[-1]), float(candles.close[-1]), tf, now)
-        if not self.brokers[market.exchange].live:
-            self._carry(state, exchange, candles, now)
-        if (last // tf + 1) % policy.decision_every:
-            state.handled = last  # not a decision candle of this model
+        last = self._decision_candle(state, policy, exchange, candles, now)
+        if last is None:
             return 0
         position = self._position(market, exchange)
         lap = Laps(self.clock, started)
@@ -287,24 +277,10 @@ class Trader:
             decision["reason"] = "short targets need a margin account, disabled live: held at 0"
             target = 0.0
         delta = target * equity / price - position.base if equity > 0 else -position.base
-        rules = MarketRules.from_ccxt(exchange.market(market.symbol))
-        order = execution = None
-        if rules.round_amount(abs(delta)) <= 0:
-            decision["outcome"] = "hold"
-        else:
-            side = "buy" if delta > 0 else "sell"
-            verdict = self.risk.check(
-                OrderIntent(key, side, abs(delta), price, position.base, equity), rules, now
-            )
-            if not verdict.allowed:
-                decision["outcome"], decision["reason"] = "denied", verdict.reason
-            else:
-                decision["outcome"] = "order"
-                if verdict.reason != "ok":
-                    decision["reason"] = verdict.reason
-                cid = client_order_id(policy.name, policy.version, key, last, side)
-                decision["client_order_id"] = cid
-                order = self._market_order(cid, key, side, verdict.amount)
+        order = self._gate_order(
+            decision, policy, market, exchange, delta, position.base, equity, now
+        )
+        execution = None
         lap("risk")
         decision["latency_ms"] = lap.total_ms()  # candle available -> broker (before the write)
         if order is not None and not broker.live:
@@ -312,27 +288,9 @@ class Trader:
                 market.symbol, order["side"], order["amount"], order["client_order_id"], now
             )
         lap("broker")
-        # the position after the decision is known before the write, but for a live order
-        # (the exchange has yet to tell its fills): its equity point then goes into the
-        # decision's own transaction, one per decision
-        after: store.Position | None = position
-        if decision["outcome"] in ("order", "hold"):
-            after = dataclasses.replace(position, target=target)
-        if order is not None and broker.live:
-            after = None  # the exchange's answer moves it: read back after sending
-        elif order is not None and execution is not None:
-            after = store.moved(after, order["side"], execution)
+        after = position_after(position, decision["outcome"], target, order, execution, broker.live)
         mark = None if after is None else store.Mark(last, after, price)
-        try:
-            self.writer.record(
-                decision, order, execution, durable=broker.live, fence=self._fence(key), mark=mark
-            )
-        except LeaseLost as error:
-            self._lease_lost(error)
-            return 0
-        except sa.exc.IntegrityError:
-            log.warning("%s: candle %d was already decided (another trader?): skipped", key, last)
-            state.handled, state.position = last, None
+        if not self._write_decision(state, decision, order, execution, broker.live, mark):
             return 0
         lap("persistence")
         state.timings = dict(lap.ms)
@@ -349,6 +307,91 @@ class Trader:
         if self.settings.serving.watch_enabled:
             self._watch(state, policy, now)
         return 1
+
+    def _decision_candle(
+        self,
+        state: MarketState,
+        policy: Policy,
+        exchange: ExchangeClient,
+        candles: Candles,
+        now: int,
+    ) -> int | None:
+        """The open time of the newest closed candle when the model decides on it now; None
+        when it was handled already, is stale or is no decision candle of the model. The
+        candle goes to the risk gate and a paper short pays its margin on the way."""
+        market, tf, key = state.market, state.market.timeframe_ms, str(state.market)
+        last = int(candles.ts[-1])
+        state.last_closed = last
+        if state.handled is not None and last <= state.handled:
+            return None  # the exchange has not published the closed candle yet
+        if not self.risk.data_fresh(key, last, tf, now):
+            self.metrics.stale.labels(key).inc()
+            log.warning("%s: newest closed candle %d is stale at %d: no trade", key, last, now)
+            return None
+        self.risk.on_candle(key, last, float(candles.open[-1]), float(candles.close[-1]), tf, now)
+        if not self.brokers[market.exchange].live:
+            self._carry(state, exchange, candles, now)
+        if (last // tf + 1) % policy.decision_every:
+            state.handled = last  # not a decision candle of this model
+            return None
+        return last
+
+    def _gate_order(
+        self,
+        decision: dict[str, Any],
+        policy: Policy,
+        market: Market,
+        exchange: ExchangeClient,
+        delta: float,
+        base: float,
+        equity: float,
+        now: int,
+    ) -> dict[str, Any] | None:
+        """The market order moving the position by `delta` base, rounded and capped by the
+        risk gate, or None: a hold or a denial. Sets the decision's outcome and reason."""
+        key, last, price = decision["market"], decision["candle_ts"], decision["price"]
+        rules = MarketRules.from_ccxt(exchange.market(market.symbol))
+        if rules.round_amount(abs(delta)) <= 0:
+            decision["outcome"] = "hold"
+            return None
+        side = "buy" if delta > 0 else "sell"
+        verdict = self.risk.check(
+            OrderIntent(key, side, abs(delta), price, base, equity), rules, now
+        )
+        if not verdict.allowed:
+            decision["outcome"], decision["reason"] = "denied", verdict.reason
+            return None
+        decision["outcome"] = "order"
+        if verdict.reason != "ok":
+            decision["reason"] = verdict.reason
+        cid = client_order_id(policy.name, policy.version, key, last, side)
+        decision["client_order_id"] = cid
+        return self._market_order(cid, key, side, verdict.amount)
+
+    def _write_decision(
+        self,
+        state: MarketState,
+        decision: dict[str, Any],
+        order: dict[str, Any] | None,
+        execution: store.Execution | None,
+        live: bool,
+        mark: store.Mark | None,
+    ) -> bool:
+        """Record the decision (and its order, execution and equity point) in one write;
+        False when this trader lost the market's lease or the candle was decided already."""
+        key, last = decision["market"], decision["candle_ts"]
+        try:
+            self.writer.record(
+                decision, order, execution, durable=live, fence=self._fence(key), mark=mark
+            )
+        except LeaseLost as error:
+            self._lease_lost(error)
+            return False
+        except sa.exc.IntegrityError:
+            log.warning("%s: candle %d was already decided (another trader?): skipped", key, last)
+            state.handled, state.position = last, None
+            return False
+        return True
 
     # -- the champion watch ---------------------------------------------------------------
 
