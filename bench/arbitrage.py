@@ -259,10 +259,7 @@ def measure(args: argparse.Namespace, floors: Floors) -> dict[str, Any]:
     books = {s.symbol: random_book(rng, mid) for s, mid in zip(specs, mids, strict=True)}
     for symbol, book in books.items():
         graph.update_book(symbol, book)
-    events: list[tuple[str, Book]] = []
-    for k in rng.integers(0, len(specs), args.updates).tolist():
-        mids[k] *= math.exp(rng.normal(0.0, noise / 10))
-        events.append((specs[k].symbol, random_book(rng, float(mids[k]))))
+    events = book_events(rng, specs, mids, noise, args.updates)
 
     triangles = Triangles(graph, config)
     search = CycleSearch(graph, config)
@@ -314,12 +311,7 @@ def measure(args: argparse.Namespace, floors: Floors) -> dict[str, Any]:
     assert paying3.tolist() == py_triangles.evaluate()
 
     print(f"(a) book update + 3-cycles through {HOME} re-evaluated, per update:")
-    print(f"  {'':<40} {'calls':>6} {'p50 us':>9} {'p99 us':>9} {'mean us':>9}")
-    for name, us in rows_a.items():
-        print(
-            f"  {name:<40} {us.size:>6} {np.percentile(us, 50):>9.1f} "
-            f"{np.percentile(us, 99):>9.1f} {us.mean():>9.1f}"
-        )
+    print_update_timings(rows_a)
     inc = rows_a["numpy, cycles through the market"]
     full = rows_a["numpy, every cycle"]
     py_full = rows_a["python loop, every cycle"]
@@ -360,12 +352,7 @@ def measure(args: argparse.Namespace, floors: Floors) -> dict[str, Any]:
         ),
     }
     print(f"(b) full negative-cycle search up to 4 legs from {HOME}, per search:")
-    print(f"  {'':<40} {'calls':>6} {'p50 ms':>9} {'p99 ms':>9}")
-    for name, us in rows_b.items():
-        print(
-            f"  {name:<40} {us.size:>6} {np.percentile(us, 50) / 1e3:>9.3f} "
-            f"{np.percentile(us, 99) / 1e3:>9.3f}"
-        )
+    print_search_timings(rows_b)
     bf = float(np.median(rows_b["numpy Bellman-Ford (CycleSearch.run)"])) / 1e3
     loop = float(np.median(rows_b["python loop over every 3- and 4-cycle"])) / 1e3
     py_bf = float(np.median(rows_b["python Bellman-Ford (reference)"])) / 1e3
@@ -380,13 +367,7 @@ def measure(args: argparse.Namespace, floors: Floors) -> dict[str, Any]:
         f"4), best {found[0].edge_bps if found else float('nan'):.1f} bps; both sides agree"
     )
     if found:
-        sizing = per_call_us(lambda _: size_cycle(found[0], books), 200)
-        size = size_cycle(found[0], books)
-        profit = "no size pays" if size is None else f"{size.profit:.4f} {HOME}"
-        print(
-            f"  sizing the best cycle against its {LEVELS}-level books (for reference): "
-            f"p50 {np.median(sizing):.0f} us, {profit}"
-        )
+        print_sizing(found[0], books)
     leg = first_leg(args.cycles)
     if leg is not None:
         print(
@@ -404,6 +385,52 @@ def measure(args: argparse.Namespace, floors: Floors) -> dict[str, Any]:
         "cycles_found": len(found),
         "first_leg": leg,
     }
+
+
+def book_events(
+    rng: np.random.Generator,
+    specs: Sequence[MarketSpec],
+    mids: np.ndarray,
+    noise: float,
+    updates: int,
+) -> list[tuple[str, Book]]:
+    """`updates` new books, each for a random market whose mid (in `mids`) walks on."""
+    events: list[tuple[str, Book]] = []
+    for k in rng.integers(0, len(specs), updates).tolist():
+        mids[k] *= math.exp(rng.normal(0.0, noise / 10))
+        events.append((specs[k].symbol, random_book(rng, float(mids[k]))))
+    return events
+
+
+def print_update_timings(rows: dict[str, np.ndarray]) -> None:
+    """(a)'s table: calls, p50, p99 and mean of each row's microseconds per call."""
+    print(f"  {'':<40} {'calls':>6} {'p50 us':>9} {'p99 us':>9} {'mean us':>9}")
+    for name, us in rows.items():
+        print(
+            f"  {name:<40} {us.size:>6} {np.percentile(us, 50):>9.1f} "
+            f"{np.percentile(us, 99):>9.1f} {us.mean():>9.1f}"
+        )
+
+
+def print_search_timings(rows: dict[str, np.ndarray]) -> None:
+    """(b)'s table: calls, p50 and p99 of each row's microseconds per call, in milliseconds."""
+    print(f"  {'':<40} {'calls':>6} {'p50 ms':>9} {'p99 ms':>9}")
+    for name, us in rows.items():
+        print(
+            f"  {name:<40} {us.size:>6} {np.percentile(us, 50) / 1e3:>9.3f} "
+            f"{np.percentile(us, 99) / 1e3:>9.3f}"
+        )
+
+
+def print_sizing(cycle: Any, books: dict[str, Book]) -> None:
+    """For reference: the time to size `cycle` against its books, and what it makes."""
+    sizing = per_call_us(lambda _: size_cycle(cycle, books), 200)
+    size = size_cycle(cycle, books)
+    profit = "no size pays" if size is None else f"{size.profit:.4f} {HOME}"
+    print(
+        f"  sizing the best cycle against its {LEVELS}-level books (for reference): "
+        f"p50 {np.median(sizing):.0f} us, {profit}"
+    )
 
 
 def first_leg(cycles: int) -> dict[str, Any] | None:
