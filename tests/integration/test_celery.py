@@ -42,6 +42,7 @@ from pipeline.ops.deployment import (
 from pipeline.ops.launch import DAGS, AirflowAPI, Children, admin_password, start_airflow
 from pipeline.settings import Settings
 from tests.support.postgres import PG_SERVER_URL
+from tests.support.services import require_redis
 
 pytestmark = pytest.mark.postgres
 
@@ -65,6 +66,7 @@ class Broker:
         self.directory, self.process = directory, None
         if self.binary is None:
             self.url = SYSTEM_REDIS
+            require_redis(self.url)
         else:
             self.port = free_port()
             self.url = f"redis://127.0.0.1:{self.port}/0"
