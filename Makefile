@@ -37,7 +37,7 @@ run: setup ## the main job: simulator, Airflow, backfill, a first model, the pap
 	$(PY) -m pipeline run $(ARGS)
 
 test: setup lint ## lint, then the whole test suite: unit, integration, e2e (real Postgres: CRYPTOBOTS_TEST_PG_URL)
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest --durations=30 $(ARGS)
 
 test-unit: setup ## the unit layer: no network, no database, under a minute
 	$(PY) -m pytest tests/unit $(ARGS)

@@ -35,6 +35,19 @@ BACKENDS = [
 ]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Side by side under pytest-xdist (`--dist loadgroup`): a module's tests stay on one
+    worker, so its module fixtures (an Airflow, a database) are built once; tests/e2e
+    shares one running main job, so it is one group; a module that marks itself with
+    `xdist_group` (the CPU-heavy ones, "cpu") shares that group instead."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        path = Path(item.path)
+        group = "e2e" if "e2e" in path.parts else path.stem
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No CRYPTOBOTS_* variable of the outer shell leaks into a test."""
