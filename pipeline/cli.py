@@ -481,7 +481,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 def _arbitrage_study(settings: Settings, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from pipeline.arbitrage.study import render_text
+    from pipeline.arbitrage.study_text import render_text
     from pipeline.tasks.arbitrage import study
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

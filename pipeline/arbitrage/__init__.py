@@ -10,8 +10,12 @@
 - `cross`: the net spread of buying an asset on one venue and selling it on another after
   both taker fees, both rebalancing withdrawals and the quote conversion, with the
   inventory it needs on each side (`cross_opportunities`).
-- `study` (imported on its own): the same figures over stored candles, for the
-  `arbitrage study` command; `report`: the `arbitrage_report` DAG's task.
+- The study (each imported on its own): the same figures over stored candles, for the
+  `arbitrage study` command. `study_config` (groups, costs, caveats), `study_stats`
+  (aligned observations, distributions, runs), `study_edges` (edges, spreads, sizes and
+  profits per group), `study_candles` (loading from the database), `study_ingest` (recorded
+  files through the simulator), `study_plot` (the PNG), `study_text` (the text report), and
+  `study`, which runs them. `report`: the `arbitrage_report` DAG's task; `page`: its page.
 
 Pure numpy and the standard library: no ccxt, Airflow or TensorFlow import.
 """

@@ -59,7 +59,7 @@ def report_summaries(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
 
 def render_page(reports: list[dict[str, Any]], dag_id: str = REPORT_DAG_ID) -> str:
     """The HTML page (every link relative, so it works under any base URL and proxy)."""
-    from pipeline.arbitrage.study import CAVEATS
+    from pipeline.arbitrage.study_config import CAVEATS
 
     return (
         templates()

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.arbitrage.study import CAVEATS, Group, StudyConfig, configured_groups, study_group
+from pipeline.arbitrage.study import study_group
+from pipeline.arbitrage.study_config import CAVEATS, Group, StudyConfig, configured_groups
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.arbitrage.cross import CrossOpportunity, VenueQuote, cross_opportunities
-from pipeline.arbitrage.study import StudyConfig
+from pipeline.arbitrage.study_config import StudyConfig
 from pipeline.errors import CryptobotsError
 from pipeline.settings import Market, Settings
 

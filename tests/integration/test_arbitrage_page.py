@@ -14,8 +14,10 @@ from sqlalchemy.engine import Engine
 
 from pipeline.arbitrage.page import create_app
 from pipeline.arbitrage.report import save_report
-from pipeline.arbitrage.study import CAVEATS, Group, Series, StudyConfig, align, study_cross
-from pipeline.arbitrage.study import plot_group as draw
+from pipeline.arbitrage.study_config import CAVEATS, Group, StudyConfig
+from pipeline.arbitrage.study_edges import study_cross
+from pipeline.arbitrage.study_plot import plot_group as draw
+from pipeline.arbitrage.study_stats import Series, align
 from pipeline.db.engine import create_engine
 from pipeline.db.schema import arbitrage_reports
 from pipeline.settings import Market

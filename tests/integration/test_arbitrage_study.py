@@ -13,12 +13,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from pipeline.arbitrage.study import (
-    CAVEATS,
-    Group,
-    ingest_recorded,
-    study_group,
-)
+from pipeline.arbitrage.study import study_group
+from pipeline.arbitrage.study_config import CAVEATS, Group
+from pipeline.arbitrage.study_ingest import ingest_recorded
 from pipeline.db.schema import ohlcv, ohlcv_quarantine
 from pipeline.settings import Market, Settings
 from tests.support.arbitrage_study import MINUTE, config

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.arbitrage.cross import Transfer
-from pipeline.arbitrage.study import StudyConfig
+from pipeline.arbitrage.study_config import StudyConfig
 
 MINUTE = 60_000
 

@@ -3,6 +3,9 @@ sizes, on candles built in memory."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -15,15 +18,9 @@ from pipeline.arbitrage.cross import (
     observed_conversion,
     opportunity,
 )
-from pipeline.arbitrage.study import (
-    Group,
-    Series,
-    StudyConfig,
-    align,
-    runs,
-    study_cross,
-    study_triangle,
-)
+from pipeline.arbitrage.study_config import Group, StudyConfig
+from pipeline.arbitrage.study_edges import conversion_rates, study_cross, study_triangle
+from pipeline.arbitrage.study_stats import Series, align, runs
 from pipeline.settings import Market
 from tests.support.arbitrage_study import MINUTE, config
 
@@ -103,6 +100,26 @@ def test_cross_study_converts_at_the_observed_rate_and_else_at_the_configured_on
     assert buy_alpha["distribution"]["max"] == pytest.approx(at_observed)
     assert buy_alpha["distribution"]["min"] == pytest.approx(at_configured)
     assert buy_alpha["conversion_observed_share"] == 0.5
+
+
+def test_conversion_rate_is_the_first_venue_quoting_both_and_the_next_fills_its_gaps():
+    group = Group(
+        "cross",
+        (Market.model_validate("alpha:BTC/USD:1m"), Market.model_validate("beta:BTC/USDT:1m")),
+    )
+    closes = {
+        ("alpha", "USD"): np.array([20_000.0, np.nan, 20_000.0]),
+        ("alpha", "USDT"): np.array([20_100.0, np.nan, np.nan]),
+        ("beta", "USD"): np.array([np.nan, 20_000.0, np.nan]),
+        ("beta", "USDT"): np.array([np.nan, 20_040.0, np.nan]),
+    }
+    rates = conversion_rates(group, closes, 3)
+    assert set(rates) == {("USD", "USDT"), ("USDT", "USD")}
+    usdt_in_usd = rates[("USDT", "USD")]
+    assert usdt_in_usd[:2] == pytest.approx([20_000 / 20_100, 20_000 / 20_040])
+    assert np.isnan(usdt_in_usd[2])
+    assert rates[("USD", "USDT")][:2] == pytest.approx([20_100 / 20_000, 20_040 / 20_000])
+    assert conversion_rates(PAIR, {}, 3) == {}
 
 
 # --- triangle edge -----------------------------------------------------------------------
@@ -197,3 +214,12 @@ def test_run_lengths_are_reported_in_minutes_of_the_timeframe():
     assert buy_alpha["runs"]["count"] == 2
     assert buy_alpha["runs"]["max_minutes"] == 120.0
     assert buy_alpha["runs"]["mean_minutes"] == 90.0
+
+
+def test_study_modules_import_neither_matplotlib_nor_the_database_nor_the_ingest_machinery():
+    modules = [f"pipeline.arbitrage.study{s}" for s in ("", "_config", "_stats", "_edges")]
+    modules += [f"pipeline.arbitrage.study_{s}" for s in ("candles", "ingest", "plot", "text")]
+    heavy = ("matplotlib", "sqlalchemy", "ccxt", "airflow", "tensorflow", "pipeline.data.backfill")
+    code = f"import sys, {', '.join(modules)}; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
