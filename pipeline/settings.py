@@ -577,6 +577,11 @@ class ArbitrageSettings(BaseModel):
         default_factory=lambda: {"USDT": 10_000.0},
         description="the paper account's starting balances",
     )
+    sweep_dust: bool = Field(
+        default=True,
+        description="sell what cycles leave in other currencies back to home (one order) "
+        "once it passes the minimums of a market converting it directly",
+    )
     triangles: tuple[tuple[Market, ...], ...] = Field(
         default_factory=_default_triangles,
         description="triangles studied on stored candles (three markets of one exchange)",

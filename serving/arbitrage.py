@@ -20,6 +20,10 @@ current books: straight back to home, or the rest of the cycle. The realized pro
 expected one. A restart first settles every pending leg with the exchange and closes
 any exposure left open, before anything new is sent.
 
+What rounding leaves behind adds up: the dust per currency is derived from the finished
+legs, reported on `/readyz` and `/metrics`, and swept back to home by one order once it
+passes a direct market's minimums (`serving.arbitrage_dust`, `arbitrage.sweep_dust`).
+
 Started by `python -m serving`, it trades only while it holds the lease of its markets
 (`serving.lease`, keyed `arbitrage:<exchange>:<symbol>`, apart from the model trader's
 markets), and every leg is written under that lease's fencing token: a second trader
@@ -56,6 +60,7 @@ from pipeline.errors import ConfigurationError, CryptobotsError
 from pipeline.exchanges.client import ExchangeClient
 from pipeline.settings import Settings
 from pipeline.timeutil import DAY_MS
+from serving import arbitrage_dust as dust
 from serving import arbitrage_store as store
 from serving.arbitrage_risk import CycleGate
 from serving.broker import Broker
@@ -119,6 +124,12 @@ class ArbitrageMetrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
             registry=r,
         )
+        self.dust = Gauge(
+            "cryptobots_arbitrage_dust",
+            "what finished cycles left in each currency other than home, until swept",
+            ["currency"],
+            registry=r,
+        )
         self.risk_state = Gauge(
             "cryptobots_arbitrage_risk_state", "0 ACTIVE, 1 REDUCING, 2 HALTED", registry=r
         )
@@ -155,6 +166,7 @@ class ArbitrageTrader:
         self.account = "live" if broker.live else "paper"
         self.metrics = metrics or ArbitrageMetrics()
         self.risk = CycleGate(self.config, f"arbitrage:{self.venue}")
+        self.dust = dust.DustLedger(self.config.home, self.metrics.dust)
         self.markets = tuple(f"{self.venue}:{symbol}" for symbol in self.config.symbols)
         self.lock = threading.RLock()
         self.started = False
@@ -251,6 +263,7 @@ class ArbitrageTrader:
                 if not self._close(opportunity["id"]):
                     self.reconciled = False
                     return False
+            self.dust.load(self.engine, self.account, self.venue)
             self.reconciled = True
             return True
 
@@ -275,7 +288,8 @@ class ArbitrageTrader:
         """One poll: reconcile if needed, else fetch the books and trade the best cycle.
 
         Returns what happened: standby, reconciling, idle, small, seen (paper: this edge,
-        on these books, was traded already), refused, done, unwound, pending.
+        on these books, was traded already), refused, done, unwound, pending; or, when
+        dust was swept back to home instead, swept or sweep_failed.
         """
         with self.lock:
             if not self.started:
@@ -287,7 +301,8 @@ class ArbitrageTrader:
                     return "reconciling"
                 books = self._books(self.config.symbols)
                 seen = time.perf_counter()
-                return self.on_books(books, seen, self._now())
+                swept = self._sweep(books, self._now())
+                return swept or self.on_books(books, seen, self._now())
             except LeaseLost as error:
                 return self._lease_lost(error)
 
@@ -439,6 +454,47 @@ class ArbitrageTrader:
             self.balances[leg["source"]] = self.balances.get(leg["source"], 0.0) - spent
             self.balances[leg["target"]] = self.balances.get(leg["target"], 0.0) + received
         return spent, received
+
+    def _sweep(self, books: Mapping[str, Any], now_ms: int) -> str | None:
+        """Send one dust sweep when some currency's dust passes the minimums of a market
+        that converts it to home (`serving.arbitrage_dust`), through the cycles' gate;
+        None when there is none to send or the gate refuses it."""
+        if not self.config.sweep_dust:
+            return None
+        sweep = self.dust.next_sweep(self.rules, books, self.fees, now_ms)
+        if sweep is None:
+            return None
+        refused = self.risk.check(sweep.home, now_ms)
+        self._drain_risk()
+        if refused is not None:
+            log.debug("dust sweep of %s refused: %s", sweep.currency, refused)
+            return None
+        oid = dust.sweep_id(
+            self.account, self.venue, sweep.currency, self.dust.number(sweep.currency)
+        )
+        opportunity, row = dust.sweep_rows(
+            oid, leg_client_id(oid, 0), self.account, self.venue, self.config.home, sweep, now_ms
+        )
+        store.open_opportunity(
+            self.engine, opportunity, row, durable=self.broker.live, fence=self._fence()
+        )
+        self.dust.sent(sweep.currency)
+        self.risk.started(now_ms)
+        log.info("dust sweep %s: %s %s %s", oid[:12], sweep.side, sweep.amount, sweep.symbol)
+        execution = self.broker.execute(
+            sweep.symbol, sweep.side, sweep.amount, row["client_order_id"], self._now()
+        )
+        if execution.status == "pending":
+            self.reconciled = False
+            return "pending"
+        self._settle(row, execution)
+        filled = execution.status == "filled"
+        if not filled:
+            why = execution.error or f"{execution.status}, {execution.filled} of {sweep.amount}"
+            store.finish_opportunity(self.engine, oid, failed_leg=0, reason=f"sweep: {why}")
+        if not self._close_or_recheck(oid):
+            return "reconciling"
+        return "swept" if filled else "sweep_failed"
 
     # -- exposure ------------------------------------------------------------------------
 
@@ -596,7 +652,7 @@ class ArbitrageTrader:
         start = sum(leg["spent"] for leg in legs if leg["source"] == home)
         end = sum(leg["received"] for leg in legs if leg["target"] == home)
         failed = any(leg["kind"] == "unwind" for leg in legs) or any(
-            leg["kind"] == "cycle" and leg["status"] != "filled" for leg in legs
+            leg["kind"] in ("cycle", dust.SWEEP) and leg["status"] != "filled" for leg in legs
         )
         values: dict[str, Any] = {
             "status": "unwound" if failed else "done",
@@ -610,8 +666,14 @@ class ArbitrageTrader:
         store.finish_opportunity(self.engine, oid, **values)
         self.realized_total += end - start
         self.metrics.realized.set(self.realized_total)
-        self.metrics.opportunities.labels(values["status"]).inc()
-        self.risk.finished(end - start, failed, self._now())
+        outcome = values["status"]
+        if dust.is_sweep(legs):
+            outcome = "sweep_failed" if failed else "swept"
+        self.metrics.opportunities.labels(outcome).inc()
+        now = self._now()
+        hold = now + int(self.config.breaker_cooldown_seconds * 1000)
+        self.dust.finished(legs, left_open=stuck is not None, failed=failed, hold_until=hold)
+        self.risk.finished(end - start, failed, now)
         self._drain_risk()
         log.info(
             "cycle %s %s: %.6f %s in, %.6f back, profit %.6f",
@@ -679,6 +741,7 @@ class ArbitrageTrader:
             "markets": list(self.markets),
             "books_age_seconds": age,
             "realized_profit": self.realized_total,
+            "dust": self.dust.snapshot(),
             "risk": self.risk.snapshot(self._now()),
             "lease": self.role.describe(),
         }

@@ -1,6 +1,7 @@
 """The arbitrage trader against the simulator: a planted triangle is found and traded leg by
-leg, a failed leg is unwound with its loss recorded, and a trader killed in the middle of a
-cycle settles it on restart without sending a leg twice."""
+leg, a failed leg is unwound with its loss recorded, a trader killed in the middle of a
+cycle settles it on restart without sending a leg twice, and the dust cycles leave is
+reported and swept back to home once, past the minimums."""
 
 from __future__ import annotations
 
@@ -13,18 +14,24 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from prometheus_client import generate_latest
 from sqlalchemy.engine import Engine
 
+from pipeline.db.engine import create_engine
+from pipeline.db.migrate import upgrade
+from pipeline.db.schema import arb_legs, arb_opportunities
 from pipeline.exchanges.client import Credentials, ExchangeClient, open_exchange
 from pipeline.exchanges.simulator.app import Running
 from pipeline.settings import Settings, load_settings
 from serving.arbitrage import ArbitrageTrader, leg_client_id
+from serving.arbitrage_dust import DustLedger, dust_by_currency, plan_sweep, sweep_counts, sweep_id
 from serving.broker import ExchangeBroker, PaperBroker
 from serving.cli import claim
 from serving.lease import Lease, LeaseHeld
@@ -69,14 +76,20 @@ def trader_for(
     return trader
 
 
+@cache
+def http() -> httpx.Client:
+    """One client for the simulator's controls (a new one per call costs 0.1 s of TLS setup)."""
+    return httpx.Client(timeout=10)
+
+
 def plant(sim: Running, symbol: str = "ETHBTC", bps: float = 40.0, seconds: float = 120) -> None:
-    httpx.post(
+    http().post(
         f"{sim.url}/sim/plant", json={"symbol": symbol, "bps": bps, "seconds": seconds}
     ).raise_for_status()
 
 
 def leg_fault(sim: Running, **fault: Any) -> None:
-    httpx.post(f"{sim.url}/sim/leg-fault", json=fault).raise_for_status()
+    http().post(f"{sim.url}/sim/leg-fault", json=fault).raise_for_status()
 
 
 def rows(engine: Engine, query: str, **params: Any) -> list[dict[str, Any]]:
@@ -512,3 +525,270 @@ def test_on_paper_a_leg_whose_book_moved_away_expires_and_is_unwound_in_the_pape
     assert balances.get("ETH", 0.0) < 1e-4
     assert balances.get("BTC", 0.0) < 1e-4
     assert not sim.exchange.accounts.account(KEY).orders, "paper sent an order"
+
+
+# -- dust ---------------------------------------------------------------------------------
+
+
+def unthrottled(trader: ArbitrageTrader) -> ArbitrageTrader:
+    """The simulator limits no rate: without ccxt's own pacing a cycle takes a fraction of
+    the time, and dust takes a dozen cycles to pass a minimum."""
+    trader.exchange.client.enableRateLimit = False
+    return trader
+
+
+def held(engine: Engine, home: str = "USDT") -> dict[str, float]:
+    """Received minus spent per currency other than home, over every leg stored."""
+    out: dict[str, float] = {}
+    for leg in rows(engine, "SELECT source, target, spent, received FROM arb_legs"):
+        out[leg["source"]] = out.get(leg["source"], 0.0) - leg["spent"]
+        out[leg["target"]] = out.get(leg["target"], 0.0) + leg["received"]
+    out.pop(home)
+    return out
+
+
+def sweeps(engine: Engine) -> list[dict[str, Any]]:
+    return rows(engine, "SELECT * FROM arb_legs WHERE kind = 'sweep' ORDER BY created_at")
+
+
+def is_steps(amount: float, step: float) -> bool:
+    return abs(amount / step - round(amount / step)) < 1e-6
+
+
+def sweepable(trader: ArbitrageTrader, currency: str) -> bool:
+    books = trader._books(SYMBOLS)
+    amount = trader.status()["dust"].get(currency, 0.0)
+    return plan_sweep(currency, amount, "USDT", trader.rules, books, trader.fees) is not None
+
+
+def test_dust_cycles_leave_is_derived_from_the_legs_reported_and_not_swept_below_the_minimum(
+    sim: Running, fresh_pg, tmp_path: Path
+) -> None:
+    engine = fresh_pg()
+    settings = settings_for(sim, engine, tmp_path)
+    trader = unthrottled(trader_for(settings, engine))
+    for n in range(3):
+        plant(sim, bps=40.0 + n)  # a new edge each time: paper fills leave the books as they were
+        assert trader.step() == "done"
+    dust = trader.status()["dust"]
+    assert set(dust) <= {"ETH", "BTC"}
+    assert dust["BTC"] > 0
+    assert dust == pytest.approx(held(engine), abs=1e-12)
+    balances = {r["asset"]: r["amount"] for r in rows(engine, "SELECT * FROM arb_balances")}
+    assert dust == pytest.approx({c: balances[c] for c in dust}, abs=1e-12)
+    metrics = generate_latest(trader.metrics.registry).decode()
+    assert f'cryptobots_arbitrage_dust{{currency="BTC"}} {dust["BTC"]}' in metrics
+    assert not any(sweepable(trader, currency) for currency in dust)
+    assert trader.step() == "seen"
+    assert sweeps(engine) == [], "a sweep below the minimum was sent"
+    again = trader_for(settings, engine)  # derived from the stored legs on start
+    assert again.status()["dust"] == pytest.approx(dust, abs=1e-12)
+
+
+def test_on_paper_dust_past_the_minimum_is_swept_once_back_to_home_and_counted_as_profit(
+    sim: Running, fresh_pg, tmp_path: Path
+) -> None:
+    engine = fresh_pg()
+    settings = settings_for(sim, engine, tmp_path, max_cycles_per_hour=1000)
+    trader = unthrottled(trader_for(settings, engine))
+    outcomes: list[str] = []
+    while "swept" not in outcomes:
+        assert len(outcomes) < 40, outcomes
+        before = trader.status()["dust"]
+        plant(sim, bps=40.0 + len(outcomes) / 4)
+        outcomes.append(trader.step())
+    assert set(outcomes[:-1]) == {"done"}  # nothing was swept while below the minimum
+    [leg] = sweeps(engine)
+    assert leg["client_order_id"] == leg_client_id(sweep_id("paper", "binance", "BTC", 0), 0)
+    assert (leg["symbol"], leg["side"], leg["type"], leg["status"]) == (
+        "BTC/USDT",
+        "sell",
+        "market",
+        "filled",
+    )
+    assert is_steps(leg["amount"], 1e-5)
+    assert 0 <= before["BTC"] - leg["amount"] < 1e-5  # the dust, rounded down to the step
+    assert leg["spent"] == leg["amount"]
+    [sweep] = rows(
+        engine, "SELECT * FROM arb_opportunities WHERE id = :id", id=leg["opportunity_id"]
+    )
+    assert sweep["cycle"] == [["BTC/USDT", "sell", "BTC", "USDT"]]
+    assert sweep["status"] == "done"
+    assert sweep["realized_start"] == 0
+    assert sweep["realized_profit"] == pytest.approx(leg["received"])
+    assert leg["received"] >= 5 * (1 - 0.001)  # the minimum cost, less the paper fee
+    after = trader.status()["dust"]
+    assert after["BTC"] == pytest.approx(before["BTC"] - leg["amount"], abs=1e-12)
+    assert 0 <= after["BTC"] < 1e-5  # less than one amount step is left
+    assert after == pytest.approx(held(engine), abs=1e-12)
+    assert not sweepable(trader, "BTC")
+    profits = [r["realized_profit"] for r in rows(engine, "SELECT * FROM arb_opportunities")]
+    assert trader.status()["realized_profit"] == pytest.approx(sum(profits), abs=1e-9)
+    usdt = rows(engine, "SELECT amount FROM arb_balances WHERE asset = 'USDT'")[0]["amount"]
+    assert usdt == pytest.approx(10_000.0 + sum(profits), abs=1e-9)
+    metrics = generate_latest(trader.metrics.registry).decode()
+    assert 'cryptobots_arbitrage_opportunities_total{outcome="swept"} 1.0' in metrics
+    assert f'outcome="done"}} {len(outcomes) - 1}.0' in metrics
+    again = trader_for(settings, engine)  # a restart on the same database
+    assert again.status()["dust"] == pytest.approx(after, abs=1e-12)
+    plant(sim, bps=50.0)
+    assert again.step() == "done"
+    assert len(sweeps(engine)) == 1, "the sweep was sent again"
+
+
+class Killed(BaseException):
+    """The trader dies (kill -9) right after its order left."""
+
+
+class DiesAfterSending:
+    """A broker that sends the order, then dies before the answer is stored."""
+
+    def __init__(self, broker: ExchangeBroker) -> None:
+        self.broker, self.live = broker, broker.live
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        self.broker.execute(*args, **kwargs)
+        raise Killed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.broker, name)
+
+
+def test_live_dust_sweep_sent_before_a_crash_is_found_by_its_id_and_never_sent_twice(
+    sim: Running, fresh_pg, tmp_path: Path
+) -> None:
+    """A last leg that fills 99.6% leaves about 0.4% of its BTC, some 2 USDT: below the
+    minimums of every market that could take it (5 USDT on BTC/USDT, 0.00005 BTC on
+    ETH/BTC), so it is dust, not an exposure to unwind. Two or three of them pass BTC/USDT's
+    minimum; the sweep is then sent, and the trader dies before it hears the answer."""
+    engine = fresh_pg()
+    settings = settings_for(sim, engine, tmp_path, breaker_leg_failures=10)
+    trader = unthrottled(trader_for(settings, engine, live=True))
+    account = sim.exchange.accounts.account(KEY)
+    partial = 0
+    while not sweepable(trader, "BTC"):
+        assert partial < 6, trader.status()["dust"]
+        plant(sim, bps=40.0 + partial)
+        leg_fault(sim, symbol="BTCUSDT", kind="partial", count=1, fraction=0.996)
+        assert trader.step() == "unwound"
+        # the exchange reports each cost in 8 decimals, its balance keeps more: the dust is
+        # the account's to a few satoshis (a hundredth of BTC/USDT's amount step)
+        assert trader.status()["dust"]["BTC"] == pytest.approx(account.balances["BTC"], abs=1e-7)
+        partial += 1
+        http().delete(f"{sim.url}/sim/plant").raise_for_status()
+        if not sweepable(trader, "BTC"):
+            assert trader.step() == "idle"  # no edge, and the dust is below the minimum
+    assert sweeps(engine) == [], "a sweep below the minimum was sent"
+    assert partial >= 2
+    dust = trader.status()["dust"]["BTC"]
+
+    trader.broker = DiesAfterSending(trader.broker)  # type: ignore[assignment]
+    with pytest.raises(Killed):
+        trader.step()
+    [pending] = sweeps(engine)
+    client_id = leg_client_id(sweep_id("live", "binance", "BTC", 0), 0)
+    assert (pending["client_order_id"], pending["status"]) == (client_id, "pending")
+    assert [o.client_order_id for o in account.orders].count(client_id) == 1
+
+    restarted = unthrottled(trader_for(settings, engine, live=True))  # settles it on start
+    assert restarted.reconciled
+    [leg] = sweeps(engine)
+    assert restarted.step() == "idle"
+    assert [o.client_order_id for o in account.orders].count(client_id) == 1, "sent twice"
+    assert sweeps(engine) == [leg]
+    assert (leg["status"], leg["symbol"], leg["side"]) == ("filled", "BTC/USDT", "sell")
+    assert is_steps(leg["amount"], 1e-5)
+    assert 0 <= dust - leg["amount"] < 1e-5
+    after = restarted.status()["dust"]["BTC"]
+    assert after == pytest.approx(dust - leg["amount"], abs=1e-12)
+    assert after == pytest.approx(account.balances["BTC"], abs=1e-7)
+    assert not sweepable(restarted, "BTC")
+    [sweep] = rows(
+        engine, "SELECT * FROM arb_opportunities WHERE id = :id", id=leg["opportunity_id"]
+    )
+    assert sweep["status"] == "done"
+    assert sweep["realized_profit"] == pytest.approx(leg["received"])
+    assert leg["received"] > 0
+    profits = sum(r["realized_profit"] for r in rows(engine, "SELECT * FROM arb_opportunities"))
+    assert account.balances["USDT"] == pytest.approx(10_000.0 + profits, abs=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_dust_is_derived_from_finished_legs_leaving_out_home_and_exposures_left_open(
+    fresh_pg, tmp_path: Path, backend: str
+) -> None:
+    if backend == "sqlite":
+        engine = create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+        upgrade(engine)
+    else:
+        engine = fresh_pg()
+
+    def opportunity(oid: str, status: str, reason: str | None = None, home: str = "USDT"):
+        return {
+            "id": oid,
+            "account": "paper",
+            "exchange": "binance",
+            "home": home,
+            "cycle": [],
+            "detected_ms": 0,
+            "edge_bps": 0.0,
+            "expected_start": 0.0,
+            "expected_end": 0.0,
+            "expected_bps": 0.0,
+            "status": status,
+            "reason": reason,
+        }
+
+    def leg(oid: str, seq: int, kind: str, source: str, target: str, spent: float, got: float):
+        return {
+            "client_order_id": f"{oid}-{seq}",
+            "opportunity_id": oid,
+            "seq": seq,
+            "kind": kind,
+            "symbol": "X/Y",
+            "side": "sell",
+            "type": "limit",
+            "source": source,
+            "target": target,
+            "amount": spent,
+            "status": "filled",
+            "spent": spent,
+            "received": got,
+        }
+
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(arb_opportunities),
+            [
+                opportunity("done", "done"),
+                opportunity("unwound", "unwound", reason="leg 1 ETH/BTC sell: rejected"),
+                opportunity("stuck", "unwound", reason="exits refused 3 times: 0.01 BTC left open"),
+                opportunity("noexit", "unwound", reason="0.2 ETH: no exit"),
+                opportunity("open", "unwinding"),
+                opportunity("btc-home", "done", home="BTC"),
+                opportunity("sweep", "done"),
+            ],
+        )
+        conn.execute(
+            sa.insert(arb_legs),
+            [
+                leg("done", 0, "cycle", "USDT", "ETH", 500.0, 0.2703),
+                leg("done", 1, "cycle", "ETH", "BTC", 0.27, 0.0085),
+                leg("done", 2, "cycle", "BTC", "USDT", 0.0084, 500.1),
+                leg("unwound", 0, "cycle", "USDT", "ETH", 500.0, 0.2703),
+                leg("unwound", 10, "unwind", "ETH", "USDT", 0.27, 499.0),
+                leg("stuck", 0, "cycle", "USDT", "BTC", 500.0, 0.01),
+                leg("noexit", 0, "cycle", "USDT", "ETH", 500.0, 0.2),
+                leg("open", 0, "cycle", "USDT", "ETH", 500.0, 0.2),
+                leg("btc-home", 0, "cycle", "BTC", "USDT", 0.01, 500.0),
+                leg("sweep", 0, "sweep", "BTC", "USDT", 0.00005, 2.5),
+            ],
+        )
+    dust = dust_by_currency(engine, "paper", "binance")
+    assert dust == pytest.approx({"ETH": 0.0006, "BTC": 0.00005, "USDT": 500.0}), dust
+    assert dust_by_currency(engine, "live", "binance") == {}
+    assert sweep_counts(engine, "paper", "binance") == {"BTC": 1}
+    ledger = DustLedger("USDT")
+    ledger.load(engine, "paper", "binance")
+    assert ledger.snapshot() == pytest.approx({"ETH": 0.0006, "BTC": 0.00005})
+    assert ledger.number("BTC") == 1
