@@ -29,7 +29,7 @@ from pipeline.arguments import Parser, positive_int
 from pipeline.data.backfill import backfill
 from pipeline.exchanges.client import open_exchange
 from pipeline.exchanges.simulator.app import SimulatorConfig, running
-from pipeline.learn.training import select_best
+from pipeline.learn.selection import select_best
 from pipeline.settings import Market, Settings
 from pipeline.tasks import train as tasks
 from pipeline.timeutil import DAY_MS

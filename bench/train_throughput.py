@@ -113,9 +113,10 @@ def load_window(
 ) -> TrainingData:
     """Recorded candles of [start, end), deduplicated (last row wins) and gap-filled, with
     features from one feature window before `start`, normalization fitted on the window's
-    candles and one decision every `decision_every` candles (as `pipeline.learn.training` cuts)."""
+    candles and one decision every `decision_every` candles (as `pipeline.learn.prepare` cuts)."""
+    from pipeline.learn.prepare import decision_steps
     from pipeline.learn.rl.env import MarketArrays
-    from pipeline.learn.training import Window, decision_steps
+    from pipeline.learn.windows import Window
 
     recording = read_recording(data_dir / RECORDING)
     spec = FeatureSpec() if features is None else FeatureSpec(features=features)

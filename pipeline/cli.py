@@ -580,7 +580,7 @@ def _who() -> str:
 
 
 def _models_list(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.learn.training import text_table
+    from pipeline.learn.tables import text_table
     from pipeline.tasks.promote import versions
 
     rows = []

@@ -30,6 +30,14 @@ def ms_to_datetime(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
+def ms_of(value: Any) -> int:
+    """A datetime or ms value as ms since the epoch."""
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return int(moment.timestamp() * 1000)
+    return int(value)
+
+
 def start_run(engine: Engine, run_id: str, values: Mapping[str, Any]) -> None:
     """Record a run as running (replacing an earlier attempt of the same id)."""
     row = {

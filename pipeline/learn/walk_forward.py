@@ -9,7 +9,7 @@ market); `select` picks among candidates by median fold Sharpe and deflates the
 winner's Sharpe by the number of candidates tried.
 
 Inputs are plain values: per fold, the window and the step returns and positions of
-the policy and of each baseline (what `training.evaluate_run` stores as `series`).
+the policy and of each baseline (what `onnx_evaluation.evaluate_run` stores as `series`).
 """
 
 from __future__ import annotations

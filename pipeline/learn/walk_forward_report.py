@@ -40,22 +40,16 @@ from pipeline.learn.evaluate import (
 )
 from pipeline.learn.evidence import confidence
 from pipeline.learn.features import FeatureSpec
-from pipeline.learn.training import (
-    TrainRequest,
-    Window,
-    backtest_onnx,
-    earliest_training_start,
-    evaluate_run,
-    local_copy,
-    ms_of,
-    snapshot_window,
-    text_table,
-    train_candidate,
-    walk_forward_folds,
-    window_steps,
-)
-from pipeline.learn.training_runs import get_run
+from pipeline.learn.onnx_evaluation import backtest_onnx, evaluate_run
+from pipeline.learn.prepare import window_steps
+from pipeline.learn.run_files import local_copy
+from pipeline.learn.snapshot import earliest_training_start, snapshot_window
+from pipeline.learn.tables import text_table
+from pipeline.learn.train_request import TrainRequest
+from pipeline.learn.training import train_candidate
+from pipeline.learn.training_runs import get_run, ms_of
 from pipeline.learn.walk_forward import select
+from pipeline.learn.windows import Window, walk_forward_folds
 from pipeline.settings import Market, Settings
 from pipeline.timeutil import HOUR_MS, YEAR_MS
 

@@ -24,7 +24,9 @@ from pipeline.errors import ConfigurationError, DataValidationError, ModelReject
 from pipeline.learn.evaluate import CostModel, VolatilityTarget
 from pipeline.learn.evidence import MIN_RETURNS, probabilistic_sharpe_ratio
 from pipeline.learn.export import PARITY_TOLERANCE
-from pipeline.learn.training import Window, backtest_onnx, latest_candle_end
+from pipeline.learn.onnx_evaluation import backtest_onnx
+from pipeline.learn.snapshot import latest_candle_end
+from pipeline.learn.windows import Window
 from pipeline.models.approval import approval_required
 from pipeline.models.registry import alias, get_version, load_verified, move_alias
 from pipeline.settings import Market, PromotionSettings, Settings

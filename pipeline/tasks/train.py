@@ -25,11 +25,8 @@ def snapshot(
     model is the candidate, the older ones are its evidence) into the artifact store."""
     from pipeline.db.engine import opened
     from pipeline.learn.features import FeatureSpec
-    from pipeline.learn.training import (
-        earliest_training_start,
-        snapshot_window,
-        walk_forward_folds,
-    )
+    from pipeline.learn.snapshot import earliest_training_start, snapshot_window
+    from pipeline.learn.windows import walk_forward_folds
     from pipeline.models.registry import store_artifact
     from pipeline.settings import Market
 
@@ -85,7 +82,9 @@ def train_agent(
     """Train the job's algorithm on its snapshot; the training run's id. Only the newest
     fold's run registers a model version."""
     from pipeline.db.engine import opened
-    from pipeline.learn.training import TrainRequest, Window, train_candidate
+    from pipeline.learn.train_request import TrainRequest
+    from pipeline.learn.training import train_candidate
+    from pipeline.learn.windows import Window
     from pipeline.settings import Market
 
     snap = job["snapshot"]
@@ -118,7 +117,7 @@ def evaluate(settings: Settings, run_id: str) -> dict[str, Any]:
     """Evaluate one run on its validation window: run id, policy and baseline Sharpe,
     total return, plot."""
     from pipeline.db.engine import opened
-    from pipeline.learn.training import evaluate_run
+    from pipeline.learn.onnx_evaluation import evaluate_run
 
     with opened(settings.db_url) as engine:
         evaluation = evaluate_run(settings, engine, run_id)
@@ -137,9 +136,9 @@ def evaluate(settings: Settings, run_id: str) -> dict[str, Any]:
 
 def select(settings: Settings, run_ids: Sequence[str]) -> dict[str, Any]:
     """The best algorithm per market by walk-forward score, its evidence stored on the
-    candidate's model version (see `learn.training.select_walk_forward`)."""
+    candidate's model version (see `learn.selection.select_walk_forward`)."""
     from pipeline.db.engine import opened
-    from pipeline.learn.training import select_walk_forward
+    from pipeline.learn.selection import select_walk_forward
 
     with opened(settings.db_url) as engine:
         return select_walk_forward(engine, list(run_ids))
@@ -163,7 +162,7 @@ def auto_promote(
 
 def latest_end(engine: Any, market: Market) -> int:
     """The end of `market`'s newest stored candle; ConfigurationError naming the fix."""
-    from pipeline.learn.training import latest_candle_end
+    from pipeline.learn.snapshot import latest_candle_end
 
     end = latest_candle_end(engine, market)
     if end is None:
@@ -192,15 +191,13 @@ def train_fold(
     candle), `say` each result as it comes; the runs and the best by validation Sharpe."""
     from pipeline.db.engine import opened
     from pipeline.learn.features import FeatureSpec
-    from pipeline.learn.training import (
-        TrainRequest,
-        evaluate_run,
-        select_best,
-        snapshot_window,
-        train_candidate,
-        windows_before,
-    )
+    from pipeline.learn.onnx_evaluation import evaluate_run
+    from pipeline.learn.selection import select_best
+    from pipeline.learn.snapshot import snapshot_window
+    from pipeline.learn.train_request import TrainRequest
+    from pipeline.learn.training import train_candidate
     from pipeline.learn.training_runs import get_run
+    from pipeline.learn.windows import windows_before
 
     t = settings.training
     with opened(settings.db_url) as engine:

@@ -16,8 +16,11 @@ from pipeline.data.backfill import backfill
 from pipeline.db.engine import create_engine
 from pipeline.db.migrate import upgrade
 from pipeline.errors import ConfigurationError, ModelRejected
-from pipeline.learn.training import TrainRequest, Window, snapshot_window, train_candidate
+from pipeline.learn.snapshot import snapshot_window
+from pipeline.learn.train_request import TrainRequest
+from pipeline.learn.training import train_candidate
 from pipeline.learn.walk_forward import score
+from pipeline.learn.windows import Window
 from pipeline.models.approval import approval_required, ask, conclude, decision, needs_person
 from pipeline.models.promotion import apply_promotion, evaluate_pair, gate_pair, promote
 from pipeline.models.registry import (

@@ -20,19 +20,16 @@ from pipeline.db.migrate import upgrade
 from pipeline.errors import DataValidationError
 from pipeline.learn.export import read_lineage
 from pipeline.learn.features import compute_features
-from pipeline.learn.training import (
-    TrainRequest,
-    Window,
-    evaluate_run,
-    load_snapshot,
-    local_copy,
-    prepare,
-    select_best,
-    snapshot_window,
-    train_candidate,
-)
-from pipeline.learn.training_runs import get_run
-from pipeline.models.registry import get_version
+from pipeline.learn.onnx_evaluation import evaluate_run
+from pipeline.learn.prepare import prepare
+from pipeline.learn.run_files import local_copy
+from pipeline.learn.selection import select_best
+from pipeline.learn.snapshot import load_snapshot, snapshot_window
+from pipeline.learn.train_request import TrainRequest
+from pipeline.learn.training import export_policy, register_policy, train_candidate, train_policy
+from pipeline.learn.training_runs import RunNotFound, get_run
+from pipeline.learn.windows import Window
+from pipeline.models.registry import get_version, model_name
 from pipeline.settings import Settings
 from tests.support.exchange import exchange_client
 from tests.support.paths import REPO
@@ -122,6 +119,24 @@ def test_trained_and_evaluated_runs_record_their_lineage_and_metrics(
     best = select_best(engine, run_ids)
     sharpes = {rid: get_run(engine, rid)["metrics"]["sharpe"] for rid in run_ids}
     assert best["run_id"] == max(sharpes, key=sharpes.get)
+
+
+def test_training_exporting_and_registering_run_as_steps_of_their_own(
+    settings: Settings, engine: Engine
+) -> None:
+    asked = request("dqn")
+    snapshot = load_snapshot(snapshot_window(settings, engine, BTC, TRAIN, VALID))
+    prepared = prepare(snapshot, asked.spec, asked.decision_every, asked.sizing)
+    trained = train_policy(settings, asked, prepared, "steps-alone")
+    assert trained.env_steps >= asked.steps
+    exported = export_policy(settings, asked, prepared, trained.policy, "steps-alone")
+    assert read_lineage(exported.onnx).training_run == "steps-alone"
+    assert exported.parity.max_abs_diff <= 1e-5
+    version = register_policy(settings, engine, asked, exported, "steps-alone")
+    registered = get_version(engine, model_name(str(BTC)), version)
+    assert (registered["training_run"], registered["status"]) == ("steps-alone", "candidate")
+    with pytest.raises(RunNotFound):
+        get_run(engine, "steps-alone")
 
 
 def test_an_ensemble_exports_one_policy_averaging_its_members_probabilities(

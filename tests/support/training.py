@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from pipeline.learn.training import TrainRequest, Window
+from pipeline.learn.train_request import TrainRequest
+from pipeline.learn.windows import Window
 from pipeline.settings import Market
 
 BTC = Market.model_validate("binance:BTC/USDT:1h")

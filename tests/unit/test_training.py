@@ -11,13 +11,10 @@ import pytest
 
 from pipeline.errors import ConfigurationError
 from pipeline.learn.features import Candles
-from pipeline.learn.training import (
-    TrainRequest,
-    Window,
-    decision_steps,
-    verdict,
-    walk_forward_folds,
-)
+from pipeline.learn.prepare import decision_steps
+from pipeline.learn.tables import verdict
+from pipeline.learn.train_request import TrainRequest
+from pipeline.learn.windows import Window, walk_forward_folds
 from tests.support.training import BTC, TRAIN, VALID, ms, request
 
 

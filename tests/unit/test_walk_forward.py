@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import DataValidationError
-from pipeline.learn.training import walk_forward_folds
 from pipeline.learn.walk_forward import score, select
+from pipeline.learn.windows import walk_forward_folds
 
 DAY = 86_400_000
 
