@@ -1,16 +1,8 @@
-"""Results as plain-text tables: a policy's verdict against its baselines, the rows of a
-walk-forward summary, fixed-width columns."""
+"""Results as plain text: a policy's verdict against its baselines, fixed-width tables."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
-
-from pipeline.timeutil import iso
-
-if TYPE_CHECKING:
-    from pipeline.learn.onnx_evaluation import Evaluation
-    from pipeline.learn.windows import Window
 
 
 def verdict(metrics: Mapping[str, float], baselines: Mapping[str, Mapping[str, float]]) -> str:
@@ -22,43 +14,6 @@ def verdict(metrics: Mapping[str, float], baselines: Mapping[str, Mapping[str, f
     ):
         lost.append("drawdown")
     return "wins" if not lost else "loses to " + ", ".join(lost)
-
-
-def fold_summary(evaluations: Mapping[str, Evaluation], valid: Window) -> list[list[str]]:
-    """Rows of a walk-forward summary: one per algorithm of one fold."""
-    rows = []
-    for algorithm, evaluation in evaluations.items():
-        tests = evaluation.backtests
-        baselines = {name: b.metrics for name, b in tests.items() if name != "policy"}
-        rows.append(
-            [
-                f"{iso(valid.start)[:10]}..{iso(valid.end)[:10]}",
-                algorithm,
-                f"{evaluation.metrics['sharpe']:.2f}",
-                f"{baselines['buy_and_hold']['sharpe']:.2f}",
-                f"{baselines['momentum']['sharpe']:.2f}",
-                f"{evaluation.metrics['total_return']:+.1%}",
-                f"{baselines['buy_and_hold']['total_return']:+.1%}",
-                f"{evaluation.metrics['max_drawdown']:.1%}",
-                f"{baselines['buy_and_hold']['max_drawdown']:.1%}",
-                verdict(evaluation.metrics, baselines),
-            ]
-        )
-    return rows
-
-
-WALK_FORWARD_HEADER = [
-    "validation",
-    "algo",
-    "sharpe",
-    "b&h sharpe",
-    "mom sharpe",
-    "return",
-    "b&h return",
-    "max dd",
-    "b&h dd",
-    "verdict",
-]
 
 
 def text_table(header: list[str], rows: list[list[str]]) -> str:
