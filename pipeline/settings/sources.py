@@ -17,6 +17,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import EnvSettingsSource
 
 from pipeline.errors import ConfigurationError
+from pipeline.settings.urls import mask_url
 
 _SEQUENCES = (list, tuple, set, frozenset)
 
@@ -87,8 +88,6 @@ def describe(
 ) -> str:
     """One bad value, named where the user wrote it: its YAML key when it came from the
     file, else the environment variable that sets it."""
-    from pipeline.settings import mask_url
-
     loc = tuple(error["loc"])
     message = str(error["msg"]).removeprefix("Value error, ")
     if not loc:
