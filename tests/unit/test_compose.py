@@ -330,13 +330,13 @@ def test_every_python_module_a_service_runs_is_in_the_repo(compose: dict[str, An
 
 
 def test_every_pipeline_command_a_service_runs_parses(compose: dict[str, Any]) -> None:
-    from pipeline.cli import _parser
+    from pipeline.cli import build_parser
 
     commands = [(s, args) for s, m, args in all_python_modules(compose) if m == "pipeline"]
     assert {" ".join(args[:2]) for _, args in commands} >= {"airflow-pools", "db upgrade"}
     for service, args in commands:
         try:
-            parsed = _parser().parse_args(args)
+            parsed = build_parser().parse_args(args)
         except SystemExit:
             pytest.fail(f"{service}: `python -m pipeline {shlex.join(args)}` does not parse")
         assert hasattr(parsed, "handler"), f"{service}: {args} names no command"

@@ -1,0 +1,121 @@
+"""`models`: the model registry: list, show, promote, rollback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pipeline import arguments as arg
+from pipeline.settings import Settings
+
+
+def add_models(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`models [--name N] list|show|promote|rollback`."""
+    models = commands.add_parser("models", help="the model registry: list, show, promote, rollback")
+    models.add_argument(
+        "--name", help="model name (default: the first market's, e.g. binance-btc-usdt-1h)"
+    )
+    model_commands = models.add_subparsers(title="models commands")
+    listing = model_commands.add_parser("list", help="every version, newest first")
+    listing.set_defaults(handler=_models_list)
+    show_model = model_commands.add_parser("show", help="one version in full")
+    show_model.add_argument("version", type=arg.positive_int)
+    show_model.set_defaults(handler=_models_show)
+    promote = model_commands.add_parser("promote", help="gate a version and make it champion")
+    promote.add_argument("version", type=arg.positive_int)
+    promote.add_argument("--force", action="store_true", help="override failed gates")
+    promote.add_argument("--reason", help="why (required with --force)")
+    promote.add_argument(
+        "--end", type=arg.iso_time, help="end of the evaluation window (default: latest candle)"
+    )
+    promote.set_defaults(handler=_models_promote)
+    back = model_commands.add_parser("rollback", help="champion back to the previous one")
+    back.add_argument("--reason")
+    back.set_defaults(handler=_models_rollback)
+
+
+def _model_name(settings: Settings, args: argparse.Namespace) -> str:
+    from pipeline.models.registry import model_name
+
+    return args.name or model_name(str(settings.markets[0]))
+
+
+def _who() -> str:
+    import getpass
+
+    try:
+        return f"{getpass.getuser()} (cli)"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _models_list(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.learn.tables import text_table
+    from pipeline.tasks.promote import versions
+
+    rows = []
+    for v in versions(settings, args.name):
+        validation = (v["metrics"] or {}).get("validation", {})
+        rows.append(
+            [
+                v["name"],
+                str(v["version"]),
+                v["algorithm"],
+                v["status"],
+                ",".join(v["aliases"]) or "-",
+                f"{validation['sharpe']:.2f}" if "sharpe" in validation else "-",
+                f"{validation['max_drawdown']:.1%}" if "max_drawdown" in validation else "-",
+                v["training_run"] or "-",
+                f"{v['created_at']:%Y-%m-%d %H:%M}",
+            ]
+        )
+    header = [
+        "name",
+        "version",
+        "algo",
+        "status",
+        "aliases",
+        "val sharpe",
+        "val dd",
+        "run",
+        "created",
+    ]
+    print(text_table(header, rows) if rows else "no model versions registered yet")
+    return 0
+
+
+def _models_show(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.tasks.promote import version
+
+    row = version(settings, _model_name(settings, args), args.version)
+    print(json.dumps(row, indent=2, default=str))
+    return 0
+
+
+def _models_promote(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.tasks.promote import promote_version
+
+    name = _model_name(settings, args)
+    event = promote_version(
+        settings,
+        name,
+        args.version,
+        who=_who(),
+        reason=args.reason,
+        force=args.force,
+        end_ms=args.end,
+    )
+    forced = " (FORCED)" if event["forced"] else ""
+    print(f"{name}: champion v{event['from_version'] or '-'} -> v{event['to_version']}{forced}")
+    for check, result in event["gates"]["checks"].items():
+        print(f"  {check:<20} {'pass' if result['passed'] else 'FAIL'}  {result}")
+    return 0
+
+
+def _models_rollback(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.tasks.promote import rollback
+
+    name = _model_name(settings, args)
+    event = rollback(settings, name, who=_who(), reason=args.reason)
+    print(f"{name}: champion v{event['from_version']} -> v{event['to_version']} (rollback)")
+    return 0
