@@ -56,8 +56,11 @@ import sqlalchemy as sa
 from bench.common import scratch_database
 from pipeline.arguments import Parser, positive_int
 from pipeline.exchanges.simulator.app import SimulatorConfig, running
+from pipeline.ops.airflow_api import AirflowAPI, admin_password
+from pipeline.ops.children import Children, wait_until
+from pipeline.ops.console import say
 from pipeline.ops.deployment import ADMIN, airflow_env, free_port
-from pipeline.ops.launch import AirflowAPI, Children, admin_password, say, start_airflow, wait_until
+from pipeline.ops.launch import start_airflow
 from pipeline.settings import PROJECT_ROOT, Settings, normalize_db_url
 
 DAG_ID = "market_data"

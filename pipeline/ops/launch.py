@@ -9,30 +9,30 @@ through the `train` DAG and promotes it through the `promote` DAG (both skipped 
 a champion exists, unless asked), then starts the paper trader. Ctrl-C (or SIGTERM)
 stops every process it started. Everything it writes stays under `var/`.
 
-Each child runs in a session of its own, so stopping one stops its whole process
-tree; its output goes to `var/logs/<name>.log`.
+Its children (each in a session of its own, output in `var/logs/<name>.log`) are
+supervised by `children`, Airflow is driven through `airflow_api`, the state kept across
+runs is `run_state`, and the console lines come from `console`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 
 from pipeline.errors import ConfigurationError, CryptobotsError
 from pipeline.models.registry import model_name
+from pipeline.ops.airflow_api import AirflowAPI, admin_password
+from pipeline.ops.children import Children, wait_until
+from pipeline.ops.console import say, status_line, trader_books
 from pipeline.ops.deployment import (
     ADMIN,
     airflow_bin,
@@ -41,6 +41,7 @@ from pipeline.ops.deployment import (
     metadata_url,
     processes,
 )
+from pipeline.ops.run_state import load_state, save_state
 from pipeline.settings import PROJECT_ROOT, Settings, mask_url
 
 DAGS = ("market_data", "backfill_history", "train", "promote")
@@ -48,10 +49,6 @@ DAGS = ("market_data", "backfill_history", "train", "promote")
 
 class Stopped(Exception):
     """Ctrl-C or SIGTERM: stop everything, cleanly."""
-
-
-class ChildDied(CryptobotsError):
-    """A process the launcher started exited on its own."""
 
 
 @dataclass(frozen=True)
@@ -75,163 +72,6 @@ class Options:
     status_every_seconds: float = 60.0
 
 
-@dataclass
-class Children:
-    """The processes the launcher started, each in its own session (process group)."""
-
-    log_dir: Path
-    running: dict[str, subprocess.Popen] = field(default_factory=dict)
-    logs: list[IO[str]] = field(default_factory=list)
-
-    def start(self, name: str, argv: list[str], env: Mapping[str, str]) -> subprocess.Popen:
-        """Start `argv` as `name`, output to `<log_dir>/<name>.log`."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.log_dir / f"{name}.log").open("a")
-        self.logs.append(log)
-        process = subprocess.Popen(
-            argv,
-            env=dict(env),
-            cwd=PROJECT_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.running[name] = process
-        return process
-
-    def check(self) -> None:
-        """Raise ChildDied when a child exited, naming it and its log."""
-        for name, process in self.running.items():
-            if process.poll() is not None:
-                raise ChildDied(
-                    f"{name} exited with code {process.returncode}; its output is in "
-                    f"{self.log_dir / (name + '.log')}"
-                )
-
-    def stop(self, timeout: float = 45.0) -> list[str]:
-        """SIGTERM every child's process group (newest first), SIGKILL what is left after
-        `timeout`; returns the names that had to be killed."""
-        killed = []
-        for process in reversed(list(self.running.values())):
-            if process.poll() is None:
-                _signal_group(process, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for name, process in reversed(list(self.running.items())):
-            try:
-                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                killed.append(name)
-            _signal_group(process, signal.SIGKILL)  # stragglers of the tree, if any
-            process.wait()
-        self.running.clear()
-        for log in self.logs:
-            log.close()
-        self.logs.clear()
-        return killed
-
-
-def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
-        os.killpg(process.pid, sig)
-
-
-@dataclass
-class AirflowAPI:
-    """Airflow's REST API (v2) with a token from the simple auth manager."""
-
-    base: str
-    username: str
-    password: str
-    token: str | None = None
-
-    def _headers(self) -> dict[str, str]:
-        if self.token is None:
-            answer = httpx.post(
-                f"{self.base}/auth/token",
-                json={"username": self.username, "password": self.password},
-                timeout=30,
-            )
-            answer.raise_for_status()
-            self.token = answer.json()["access_token"]
-        return {"Authorization": f"Bearer {self.token}"}
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """One call; the token is renewed once when it expired."""
-        for attempt in range(2):
-            answer = httpx.request(
-                method, f"{self.base}/api/v2{path}", headers=self._headers(), timeout=30, **kwargs
-            )
-            if answer.status_code == 401 and attempt == 0:
-                self.token = None
-                continue
-            answer.raise_for_status()
-            return answer.json() if answer.content else None
-        return None
-
-    def healthy(self) -> bool:
-        """The API server answers and the scheduler heartbeats."""
-        try:
-            health = httpx.get(f"{self.base}/api/v2/monitor/health", timeout=5).json()
-        except (httpx.HTTPError, ValueError):
-            return False
-        return health.get("scheduler", {}).get("status") == "healthy"
-
-    def dag_ids(self) -> set[str]:
-        """The DAGs Airflow has parsed."""
-        return {d["dag_id"] for d in self.request("GET", "/dags", params={"limit": 100})["dags"]}
-
-    def unpause(self, dag_id: str) -> None:
-        self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
-
-    def trigger(self, dag_id: str, conf: dict[str, Any], logical_date: str | None = None) -> str:
-        """A manual run of `dag_id` with `conf` (for `logical_date`, ISO, if given); its id."""
-        run = self.request(
-            "POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": logical_date, "conf": conf}
-        )
-        return str(run["dag_run_id"])
-
-    def run_state(self, dag_id: str, run_id: str) -> str:
-        return str(self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"])
-
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, int]:
-        """How many of the run's task instances are in each state."""
-        found = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
-        counts: dict[str, int] = {}
-        for ti in found["task_instances"]:
-            state = ti.get("state") or "waiting"
-            counts[state] = counts.get(state, 0) + 1
-        return counts
-
-
-def say(text: str) -> None:
-    """One progress line, timestamped (the launcher's whole user interface)."""
-    print(f"[{datetime.now(UTC):%H:%M:%S}] {text}", flush=True)
-
-
-def wait_until(
-    condition: Callable[[], bool],
-    seconds: float,
-    what: str,
-    children: Children,
-    progress: Callable[[], str | None] | None = None,
-    every: float = 15.0,
-) -> None:
-    """Poll `condition` until true; fail after `seconds` or when a child dies."""
-    deadline = time.monotonic() + seconds
-    shown = time.monotonic()
-    while not condition():
-        children.check()
-        if time.monotonic() > deadline:
-            raise CryptobotsError(f"timed out after {seconds:.0f} s waiting for {what}")
-        if progress is not None and time.monotonic() - shown >= every:
-            shown = time.monotonic()
-            line = progress()
-            if line:
-                say(f"  {line}")
-        time.sleep(1.0)
-
-
 def simulator_port(settings: Settings) -> int | None:
     """The loopback port the first exchange's URL points at (the simulator's), or None
     when the first exchange is elsewhere (a real exchange: nothing to start)."""
@@ -240,15 +80,6 @@ def simulator_port(settings: Settings) -> int | None:
     if url.hostname in ("127.0.0.1", "localhost") and url.port:
         return url.port
     return None
-
-
-def load_state(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def save_state(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(state, indent=2))
 
 
 def run(settings: Settings, options: Options) -> int:
@@ -461,79 +292,6 @@ def watch(settings: Settings, options: Options, children: Children) -> None:
                 say(f"trader: no answer ({error})")
     finally:
         engine.dispose()
-
-
-def trader_books(engine: Any, account: str) -> list[dict[str, Any]]:
-    """Per market of `account`: its position row and its newest decision (or None)."""
-    import sqlalchemy as sa
-
-    from pipeline.db.schema import decisions, positions
-
-    newest = (
-        sa.select(decisions.c.market, sa.func.max(decisions.c.id).label("id"))
-        .where(decisions.c.account == account)
-        .group_by(decisions.c.market)
-        .subquery()
-    )
-    query = (
-        sa.select(
-            positions.c.market,
-            positions.c.base,
-            positions.c.quote,
-            decisions.c.candle_ts,
-            decisions.c.outcome,
-            decisions.c.target,
-            decisions.c.price,
-            decisions.c.model_name,
-            decisions.c.model_version,
-        )
-        .select_from(positions)
-        .outerjoin(newest, newest.c.market == positions.c.market)
-        .outerjoin(decisions, decisions.c.id == newest.c.id)
-        .where(positions.c.account == account)
-        .order_by(positions.c.market)
-    )
-    with engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(query)]
-
-
-def status_line(status: Mapping[str, Any], books: list[dict[str, Any]]) -> str:
-    """The console's line about the trader: ready or why not, then per market equity,
-    position, last decision and champion, then the risk state (the JSON is /readyz, whose
-    `role` says whether this trader trades or stands by)."""
-    head = "trader ready" if status.get("ready") else "trader NOT ready"
-    if status.get("role") == "standby":
-        head = "trader standing by"
-    if not status.get("ready"):
-        head += f" ({'; '.join(status.get('reasons') or ['no reason given'])})"
-    parts = [head]
-    for book in books:
-        base_ccy, quote_ccy = book["market"].split(":")[1].split("/")
-        price = book["price"]
-        if price is None:
-            parts.append(f"{book['market']}: {book['quote']:,.2f} {quote_ccy}, no decision yet")
-            continue
-        equity = book["quote"] + book["base"] * price
-        held = book["base"] * price / equity if equity else 0.0
-        decided = datetime.fromtimestamp(book["candle_ts"] / 1000, UTC).strftime("%Y-%m-%d %H:%M")
-        parts.append(
-            f"{book['market']}: equity {equity:,.2f} {quote_ccy}, position {book['base']:.6g} "
-            f"{base_ccy} ({held:.0%}), last decision {decided} {book['outcome']} "
-            f"-> {book['target']:.0%}, champion {book['model_name']} v{book['model_version']}"
-        )
-    risk = (status.get("risk") or {}).get("global") or {}
-    parts.append(f"risk {risk.get('state', '?')}")
-    return " | ".join(parts)
-
-
-def admin_password(path: Path) -> str:
-    """The admin password the simple auth manager generated (kept across runs)."""
-    deadline = time.monotonic() + 60
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise CryptobotsError(f"Airflow wrote no password file at {path}")
-        time.sleep(0.5)
-    return str(json.loads(path.read_text())[ADMIN])
 
 
 def _answers(url: str) -> bool:

@@ -25,7 +25,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from pipeline.db.engine import create_engine
 from pipeline.db.schema import model_versions, promotion_events
 from pipeline.models.registry import alias, model_name, promotion_history
-from pipeline.ops.launch import AirflowAPI
+from pipeline.ops.airflow_api import AirflowAPI
 from tests.support.browser_airflow import (
     AirflowUI,
     missing_browser,

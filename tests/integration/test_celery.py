@@ -32,6 +32,8 @@ from pipeline.db.engine import create_engine
 from pipeline.db.migrate import upgrade
 from pipeline.errors import ConfigurationError
 from pipeline.exchanges.simulator.app import SimulatorConfig, running
+from pipeline.ops.airflow_api import AirflowAPI, admin_password
+from pipeline.ops.children import Children
 from pipeline.ops.deployment import (
     ADMIN,
     airflow_env,
@@ -39,7 +41,7 @@ from pipeline.ops.deployment import (
     free_port,
     worker,
 )
-from pipeline.ops.launch import DAGS, AirflowAPI, Children, admin_password, start_airflow
+from pipeline.ops.launch import DAGS, start_airflow
 from pipeline.settings import Settings
 from tests.support.postgres import PG_SERVER_URL
 from tests.support.services import require_redis

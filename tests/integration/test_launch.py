@@ -11,7 +11,7 @@ def test_the_status_line_reads_each_markets_position_and_newest_decision(fresh_p
     import sqlalchemy as sa
 
     from pipeline.db.schema import decisions, positions
-    from pipeline.ops.launch import trader_books
+    from pipeline.ops.console import trader_books
 
     engine = fresh_pg()
     market = "binance:BTC/USDT:1h"

@@ -28,7 +28,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
 from pipeline.exchanges.simulator.app import Running, SimulatorConfig, create_app
-from pipeline.ops.launch import status_line
+from pipeline.ops.console import status_line
 from pipeline.settings import Settings, load_settings
 from serving.cli import build, build_arbitrage, claim, main
 from serving.http import create_app as trader_app

@@ -12,16 +12,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigurationError, CryptobotsError
-from pipeline.ops.launch import (
-    Children,
-    Options,
-    admin_password,
-    check_history,
-    load_state,
-    save_state,
-    simulator_port,
-    status_line,
-)
+from pipeline.ops.airflow_api import admin_password
+from pipeline.ops.children import Children
+from pipeline.ops.console import status_line
+from pipeline.ops.launch import Options, check_history, simulator_port
+from pipeline.ops.run_state import load_state, save_state
 from pipeline.settings import Settings
 from pipeline.tasks.market_data import history_range
 
