@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.main_job import SPEED, Stack, free_port, processes_of, start
+from pipeline.ops.deployment import free_port
+from tests.support.main_job import SPEED, Stack, processes_of, start
 
 
 @pytest.fixture(scope="package")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pipeline.data.ingest import ingest
+from pipeline.ops.deployment import free_port
 from pipeline.settings import Market
 from tests.support.exchange import exchange_client
 from tests.support.paths import REPO
@@ -36,12 +36,6 @@ START, END = "2020-11-20T05:00", "2020-11-20T07:00"
 RUNS = 3
 HOUR = 3_600_000
 MARKETS = ("binance:BTC/USDT:1h", "binance:ETH/USDT:1h", "binance:ETH/BTC:1h")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def ms(text: str) -> int:

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.exchanges.simulator.app import Running, SimulatorConfig, create_app
 from pipeline.ops.console import status_line
+from pipeline.ops.deployment import free_port
 from pipeline.settings import Settings, load_settings
 from serving.cli import build, build_arbitrage, claim, main
 from serving.http import create_app as trader_app
@@ -37,12 +38,6 @@ from tests.support.paths import REPO
 MARKET = "binance:BTC/USDT:1h"
 SYMBOLS = ("BTC/USDT", "ETH/USDT", "ETH/BTC")
 FAILOVER = {"failover_seconds": 1.5, "loop_seconds": 0.05}  # a lease lasts 1 s
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def taken_leases(engine: Engine) -> list[tuple[str, str]]:

@@ -4,7 +4,6 @@ and output, and the processes it left."""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -68,12 +67,6 @@ def start(argv: list[str], env: dict[str, str], output: Path) -> subprocess.Pope
             pytest.fail(f"the main job did not get ready:\n{output.read_text()[-5000:]}")
         time.sleep(2)
     return process
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def processes_of(var_dir: Path) -> list[tuple[int, str]]:
