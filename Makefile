@@ -6,8 +6,11 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
-# setup re-installs only when these change (their hash is kept in the venv)
+# setup re-installs only when these change (their hash, with SETUP_VERSION, is kept in the venv)
 SETUP_INPUTS := requirements.txt pyproject.toml
+SETUP_VERSION := bytecode-1
+# setup compiles site-packages to bytecode; a few files ccxt vendors do not compile (they
+# are never imported), so compileall's exit status is ignored
 SETUP_STAMP := $(VENV)/.cryptobots-setup
 
 .PHONY: help setup browser run test test-unit test-integration test-e2e lint bench gpu-check lock clean
@@ -16,7 +19,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
 setup: ## create .venv with the pinned requirements and the project (quick when nothing changed)
-	@want=$$(cat $(SETUP_INPUTS) | sha256sum | cut -d' ' -f1); \
+	@want=$$( (cat $(SETUP_INPUTS); echo $(SETUP_VERSION)) | sha256sum | cut -d' ' -f1); \
 	if [ -x $(PY) ] && [ "$$(cat $(SETUP_STAMP) 2>/dev/null)" = "$$want" ]; then \
 		echo "setup: $(VENV) is up to date"; exit 0; fi; \
 	set -e; \
@@ -24,6 +27,10 @@ setup: ## create .venv with the pinned requirements and the project (quick when 
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION); \
 	$(VENV)/bin/uv pip install --python $(PY) --quiet -r requirements.txt; \
 	$(VENV)/bin/uv pip install --python $(PY) --quiet --no-deps -e .; \
+	echo "setup: compiling site-packages to bytecode once (uv does not, and with"; \
+	echo "  PYTHONDONTWRITEBYTECODE set every process would compile TensorFlow and GX again)"; \
+	$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+		>/dev/null || true; \
 	echo "$$want" > $(SETUP_STAMP); \
 	echo "setup: $(VENV) ready"
 
@@ -36,8 +43,8 @@ browser: ## install Debian's chromium and chromium-driver for the browser tests 
 run: setup ## the main job: simulator, Airflow, backfill, a first model, the paper trader (Ctrl-C stops)
 	$(PY) -m pipeline run $(ARGS)
 
-test: setup lint ## lint, then the whole test suite: unit, integration, e2e (real Postgres: CRYPTOBOTS_TEST_PG_URL)
-	$(PY) -m pytest --durations=30 $(ARGS)
+test: setup lint ## lint, then the whole suite, two test groups at a time (ARGS="-n 0": one at a time)
+	$(PY) -m pytest -n 2 --durations=30 $(ARGS)
 
 test-unit: setup ## the unit layer: no network, no database, under a minute
 	$(PY) -m pytest tests/unit $(ARGS)

@@ -445,8 +445,8 @@ def first_leg(cycles: int) -> dict[str, Any] | None:
     from pipeline.exchanges.simulator.app import SimulatorConfig, running
     from pipeline.exchanges.simulator.market import Plant
     from pipeline.settings import load_settings
-    from serving.arbitrage import ArbitrageTrader
-    from serving.broker import PaperBroker
+    from serving.arbitrage.trader import ArbitrageTrader
+    from serving.kernel.broker import PaperBroker
 
     data = load_settings().data_dir
     if data is None:

@@ -27,7 +27,8 @@ from bench.common import Floors, scratch_database
 from pipeline.arguments import Parser, positive_int
 from pipeline.data.backfill import backfill_many
 from pipeline.data.validate import _gx
-from pipeline.exchanges.client import ExchangeClient, RetryPolicy, create_ccxt
+from pipeline.exchanges.client import ExchangeClient, RetryPolicy
+from pipeline.exchanges.factory import create_ccxt
 from pipeline.exchanges.simulator.faults import WEIGHTS
 from pipeline.exchanges.simulator.recordings import find_recordings
 from pipeline.settings import ExchangeConfig, Market, load_settings

@@ -1,33 +1,37 @@
-"""The market_data DAG backfilled over `--days` days, LocalExecutor beside CeleryExecutor.
+"""The market_data DAG backfilled over `--days` days, LocalExecutor beside CeleryExecutor,
+each with the tasks' modules preloaded in the process that forks them and without.
 
-Both deployments run on this machine, one after the other, each on fresh scratch
+Every deployment runs on this machine, one after the other, each on fresh scratch
 databases (Airflow's metadata in a Postgres database of its own for both, so that
 the comparison is fair; a migrated cryptobots database), against the exchange
 simulator on the recorded data, with every recorded binance 1h series as the markets
 (BTC/USDT, ETH/USDT, ETH/BTC: one mapped task per market and run):
 
-- baseline: `airflow standalone` (LocalExecutor);
+- local: `airflow standalone` (LocalExecutor);
 - celery: the API server, scheduler, DAG processor, triggerer and two Celery workers
   (`default` and `gpu` queues; market_data runs on `default`) as separate processes,
-  the broker a private Redis database (`--redis`, flushed before and after).
+  the broker a private Redis database (`--redis`, flushed before and after);
+- each with `airflow.preload` on (the shipped default: pipeline.ops.preload) and off
+  (`--preload on|off|both`; both by default, off first).
 
 Each backfills market_data through Airflow's REST API (`POST /api/v2/backfills`, the
 window ending `--end`, `max_active_runs` 4 for both); the exchange pool bounds both to
 4 running tasks, and the default queue's worker gets as many slots
 (`--worker-concurrency`; the shipped default is 2) so that a queued task waits for
 the executor, not for a slot the Local side has and the Celery side lacks. Printed per
-executor: wall time (backfill created -> last run ended), runs, failed runs, tasks,
-scheduling overhead per task (start_date - queued_dttm) p50/p90/max, task duration p50;
-then the ratios Celery / Local. Floor (issue 16): the Celery overhead per task
-p50 <= 2 s. Exits 1 when a run failed.
+deployment: wall time (backfill created -> last run ended), runs, failed runs, tasks,
+scheduling overhead per task (start_date - queued_dttm) p50/p90/max, task duration
+(start_date -> end_date, Airflow's own) p50/p90; then the ratios Celery / Local and,
+per executor, preloaded / not: the share of a task's p50 that was importing.
+Floors: the Celery overhead per task p50 <= 2 s (issue 16); a preloaded task's
+duration p50 <= 5 s on both executors (issue 29). Exits 1 when a run failed.
 
-30 days is 720 runs and 2,160 tasks: about 6 h (Local) and 10 h (Celery) on two CPU
-cores shared with another job (`--days 1` measured 12 and 21 min plus about a minute
-of start-up each, 35 min in all); a task is 40-60 s, most of it importing Great
-Expectations. So the default is `--days 1` (24 runs, 72 tasks); `--days 30` is the
-issue's full figure, for a bigger machine or a night.
+`--days 1` is 24 runs and 72 tasks per deployment; `--days 30` (720 runs, 2,160 tasks)
+is issue 29's full figure (`--preload on` to skip the slow deployments without it,
+`--executor local` or `celery` for one executor at a time).
 
-    python -m bench.celery_overhead [--days 1] [--end 2020-03-01]
+    python -m bench.celery_overhead [--days 1] [--end 2020-03-01] [--preload both]
+        [--executor both]
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ DAG_ID = "market_data"
 EXECUTORS = ("local", "celery")
 MAX_ACTIVE_RUNS = 4
 FLOOR_SECONDS = 2.0
+DURATION_FLOOR_SECONDS = 5.0
+PRELOAD_CHOICES = {"on": (True,), "off": (False,), "both": (False, True)}
 SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -75,6 +81,7 @@ class Result:
     """One executor's backfill: how long it took, and each task's timings in seconds."""
 
     executor: str
+    preload: bool
     startup: float
     wall: float
     runs: int
@@ -146,9 +153,16 @@ def run_states(metadata: sa.Engine, backfill_id: int) -> str:
 
 
 def bench(
-    executor: str, args: argparse.Namespace, sim_url: str, markets: list[str], var: Path
+    executor: str,
+    preload: bool,
+    args: argparse.Namespace,
+    sim_url: str,
+    markets: list[str],
+    var: Path,
 ) -> Result:
-    """Bring up `executor`'s deployment on scratch databases, backfill, measure, tear down."""
+    """Bring up `executor`'s deployment (its tasks' modules preloaded or not) on scratch
+    databases, backfill, measure, tear down."""
+    label = _label(executor, preload)
     with (
         scratch_database(f"bench_{executor}") as engine,
         empty_database(f"bench_{executor}_airflow") as metadata_url,
@@ -172,14 +186,15 @@ def bench(
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
             "CRYPTOBOTS_MARKETS": ",".join(markets),
             "CRYPTOBOTS_EXCHANGES__BINANCE__URL": sim_url,
+            "CRYPTOBOTS_AIRFLOW__PRELOAD": str(preload).lower(),
         }
         children = Children(var / "logs")
         metadata = sa.create_engine(normalize_db_url(metadata_url), pool_size=1)
         try:
             started = time.monotonic()
-            start_airflow(settings, env, children, steps=1)
+            start_airflow(settings, env, children)
             api = AirflowAPI(f"http://127.0.0.1:{port}", ADMIN, "")
-            wait_until(api.healthy, 900, f"{executor}: API server and scheduler", children)
+            wait_until(api.healthy, 900, f"{label}: API server and scheduler", children)
             api.password = admin_password(var / "airflow" / "passwords.json")
             pools = subprocess.run(
                 [sys.executable, "-m", "pipeline", "airflow-pools"], env=env, cwd=PROJECT_ROOT,
@@ -190,7 +205,7 @@ def bench(
             wait_until(lambda: DAG_ID in api.dag_ids(), 600, f"{DAG_ID} parsed", children)
             api.unpause(DAG_ID)
             startup = time.monotonic() - started
-            say(f"{executor}: up in {startup:.0f} s; backfilling {args.days} days of {DAG_ID}")
+            say(f"{label}: up in {startup:.0f} s; backfilling {args.days} days of {DAG_ID}")
 
             end = datetime.fromisoformat(args.end).replace(tzinfo=UTC)
             backfill = api.request(
@@ -218,16 +233,16 @@ def bench(
                 1800 + args.days * 24 * 60,
                 f"backfill {backfill_id}",
                 children,
-                lambda: f"{executor}: {run_states(metadata, backfill_id)}",
+                lambda: f"{label}: {run_states(metadata, backfill_id)}",
                 every=30,
             )
             found = measure(metadata, backfill_id, created)
-            say(f"{executor}: done in {found['wall']:.0f} s, {run_states(metadata, backfill_id)}")
-            return Result(executor, startup, **found)
+            say(f"{label}: done in {found['wall']:.0f} s, {run_states(metadata, backfill_id)}")
+            return Result(executor, preload, startup, **found)
         finally:
             killed = children.stop()
             if killed:
-                say(f"{executor}: stopped ({', '.join(killed)} had to be killed)")
+                say(f"{label}: stopped ({', '.join(killed)} had to be killed)")
             metadata.dispose()
 
 
@@ -254,11 +269,16 @@ def check_window(sim: Any, end: datetime, days: int) -> None:
         raise SystemExit(f"the window must lie within the recorded 1h data ({span} UTC)")
 
 
+def _label(executor: str, preload: bool) -> str:
+    return f"{executor}{'+preload' if preload else ''}"
+
+
 def _row(r: Result) -> str:
     p50, p90, top = (np.percentile(r.overhead, q) for q in (50, 90, 100))
+    d50, d90 = (np.percentile(r.duration, q) for q in (50, 90))
     return (
-        f"{r.executor:<8} {r.runs:>5} {r.runs_failed:>6} {r.tasks:>6} {r.wall:>8.1f}s "
-        f"{p50:>8.2f}s {p90:>7.2f}s {top:>7.2f}s {np.median(r.duration):>9.2f}s "
+        f"{_label(r.executor, r.preload):<16} {r.runs:>5} {r.runs_failed:>6} {r.tasks:>6} "
+        f"{r.wall:>8.1f}s {p50:>8.2f}s {p90:>7.2f}s {top:>7.2f}s {d50:>8.2f}s {d90:>7.2f}s "
         f"{r.startup:>7.0f}s"
     )
 
@@ -274,26 +294,60 @@ def ratios(local: Result, celery: Result) -> dict[str, float]:
     }
 
 
-def report(local: Result, celery: Result) -> bool:
-    """Print the table and the ratios; whether every run succeeded."""
+def preload_ratios(without: Result, preloaded: Result) -> dict[str, float]:
+    """One executor preloaded against not: task duration p50 and wall time, and the share
+    of a task's p50 without the preload that went to importing."""
+    before, after = float(np.median(without.duration)), float(np.median(preloaded.duration))
+    return {
+        "duration_p50": after / before,
+        "wall": preloaded.wall / without.wall,
+        "import_share": max(before - after, 0.0) / before,
+    }
+
+
+def report(results: list[Result]) -> bool:
+    """Print the table, the ratios and the floors; whether every run succeeded."""
     print(
-        f"{'executor':<8} {'runs':>5} {'failed':>6} {'tasks':>6} {'wall':>9} "
-        f"{'ovh p50':>9} {'p90':>8} {'max':>8} {'dur p50':>10} {'startup':>8}"
+        f"{'deployment':<16} {'runs':>5} {'failed':>6} {'tasks':>6} {'wall':>9} "
+        f"{'ovh p50':>9} {'p90':>8} {'max':>8} {'dur p50':>9} {'p90':>8} {'startup':>8}"
     )
-    for r in (local, celery):
+    for r in results:
         print(_row(r))
-    found = ratios(local, celery)
-    print(
-        f"ratio celery / local: wall {found['wall']:.2f}x, overhead p50 "
-        f"{found['overhead_p50']:.2f}x, duration p50 {found['duration_p50']:.2f}x"
-    )
-    p50 = found["celery_overhead_p50_s"]
-    verdict = "PASS" if p50 <= FLOOR_SECONDS else "FAIL"
-    print(f"floor celery overhead per task p50 <= {FLOOR_SECONDS:g} s: {p50:.2f} s, {verdict}")
+    found = {(r.executor, r.preload): r for r in results}
     ok = True
-    for r in (local, celery):
+    for preload in (False, True):
+        if ("local", preload) in found and ("celery", preload) in found:
+            pair = ratios(found["local", preload], found["celery", preload])
+            print(
+                f"ratio celery / local{' (preloaded)' if preload else ''}: wall "
+                f"{pair['wall']:.2f}x, overhead p50 {pair['overhead_p50']:.2f}x, duration p50 "
+                f"{pair['duration_p50']:.2f}x"
+            )
+    for executor in EXECUTORS:
+        if (executor, False) in found and (executor, True) in found:
+            pair = preload_ratios(found[executor, False], found[executor, True])
+            print(
+                f"ratio {executor} preloaded / not: duration p50 {pair['duration_p50']:.2f}x, "
+                f"wall {pair['wall']:.2f}x; importing was {pair['import_share']:.0%} of a "
+                "task's p50"
+            )
+    celery = [r for r in results if r.executor == "celery"]
+    if celery:
+        p50 = float(np.median(celery[-1].overhead))
+        verdict = "PASS" if p50 <= FLOOR_SECONDS else "FAIL"
+        print(f"floor celery overhead per task p50 <= {FLOOR_SECONDS:g} s: {p50:.2f} s, {verdict}")
+    for r in results:
+        if r.preload:
+            d50 = float(np.median(r.duration))
+            verdict = "PASS" if d50 <= DURATION_FLOOR_SECONDS else "FAIL"
+            print(
+                f"floor {r.executor} preloaded task duration p50 <= "
+                f"{DURATION_FLOOR_SECONDS:g} s: {d50:.2f} s, {verdict}"
+            )
+    for r in results:
         if r.runs_failed or r.tasks_not_success:
-            print(f"{r.executor}: {r.runs_failed} runs and {r.tasks_not_success} tasks not success")
+            label = _label(r.executor, r.preload)
+            print(f"{label}: {r.runs_failed} runs and {r.tasks_not_success} tasks not success")
             ok = False
     return ok
 
@@ -317,6 +371,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--redis", default="redis://127.0.0.1:6379/13", help="the Celery broker (flushed)"
     )
+    parser.add_argument(
+        "--executor",
+        choices=("both", *EXECUTORS),
+        default="both",
+        help="the executors to run (both: local, then celery)",
+    )
+    parser.add_argument(
+        "--preload",
+        choices=sorted(PRELOAD_CHOICES),
+        default="both",
+        help="the deployments with the tasks' modules preloaded (on), without (off), or both",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the logs' scratch folder")
     return parser.parse_args(argv)
 
@@ -333,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("no recorded market data: set CRYPTOBOTS_DATA_DIR")
     broker = redis.Redis.from_url(args.redis)
     var = Path(tempfile.mkdtemp(prefix="bench_celery_"))
-    results: dict[str, Result] = {}
+    results: list[Result] = []
     try:
         broker.flushdb()
         with running(SimulatorConfig(data_dir=data_dir)) as sim:
@@ -341,15 +407,17 @@ def main(argv: list[str] | None = None) -> None:
             end = datetime.fromisoformat(args.end).replace(tzinfo=UTC)
             check_window(sim, end, args.days)
             say(f"markets {', '.join(markets)}; {args.days * 24} runs ending {args.end}")
-            for executor in EXECUTORS:
-                results[executor] = bench(executor, args, sim.url, markets, var / executor)
+            for executor in EXECUTORS if args.executor == "both" else (args.executor,):
+                for preload in PRELOAD_CHOICES[args.preload]:
+                    folder = var / _label(executor, preload)
+                    results.append(bench(executor, preload, args, sim.url, markets, folder))
     finally:
         broker.flushdb()
         if args.keep:
             say(f"logs kept in {var}")
         else:
             shutil.rmtree(var, ignore_errors=True)
-    if not report(results["local"], results["celery"]):
+    if not report(results):
         sys.exit(1)
 
 

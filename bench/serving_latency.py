@@ -1,6 +1,6 @@
 """Decision latency of the trader in paper mode: the ONNX policy against the Keras model.
 
-The real `serving.trader.Trader` trades binance BTC/USDT 1h on the exchange simulator
+The real `serving.model.trader.Trader` trades binance BTC/USDT 1h on the exchange simulator
 (recorded data, its clock sped up so that a candle closes every 10 milliseconds),
 state in a scratch Postgres database, with the training feature set (17 features,
 a 721-candle window) and the default network size. Every step is one decision. The
@@ -150,11 +150,12 @@ def run(watch: Any, engine: Any, sim_url: str, folder: Path, decisions: int) -> 
     watch's and the network time per step, the orders and outcomes recorded."""
     import sqlalchemy as sa
 
-    from pipeline.exchanges.client import ExchangeClient, RetryPolicy, create_ccxt
+    from pipeline.exchanges.client import ExchangeClient, RetryPolicy
+    from pipeline.exchanges.factory import create_ccxt
     from pipeline.settings import ExchangeConfig, Settings
-    from serving.broker import PaperBroker
-    from serving.risk import RiskGate
-    from serving.trader import Trader
+    from serving.kernel.broker import PaperBroker
+    from serving.model.risk import RiskGate
+    from serving.model.trader import Trader
 
     settings = Settings(
         var_dir=folder,
@@ -232,7 +233,7 @@ def measure(decisions: int, data_dir: Path) -> dict[str, Any]:
     per-path timings (`onnx`, `keras`) and the figures the floors judge."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from bench.common import default_policy, scratch_database
-    from serving.model import CPU, ModelWatch
+    from serving.model.policy import CPU, ModelWatch
 
     spec, model, lineage = default_policy()
     with (

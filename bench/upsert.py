@@ -26,7 +26,8 @@ import sqlalchemy as sa
 
 from bench.common import Floors, scratch_database
 from pipeline.arguments import Parser, positive_int
-from pipeline.db.upsert import _PGCOPY_HEADER, _PGCOPY_TRAILER, upsert_ohlcv
+from pipeline.db.upsert import upsert_ohlcv
+from pipeline.db.upsert.postgres import PGCOPY_HEADER, PGCOPY_TRAILER
 
 FLOOR_NEW = 0.60
 FLOOR_UNCHANGED = 0.75
@@ -64,7 +65,7 @@ def candles(rows: int, markets: int = 20, seed: int = 7) -> pd.DataFrame:
 
 def binary_copy_payload(frame: pd.DataFrame) -> bytes:
     """All nine columns as a binary COPY stream (the strings are fixed-width per market)."""
-    parts = [_PGCOPY_HEADER]
+    parts = [PGCOPY_HEADER]
     for _, group in frame.groupby(["exchange", "symbol", "timeframe"], sort=True):
         fields = [("n", ">i2")]
         for name in ("exchange", "symbol", "timeframe"):
@@ -82,7 +83,7 @@ def binary_copy_payload(frame: pd.DataFrame) -> bytes:
         for name in ("open", "high", "low", "close", "volume"):
             rows[f"{name}_len"], rows[name] = 8, group[name].to_numpy()
         parts.append(rows.tobytes())
-    parts.append(_PGCOPY_TRAILER)
+    parts.append(PGCOPY_TRAILER)
     return b"".join(parts)
 
 

@@ -1,7 +1,7 @@
 """
 # market_data
 
-Hourly ingestion of closed candles for every configured market
+Ingestion of closed candles (hourly by default) for every configured market
 (`CRYPTOBOTS_MARKETS`): one mapped task per market, grouped by exchange, each a
 transaction on its data interval `[data_interval_start, data_interval_end)`:
 fetch through ccxt, validate (Great Expectations; bad rows to
@@ -25,15 +25,18 @@ from airflow.sdk import Asset, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from pipeline.settings import load_settings
+from pipeline.settings.schedules import schedule_doc
 from pipeline.tasks.market_data import exchanges_of, pool_name
 
 OHLCV = Asset(name="ohlcv", uri="cryptobots://database/ohlcv")
 SETTINGS = load_settings()
+SCHEDULE = SETTINGS.airflow.market_data_schedule
+TIMEZONE = SETTINGS.airflow.market_data_schedule_timezone
 
 
 @dag(
     dag_id="market_data",
-    schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
+    schedule=CronDataIntervalTimetable(SCHEDULE, timezone=TIMEZONE),
     start_date=pendulum.instance(SETTINGS.airflow.start_date),
     catchup=False,
     max_active_runs=4,
@@ -44,7 +47,7 @@ SETTINGS = load_settings()
         "max_retry_delay": timedelta(minutes=10),
     },
     tags=["cryptobots", "market-data"],
-    doc_md=__doc__,
+    doc_md=__doc__ + schedule_doc(SCHEDULE, TIMEZONE, "airflow.market_data_schedule"),
 )
 def market_data() -> None:
     @task(outlets=[OHLCV])

@@ -18,7 +18,7 @@ model is the candidate -> **auto_promote** it through the promotion gates when t
 Every run is a row of `training_runs` (hyperparameters, data windows, feature
 spec, device, metrics, artifacts). Edit the budget, windows, algorithms, markets
 and seed in the trigger form. A retried train task resumes from its checkpoint.
-Unpausing it schedules the next 02:00 UTC, not a run for the last one.
+Unpausing it schedules the next time its schedule fires, not a run for the last one.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from airflow.sdk import Param, dag, task
 from airflow.timetables.trigger import CronTriggerTimetable
 
 from pipeline.settings import load_settings
+from pipeline.settings.schedules import schedule_doc
 
 SETTINGS = load_settings()
 TRAINING = SETTINGS.training
@@ -38,7 +39,7 @@ MARKETS = [str(m) for m in (TRAINING.markets or SETTINGS.markets[:1])]
 
 @dag(
     dag_id="train",
-    schedule=CronTriggerTimetable("0 2 * * *", timezone="UTC"),
+    schedule=CronTriggerTimetable(TRAINING.schedule, timezone=TRAINING.schedule_timezone),
     catchup=False,
     max_active_runs=1,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=2)},
@@ -82,7 +83,8 @@ MARKETS = [str(m) for m in (TRAINING.markets or SETTINGS.markets[:1])]
         ),
     },
     tags=["cryptobots", "training"],
-    doc_md=__doc__,
+    doc_md=__doc__
+    + schedule_doc(TRAINING.schedule, TRAINING.schedule_timezone, "training.schedule"),
 )
 def train() -> None:
     @task

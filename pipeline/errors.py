@@ -39,3 +39,11 @@ class DataValidationError(CryptobotsError):
 
 class ModelRejected(CryptobotsError):
     """A model artifact failed a check (checksum, signature, parity, gates)."""
+
+
+class PromotionConflict(CryptobotsError):
+    """Another promotion moved the alias first; nothing was changed by this one."""
+
+
+class VersionNotFound(CryptobotsError):
+    """No such model version."""

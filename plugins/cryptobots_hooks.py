@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from airflow.sdk import BaseHook
 
-from pipeline.exchanges.client import Credentials
+from pipeline.exchanges.factory import Credentials
 
 
 class ExchangeHook(BaseHook):

@@ -4,7 +4,7 @@ Mounts `pipeline.ui.models_page` under `/cryptobots-models` and `pipeline.arbitr
 under `/cryptobots-arbitrage`, and adds a "Models" and an "Arbitrage" entry to the UI's
 navigation that frame them. Every route is guarded by Airflow's own auth: the signed-in
 user must be allowed to read the `promote` DAG (Models) or the `arbitrage_report` DAG
-(Arbitrage). The data comes from `pipeline/models/registry.py` and `pipeline/arbitrage/report.py`;
+(Arbitrage). The data comes from `pipeline/models/registry/` and `pipeline/arbitrage/report.py`;
 nothing here but wiring.
 """
 

@@ -35,19 +35,14 @@ BACKENDS = [
 ]
 
 
-# Side by side under pytest-xdist (`make test` runs `-n 4 --dist loadscope`): each group
+# Side by side under pytest-xdist (`make test ARGS="-n 3"`, opt-in): each group
 # below runs on one worker, one test after another, so its module fixtures (an Airflow, a
 # database, one running main job for tests/e2e) are built once and the Airflow deployments
 # and the training runs, which share two cores badly, queue instead of overlapping.
 # Every other module is a group of its own. The longest groups are handed out first.
 SERIAL_GROUPS = {
     "e2e": {"test_main_job", "test_browser"},
-    "airflow": {
-        "test_dags",
-        "test_airflow_backfill",
-        "test_models_page",
-        "test_arbitrage_report_dag",
-    },
+    "airflow": {"test_dags", "test_models_page", "test_arbitrage_report_dag"},
     "celery": {"test_celery"},
     "cpu": {"test_rl_training", "test_benches", "test_training", "test_promotion"},
 }
@@ -103,6 +98,24 @@ def sqlite_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("CRYPTOBOTS_DB_URL", url)
     monkeypatch.setenv("CRYPTOBOTS_VAR_DIR", str(tmp_path / "var"))
     return url
+
+
+@pytest.fixture(scope="session")
+def airflow_metadata(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Airflow's SQLite metadata database, migrated once per session (`airflow db migrate`
+    is seconds of CPU): each module's isolated Airflow starts from a copy
+    (`tests.support.airflow.migrated_home`)."""
+    from tests.support.airflow import airflow_env
+
+    home = tmp_path_factory.mktemp("airflow-metadata")
+    done = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=airflow_env(home),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return home / "airflow.db"
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,8 @@ _SHORTLIST = 4
 
 
 class AmountRules(Protocol):
-    """A market's amount rounding and minimums, e.g. `serving.risk.MarketRules.from_ccxt`."""
+    """A market's amount rounding and minimums, e.g.
+    `serving.kernel.market_rules.MarketRules.from_ccxt`."""
 
     @property
     def min_amount(self) -> float | None: ...

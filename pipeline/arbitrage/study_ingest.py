@@ -51,7 +51,8 @@ def ingest_recorded(
     groups come along when the venue has them. One summary per market."""
     from pipeline.data.backfill import backfill
     from pipeline.errors import ConfigurationError
-    from pipeline.exchanges.client import ExchangeClient, RetryPolicy, create_ccxt
+    from pipeline.exchanges.client import ExchangeClient, RetryPolicy
+    from pipeline.exchanges.factory import create_ccxt
     from pipeline.exchanges.simulator.app import SimulatorConfig, running
     from pipeline.settings import ExchangeConfig
 

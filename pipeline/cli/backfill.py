@@ -29,7 +29,7 @@ def add_backfill(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def _backfill(settings: Settings, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from pipeline.exchanges.client import credentials_from_reference
+    from pipeline.exchanges.factory import credentials_from_reference
     from pipeline.tasks.market_data import backfill_market
 
     market, start, end = args.market, args.start, args.end

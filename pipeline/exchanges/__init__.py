@@ -1,2 +1,3 @@
-"""Exchanges: the ccxt client factory, the one adapter that translates ccxt errors,
-request pacing, and the exchange simulator."""
+"""Exchanges: the ccxt client factory (`factory`), the one adapter that translates ccxt
+errors (`translation`), request pacing (`pacing`), the client with its retries (`client`),
+and the exchange simulator (`simulator/`)."""

@@ -93,7 +93,7 @@ def evaluate_run(settings: Settings, engine: Engine, run_id: str) -> Evaluation:
         prepared.valid_close,
         tuple(run["action_map"]),
         snapshot.market.timeframe_ms * every,
-        CostModel(fee_bps=env["fee_bps"], slippage_bps=env["slippage_bps"]),
+        CostModel(env["fee_bps"], env["slippage_bps"], env.get("borrow_per_step", 0.0)),
         scale=prepared.valid_scale,
         rule=run["params"].get("position_rule", "argmax"),
     )

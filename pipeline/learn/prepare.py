@@ -81,7 +81,7 @@ def prepare(
 ) -> Prepared:
     """Compute features once, cut both windows into decision steps, fit normalization on
     the training window's candles, size positions by `sizing` when given."""
-    from pipeline.learn.rl.env import MarketArrays
+    from pipeline.learn.rl.arrays import MarketArrays
 
     candles, tf_ms = snapshot.candles, snapshot.market.timeframe_ms
     matrix = compute_features(candles, spec)

@@ -43,6 +43,7 @@ class TrainRequest:
     position_rule: str = "argmax"
     fee_bps: float = 10.0
     slippage_bps: float = 5.0
+    borrow_bps_per_hour: float = 0.1
     seed: int = 0
     ensemble: int = 1
     target_volatility: float | None = None
@@ -119,6 +120,7 @@ class TrainRequest:
             "position_rule": t.position_rule if algorithm == "a2c" else "argmax",
             "fee_bps": t.fee_bps,
             "slippage_bps": t.slippage_bps,
+            "borrow_bps_per_hour": t.borrow_bps_per_hour,
             "seed": t.seed,
             "ensemble": t.ensemble,
             "target_volatility": t.target_volatility,

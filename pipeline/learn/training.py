@@ -116,14 +116,20 @@ def code_version() -> str:
 
 def env_config(request: TrainRequest) -> EnvConfig:
     """The trading environment `request` trains in."""
+    from pipeline.learn.evaluate.costs import CostModel
     from pipeline.learn.rl.env import EnvConfig
 
+    step_ms = request.market.timeframe_ms * request.decision_every
+    cost = CostModel.per_step(
+        request.fee_bps, request.slippage_bps, request.borrow_bps_per_hour, step_ms
+    )
     return EnvConfig(
         num_envs=request.num_envs,
         episode_length=request.episode_length,
         action_map=request.action_map,
         fee_bps=request.fee_bps,
         slippage_bps=request.slippage_bps,
+        borrow_per_step=cost.borrow_per_step,
         downside_penalty=request.downside_penalty,
     )
 

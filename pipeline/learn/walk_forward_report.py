@@ -106,6 +106,7 @@ def _next_window(
     settings: Settings, engine: Engine, market: Market, run: dict[str, Any], window: Window
 ) -> Backtest:
     t = settings.training
+    every = int(run["params"].get("decision_every", 1))
     return backtest_onnx(
         engine,
         local_copy(settings, run["artifacts"]["onnx"], "onnx"),
@@ -113,8 +114,10 @@ def _next_window(
         window,
         tuple(run["feature_spec"]["features"]),
         tuple(run["action_map"]),
-        int(run["params"].get("decision_every", 1)),
-        CostModel(fee_bps=t.fee_bps, slippage_bps=t.slippage_bps),
+        every,
+        CostModel.per_step(
+            t.fee_bps, t.slippage_bps, t.borrow_bps_per_hour, market.timeframe_ms * every
+        ),
         what=f"training run {run['id']}",
         sizing=VolatilityTarget.from_dict(run["params"].get("sizing")),
         rule=run["params"].get("position_rule", "argmax"),
@@ -186,7 +189,7 @@ def baselines(
     always long would earn under the models' own sizing)."""
     t = settings.training
     step_ms = market.timeframe_ms * every
-    cost = CostModel(fee_bps=t.fee_bps, slippage_bps=t.slippage_bps)
+    cost = CostModel.per_step(t.fee_bps, t.slippage_bps, t.borrow_bps_per_hour, step_ms)
     rules = {"buy_and_hold": ("buy_and_hold", 1), "flat": ("flat", 1)}
     for hours in MOMENTUM_HOURS:
         rules[f"momentum_{hours}h"] = ("momentum", max(1, round(hours * HOUR_MS / step_ms)))

@@ -44,6 +44,7 @@ def evaluate_version(
         end = end_ms - end_ms % market.timeframe_ms
         window = Window(end - settings.promotion.window_days * DAY_MS, end)
         t = settings.training
+        every = int(lineage.data_window.get("decision_every", 1))
         backtests = backtest_onnx(
             engine,
             verified.path,
@@ -51,8 +52,10 @@ def evaluate_version(
             window,
             lineage.feature_spec.features,
             lineage.action_map,
-            int(lineage.data_window.get("decision_every", 1)),
-            CostModel(fee_bps=t.fee_bps, slippage_bps=t.slippage_bps),
+            every,
+            CostModel.per_step(
+                t.fee_bps, t.slippage_bps, t.borrow_bps_per_hour, market.timeframe_ms * every
+            ),
             what=f"{name} v{version}",
             sizing=VolatilityTarget.from_dict(lineage.sizing),
             rule=lineage.position_rule,

@@ -29,6 +29,7 @@ from pipeline.errors import ConfigurationError
 from pipeline.settings import PROJECT_ROOT, Settings, mask_url
 
 ADMIN = "admin"
+CELERY_CONFIG_OPTION = "pipeline.ops.celery_config.CELERY_CONFIG"
 QUEUES = ("default", "gpu")
 
 
@@ -86,6 +87,8 @@ def airflow_env(
         env |= {
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
             "AIRFLOW__CELERY__BROKER_URL": settings.airflow.broker_url,
+            # the provider's default Celery configuration, plus the workers' preload
+            "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": CELERY_CONFIG_OPTION,
             "AIRFLOW__CORE__FERNET_KEY": shared["fernet_key"],
             "AIRFLOW__API_AUTH__JWT_SECRET": shared["jwt_secret"],
             "AIRFLOW__API__SECRET_KEY": shared["secret_key"],

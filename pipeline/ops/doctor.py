@@ -132,7 +132,7 @@ def _onnxruntime(require_gpu: bool) -> Check:
         import onnxruntime as ort
     except ImportError as error:
         return Check("onnxruntime", FAIL, f"cannot import onnxruntime: {error}", "make setup")
-    from serving.model import usable_providers
+    from serving.model.policy import usable_providers
 
     available = ort.get_available_providers()
     usable = usable_providers()

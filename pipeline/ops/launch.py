@@ -229,17 +229,19 @@ def bring_up(settings: Settings, options: Options, children: Children) -> None:
 
 
 def start_airflow(
-    settings: Settings, env: Mapping[str, str], children: Children, steps: int
+    settings: Settings, env: Mapping[str, str], children: Children, steps: int | None = None
 ) -> None:
     """Airflow's processes for `airflow.executor`; the Celery ones once the broker answers
-    and the metadata database is migrated."""
+    and the metadata database is migrated. `steps`: the main job's step count, for its
+    "[3/8]" label (none outside it)."""
     metadata = mask_url(metadata_url(settings))
+    step = f"[3/{steps}] " if steps else ""
     if settings.airflow.executor == "local":
-        say(f"[3/{steps}] Airflow standalone (metadata {metadata})")
+        say(f"{step}Airflow standalone (metadata {metadata})")
     else:
         check_celery(settings)
         say(
-            f"[3/{steps}] Airflow with the CeleryExecutor (metadata {metadata}, broker "
+            f"{step}Airflow with the CeleryExecutor (metadata {metadata}, broker "
             f"{mask_url(settings.airflow.broker_url)}): migrating its database"
         )
         migrate = subprocess.run(

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from pipeline.settings.schedules import check_cron, check_timezone, fires_off_the_hour
 
 
 class AirflowSettings(BaseModel):
@@ -16,6 +18,17 @@ class AirflowSettings(BaseModel):
     start_date: datetime = Field(
         default=datetime(2015, 1, 1, tzinfo=UTC),
         description="earliest data interval the DAGs run (and backfill) for, UTC",
+    )
+    market_data_schedule_timezone: str = Field(
+        default="UTC", description="IANA time zone of market_data_schedule, e.g. Europe/London"
+    )
+    market_data_schedule: str = Field(
+        default="0 * * * *",
+        validate_default=True,
+        description="when the market_data DAG runs (each run ingests the closed candles of "
+        "its data interval, the time since the previous run): a cron expression or a "
+        "preset (@hourly, @daily), in market_data_schedule_timezone; it must fire on whole hours "
+        "(candles close on the hour)",
     )
     exchange_pool_slots: int = Field(
         default=4, ge=1, description="concurrent tasks per exchange (the exchange_<name> pool)"
@@ -47,8 +60,35 @@ class AirflowSettings(BaseModel):
     gpu_worker_concurrency: int = Field(
         default=1, ge=1, description="task slots of the Celery worker on the gpu queue"
     )
+    preload: bool = Field(
+        default=True,
+        description="import the tasks' modules (pandas, ccxt, Great Expectations, ...) once "
+        "in the process that forks the tasks (LocalExecutor's scheduler, each Celery "
+        "worker), so a task starts in seconds (pipeline.ops.preload); false: every task "
+        "imports them itself",
+    )
 
     @field_validator("start_date")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
         return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    @field_validator("market_data_schedule_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        return check_timezone(value)
+
+    @field_validator("market_data_schedule")
+    @classmethod
+    def _cron(cls, value: str, info: ValidationInfo) -> str:
+        value = check_cron(value, "0 * * * *")
+        timezone = info.data.get("market_data_schedule_timezone")
+        off = fires_off_the_hour(value, timezone) if timezone else None
+        if off is not None:
+            raise ValueError(
+                f"{value!r} in {timezone} fires at {off:%Y-%m-%d %H:%M} UTC, not on a whole "
+                "hour: the candles close on the hour, so a run there would cut one in two; "
+                "use minute 0 in a time zone whole hours from UTC, e.g. '0 * * * *' or "
+                "'@daily' in UTC"
+            )
+        return value

@@ -72,6 +72,18 @@ class ServingSettings(BaseModel):
     maintenance_margin: float = Field(
         default=0.1, gt=0, lt=1, description="paper margin: equity/short value that liquidates"
     )
+    margin: bool = Field(
+        default=False,
+        description="live shorts on the exchange's cross-margin account: a short sell "
+        "borrows the base it lacks, the buy back repays (with --live and "
+        "CRYPTOBOTS_TRADING_MODE=live; paper shorts always use paper margin)",
+    )
+    margin_close_level: float = Field(
+        default=1.5,
+        gt=1,
+        description="live margin: at or below this margin level (assets / what is owed; "
+        "Binance liquidates at 1.1) shorts are bought back and no new one opens",
+    )
     risk: RiskSettings = Field(default_factory=RiskSettings)
     failover_seconds: float = Field(
         default=15.0,

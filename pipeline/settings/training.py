@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.settings.exchanges import Market
+from pipeline.settings.schedules import check_cron, check_timezone
 
 TRAINING_FEATURES = (
     "ret_1",
@@ -34,6 +35,14 @@ class TrainingSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    schedule: str = Field(
+        default="0 2 * * *",
+        description="when the train DAG runs: a cron expression or a preset (@daily, "
+        "@weekly), in schedule_timezone; e.g. '30 23 * * 1-5' for 23:30 on weekdays",
+    )
+    schedule_timezone: str = Field(
+        default="UTC", description="IANA time zone of schedule, e.g. America/New_York"
+    )
     algorithms: tuple[Literal["dqn", "a2c"], ...] = Field(
         default=("a2c",),
         description="agents trained each night (DQN ensembles lost up to a third of the "
@@ -77,6 +86,13 @@ class TrainingSettings(BaseModel):
     )
     fee_bps: float = Field(default=10.0, ge=0, description="taker fee, basis points")
     slippage_bps: float = Field(default=5.0, ge=0, description="slippage, basis points")
+    borrow_bps_per_hour: float = Field(
+        default=0.1,
+        ge=0,
+        description="a short's borrow interest per hour, basis points of its notional, in "
+        "training and every backtest (0.1 = serving.borrow_rate_hourly's 0.00001 of paper "
+        "margin; Binance's cross margin is 0.024%/day = 0.1 bps/h on BTC)",
+    )
     seed: int = Field(default=0, ge=0, description="seed of weights, exploration, episodes")
     target_volatility: float | None = Field(
         default=0.2,
@@ -113,3 +129,13 @@ class TrainingSettings(BaseModel):
         description="models trained per algorithm with different seeds and exported as one "
         "policy that averages their action probabilities (A2C) or Q-values (DQN)",
     )
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return check_cron(value, "0 2 * * *")
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        return check_timezone(value)

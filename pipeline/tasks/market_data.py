@@ -14,7 +14,7 @@ from pipeline.settings import Market, Settings
 from pipeline.timeutil import DAY_MS, HOUR_MS
 
 if TYPE_CHECKING:
-    from pipeline.exchanges.client import Credentials
+    from pipeline.exchanges.factory import Credentials
 
 
 def _with_exchange(

@@ -1,7 +1,7 @@
 """The Models page: registered versions with their metrics and equity plots, the
 champion and its promotion history, as HTML for the Airflow UI and as JSON.
 
-A FastAPI app over `pipeline/models/registry.py`. The Airflow plugin
+A FastAPI app over `pipeline/models/registry/`. The Airflow plugin
 (`plugins/cryptobots_models.py`) mounts it and passes Airflow's own authorization
 check as `guard`, so the page, its data and its plots are only served to a signed-in
 Airflow user allowed to read the `promote` DAG. The Promote button never promotes by

@@ -7,7 +7,7 @@ backfill of the same hours changes nothing.
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import signal
 import subprocess
@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.data.ingest import ingest
 from pipeline.ops.deployment import free_port
+from pipeline.ops.preload import TASK_MODULES
 from pipeline.settings import Market
 from tests.support.exchange import exchange_client
 from tests.support.paths import REPO
@@ -118,7 +119,7 @@ def airflow(
         start_new_session=True,
     )
     try:
-        wait_for(lambda: "market_data" in airflow_cli(env, "dags", "list"), 240, "DAG parsed")
+        wait_for(lambda: dag_parsed(env), 240, "DAG parsed")
         pools = subprocess.run(
             [sys.executable, "-m", "pipeline", "airflow-pools"], env=env, cwd=REPO, check=False
         )
@@ -152,16 +153,36 @@ def wait_for(condition, seconds: float, what: str) -> None:  # type: ignore[no-u
         time.sleep(3)
 
 
+def metadata(env: dict[str, str]) -> Engine:
+    """Airflow's metadata database: polled with SQL, not with `airflow` commands, each of
+    which is a new interpreter taking seconds of the CPU the scheduler's tasks need."""
+    return _engine(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+
+
+@functools.cache
+def _engine(url: str) -> Engine:
+    return sa.create_engine(url, poolclass=sa.pool.NullPool)
+
+
+def dag_parsed(env: dict[str, str]) -> bool:
+    """Whether the DAG processor stored market_data (False until `airflow standalone` has
+    even created its tables)."""
+    try:
+        with metadata(env).connect() as conn:
+            query = sa.text("SELECT 1 FROM dag WHERE dag_id = 'market_data'")
+            return bool(conn.execute(query).all())
+    except sa.exc.ProgrammingError:
+        return False
+
+
 def backfill_runs(env: dict[str, str]) -> dict[str, tuple[str, str | None]]:
     """run_id -> (state, end_date) of the market_data backfill runs."""
-    out = airflow_cli(env, "dags", "list-runs", "market_data", "--output", "json")
-    lines = [line for line in out.splitlines() if line.startswith(("[{", "[]"))]
-    runs = json.loads(lines[-1]) if lines else []
-    return {
-        r["run_id"]: (r["state"], r.get("end_date"))
-        for r in runs
-        if r["run_id"].startswith("backfill__")
-    }
+    query = sa.text(
+        "SELECT run_id, state, end_date FROM dag_run "
+        "WHERE dag_id = 'market_data' AND run_id LIKE 'backfill\\_\\_%'"
+    )
+    with metadata(env).connect() as conn:
+        return {run_id: (state, end) for run_id, state, end in conn.execute(query)}
 
 
 def run_backfill(env: dict[str, str], *extra: str) -> None:
@@ -213,3 +234,15 @@ def test_backfilling_the_same_hours_again_changes_nothing(airflow) -> None:
     before = window(engine)
     run_backfill(env, "--reprocess-behavior", "completed")
     assert window(engine) == before
+
+
+def test_the_scheduler_preloaded_the_tasks_modules_once_before_forking_its_workers(
+    airflow,
+) -> None:
+    env, _ = airflow
+    log = (Path(env["AIRFLOW_HOME"]) / "standalone.log").read_text()
+    preloaded = [line for line in log.splitlines() if "preloaded" in line]
+    assert len(preloaded) == 1, [line[:300] for line in preloaded]
+    assert f"preloaded {len(TASK_MODULES)} modules" in preloaded[0]
+    assert "the scheduler (LocalExecutor)" in preloaded[0]
+    assert "could not import" not in log

@@ -5,17 +5,16 @@ API server shows them to a signed-in user only."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import fsspec
 import pytest
 import sqlalchemy as sa
 
 from tests.support.airflow import airflow_env as isolated_airflow_env
-from tests.support.airflow import run_python
+from tests.support.airflow import migrated_home, run_python
 from tests.support.exchange import exchange_client
 
 DAY = datetime(2021, 3, 13, tzinfo=UTC)
@@ -25,9 +24,9 @@ VENUES = ["bitstamp:BTC/USD:1h", "gemini:BTC/USD:1h"]
 
 
 @pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def airflow_env(tmp_path_factory: pytest.TempPathFactory, airflow_metadata: Path) -> dict[str, str]:
     """An isolated Airflow (SQLite metadata) over this repo's dags/ and plugins/."""
-    home = tmp_path_factory.mktemp("airflow")
+    home = migrated_home(tmp_path_factory.mktemp("airflow"), airflow_metadata)
     (home / "passwords.json").write_text(json.dumps({"admin": "secret-pw"}))
     env = isolated_airflow_env(home) | {
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
@@ -37,9 +36,6 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "CRYPTOBOTS_ARBITRAGE__TRIANGLES": json.dumps([TRIANGLE]),
         "CRYPTOBOTS_ARBITRAGE__VENUE_GROUPS": json.dumps([VENUES]),
     }
-    subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True
-    )
     return env
 
 

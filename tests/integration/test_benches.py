@@ -267,10 +267,16 @@ def test_celery_overhead_set_up_without_airflow_or_celery() -> None:
         with pytest.raises(SystemExit, match="within the recorded 1h data"):
             bench.check_window(sim, bench.datetime(2010, 1, 1, tzinfo=bench.UTC), 1)
 
-    def result(executor: str, overhead: float, failed: int = 0) -> Any:
+    assert (bench.parse([]).preload, bench.parse([]).executor) == ("both", "both")
+    assert bench.parse(["--executor", "celery"]).executor == "celery"
+    assert bench.PRELOAD_CHOICES[bench.parse(["--preload", "on"]).preload] == (True,)
+
+    def result(
+        executor: str, overhead: float, failed: int = 0, preload: bool = True, duration=2.0
+    ) -> Any:
         return bench.Result(
-            executor, 60.0, 100.0 * overhead, 24, failed, 72, 0,
-            np.full(72, overhead), np.full(72, 40.0),
+            executor, preload, 60.0, 100.0 * overhead, 24, failed, 72, 0,
+            np.full(72, overhead), np.full(72, duration),
         )  # fmt: skip
 
     local, celery = result("local", 0.1), result("celery", 0.3)
@@ -279,5 +285,24 @@ def test_celery_overhead_set_up_without_airflow_or_celery() -> None:
     assert ratios["wall"] == pytest.approx(3.0)
     assert ratios["duration_p50"] == pytest.approx(1.0)
     assert ratios["celery_overhead_p50_s"] == pytest.approx(0.3)
-    assert bench.report(local, celery) is True
-    assert bench.report(local, result("celery", 0.3, failed=1)) is False
+    without = result("local", 0.1, preload=False, duration=40.0)
+    preloaded = bench.preload_ratios(without, local)
+    assert preloaded["duration_p50"] == pytest.approx(0.05)
+    assert preloaded["import_share"] == pytest.approx(0.95)
+    assert bench.report([without, local, celery]) is True
+    assert bench.report([local, result("celery", 0.3, failed=1)]) is False
+
+
+@needs_data
+def test_cross_execution_bench_closes_every_exposure_and_counts_profit_to_the_cent() -> None:
+    from bench import cross_execution
+
+    args = cross_execution.parse(["--trades", "8", "--baseline-trades", "3", "--fault-rate", "0.5"])
+    floors = Floors()
+    figures = cross_execution.measure(args, floors)
+    assert figures["trades"] == 8
+    assert figures["left_open"] == 0
+    assert figures["profit_gap"] <= 0.01
+    assert positive(figures["dispatch_p99_ms"])
+    assert positive(figures["baseline_p99_ms"])
+    assert set(floors.failed) <= {"dispatch p99"}

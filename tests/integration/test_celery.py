@@ -36,12 +36,14 @@ from pipeline.ops.airflow_api import AirflowAPI, admin_password
 from pipeline.ops.children import Children
 from pipeline.ops.deployment import (
     ADMIN,
+    QUEUES,
     airflow_env,
     check_celery,
     free_port,
     worker,
 )
 from pipeline.ops.launch import DAGS, start_airflow
+from pipeline.ops.preload import TASK_MODULES
 from pipeline.settings import Settings
 from tests.support.postgres import PG_SERVER_URL
 from tests.support.services import require_redis
@@ -153,6 +155,15 @@ def executed_by_worker(broker: str) -> dict[str, int]:
     return {name: sum(s.get("total", {}).values()) for name, s in stats.items()}
 
 
+def ran_since(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Celery tasks each queue's worker ran between two `executed_by_worker` readings.
+    At least one per task instance, not exactly one: on a loaded host a publish that
+    outlasts `[celery] operation_timeout` is sent again by the executor (CI saw 4 for 3),
+    and the second copy is refused by the execution API as the instance is no longer
+    queued."""
+    return {name.split("@")[0]: n - before.get(name, 0) for name, n in after.items()}
+
+
 def database(pg_server: Engine, prefix: str) -> str:
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with pg_server.connect() as conn:
@@ -208,7 +219,7 @@ def deployment(
                     "CRYPTOBOTS_PROMOTION__MAX_FOLD_DRAWDOWN": "1",
                 }
             )
-            start_airflow(settings, env, children, steps=1)
+            start_airflow(settings, env, children)
             api = AirflowAPI(f"http://127.0.0.1:{port}", ADMIN, "")
             deadline = time.monotonic() + 300
             while not api.healthy():
@@ -246,9 +257,9 @@ def test_backfill_history_runs_on_the_default_queues_worker(deployment: Deployme
     tis = deployment.task_instances("backfill_history", run_id)
     assert {ti["queue"] for ti in tis} == {"default"}
     assert all(ti["executor"] in (None, "CeleryExecutor") for ti in tis)
-    after = executed_by_worker(deployment.broker.url)
-    default = next(name for name in after if name.startswith("default@"))
-    assert after[default] - before.get(default, 0) == len(tis)
+    ran = ran_since(before, executed_by_worker(deployment.broker.url))
+    assert ran["gpu"] == 0
+    assert ran["default"] >= len(tis)
     assert stored(deployment.engine) == {"BTC/USDT": 2208, "ETH/BTC": 2208, "ETH/USDT": 2208}
 
 
@@ -261,6 +272,18 @@ def test_market_data_stores_the_interval_of_every_market(deployment: Deployment)
             {"ts": 1580529600000},  # 2020-02-01T04:00Z: the interval [04:00, 05:00)
         ).scalars()
         assert list(rows) == ["BTC/USDT", "ETH/BTC", "ETH/USDT"]
+
+
+def test_each_worker_preloaded_the_tasks_modules_once_before_forking_its_pool(
+    deployment: Deployment,
+) -> None:
+    for queue in QUEUES:
+        log = (deployment.children.log_dir / f"worker-{queue}.log").read_text()
+        preloaded = [line for line in log.splitlines() if "preloaded" in line]
+        assert len(preloaded) == 1, (queue, preloaded)
+        assert f"preloaded {len(TASK_MODULES)} modules" in preloaded[0], queue
+        assert "the Celery worker" in preloaded[0], queue
+        assert "could not import" not in log, queue
 
 
 def test_training_runs_on_the_gpu_queues_worker_and_its_candidate_is_promoted(
@@ -279,9 +302,7 @@ def test_training_runs_on_the_gpu_queues_worker_and_its_candidate_is_promoted(
     ]
     assert len(training) == 2
     assert {ti["queue"] for ti in training} == {"gpu"}
-    after = executed_by_worker(deployment.broker.url)
-    gpu = next(name for name in after if name.startswith("gpu@"))
-    assert after[gpu] - before.get(gpu, 0) == len(training)
+    assert ran_since(before, executed_by_worker(deployment.broker.url))["gpu"] >= len(training)
 
     with deployment.engine.connect() as conn:
         artifacts = conn.execute(sa.text("SELECT artifacts FROM training_runs")).scalars().all()
@@ -412,12 +433,13 @@ def test_a_worker_started_for_another_host_joins_and_runs_the_tasks(
     broker = deployment.broker.url
     control = Celery(broker=broker).control
     deadline = time.monotonic() + 120
-    while not (remote := [n for n in executed_by_worker(broker) if n.startswith("default-remote")]):
+    while not [n for n in executed_by_worker(broker) if n.startswith("default-remote")]:
         deployment.children.check()
         assert time.monotonic() < deadline, "the remote worker never joined"
         time.sleep(2)
     local = [n for n in executed_by_worker(broker) if n.startswith("default@")]
     control.cancel_consumer("default", destination=local, reply=True)
+    deployment.api.unpause("market_data")  # as an earlier test does: runnable alone too
     try:
         before = executed_by_worker(broker)
         run_id = deployment.run("market_data", {}, logical_date="2020-02-02T05:00:00Z")
@@ -425,8 +447,9 @@ def test_a_worker_started_for_another_host_joins_and_runs_the_tasks(
         after = executed_by_worker(broker)
     finally:
         control.add_consumer("default", destination=local, reply=True)
-    assert after[remote[0]] - before.get(remote[0], 0) == len(tis)
-    assert after[local[0]] == before[local[0]]
+    ran = ran_since(before, after)
+    assert ran["default-remote"] >= len(tis)
+    assert ran["default"] == 0
     assert (tmp_path / "host3" / "airflow").is_dir(), "it ran as a host of its own"
 
 

@@ -10,23 +10,16 @@ import pytest
 import sqlalchemy as sa
 
 from tests.support.airflow import airflow_env as isolated_airflow_env
-from tests.support.airflow import run_python
+from tests.support.airflow import migrated_home, run_python
 from tests.support.paths import REPO
 
 HEAVY = ["tensorflow", "ccxt", "pandas", "great_expectations", "onnx", "tf2onnx", "numpy"]
 
 
 @pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def airflow_env(tmp_path_factory: pytest.TempPathFactory, airflow_metadata: Path) -> dict[str, str]:
     """Environment of an isolated Airflow (SQLite metadata) over this repo's dags/ and plugins/."""
-    env = isolated_airflow_env(tmp_path_factory.mktemp("airflow"))
-    subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    return env
+    return isolated_airflow_env(migrated_home(tmp_path_factory.mktemp("airflow"), airflow_metadata))
 
 
 PARSE = f"""
@@ -95,6 +88,62 @@ def test_airflow_itself_finds_no_import_errors(airflow_env: dict) -> None:
     )
     assert report["errors"] == {}
     assert "market_data" in report["dags"]
+
+
+SCHEDULES = """
+import json
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder="dags")
+print(json.dumps({
+    "errors": {k.split("/")[-1]: str(v) for k, v in bag.import_errors.items()},
+    "timetables": {
+        dag_id: [type(bag.dags[dag_id].timetable).__name__,
+                 bag.dags[dag_id].timetable.serialize()]
+        for dag_id in ("train", "market_data") if dag_id in bag.dags
+    },
+    "docs": {d: bag.dags[d].doc_md for d in ("train", "market_data") if d in bag.dags},
+}))
+"""
+
+
+def test_the_schedules_come_from_the_settings_and_the_dag_docs_show_them(
+    airflow_env: dict, tmp_path: Path
+) -> None:
+    config = tmp_path / "cryptobots.yaml"
+    config.write_text("airflow:\n  market_data_schedule: '@daily'\n")
+    report = run_python(
+        SCHEDULES,
+        airflow_env
+        | {
+            "CRYPTOBOTS_CONFIG": str(config),
+            "CRYPTOBOTS_TRAINING__SCHEDULE": "30 23 * * 1-5",
+            "CRYPTOBOTS_TRAINING__SCHEDULE_TIMEZONE": "America/New_York",
+        },
+    )
+    assert report["errors"] == {}
+    kind, train = report["timetables"]["train"]
+    assert kind == "CronTriggerTimetable"
+    assert (train["expression"], train["timezone"]) == ("30 23 * * 1-5", "America/New_York")
+    kind, market_data = report["timetables"]["market_data"]
+    assert kind == "CronDataIntervalTimetable"
+    assert (market_data["expression"], market_data["timezone"]) == ("0 0 * * *", "UTC")
+    assert "`30 23 * * 1-5` in America/New_York" in report["docs"]["train"]
+    assert "CRYPTOBOTS_TRAINING__SCHEDULE" in report["docs"]["train"]
+    assert "`@daily` in UTC" in report["docs"]["market_data"]
+
+
+def test_an_invalid_schedule_is_an_import_error_naming_the_setting_and_an_example(
+    airflow_env: dict,
+) -> None:
+    report = run_python(
+        SCHEDULES, airflow_env | {"CRYPTOBOTS_TRAINING__SCHEDULE_TIMEZONE": "New York"}
+    )
+    assert "train.py" in report["errors"]
+    error = report["errors"]["train.py"]
+    assert "CRYPTOBOTS_TRAINING__SCHEDULE_TIMEZONE='New York'" in error
+    assert "America/New_York" in error
+    last = error.strip().splitlines()[-1]
+    assert last.startswith("pipeline.errors.ConfigurationError: invalid setting"), error[-2000:]
 
 
 @pytest.mark.postgres

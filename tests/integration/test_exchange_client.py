@@ -5,11 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pipeline.errors import TemporaryExchangeError
-from pipeline.exchanges.client import (
-    ExchangeClient,
-    RetryPolicy,
-    translated,
-)
+from pipeline.exchanges.client import ExchangeClient, RetryPolicy
+from pipeline.exchanges.translation import translated
 
 
 def test_an_order_the_exchange_does_not_have_is_translated_to_order_not_found() -> None:
@@ -39,7 +36,8 @@ def test_an_exchange_nothing_answers_for_is_refused_within_seconds_naming_the_ur
 ) -> None:
     import time
 
-    from pipeline.exchanges.client import ExchangeUnreachable, open_exchange
+    from pipeline.exchanges.client import open_exchange
+    from pipeline.exchanges.translation import ExchangeUnreachable
     from pipeline.settings import Settings
 
     url = nothing_listens()
@@ -56,7 +54,8 @@ def test_an_exchange_nothing_answers_for_is_refused_within_seconds_naming_the_ur
 
 
 def test_an_exchange_that_stops_answering_later_is_still_retried_as_before() -> None:
-    from pipeline.exchanges.client import ExchangeUnreachable, create_ccxt
+    from pipeline.exchanges.factory import create_ccxt
+    from pipeline.exchanges.translation import ExchangeUnreachable
     from pipeline.settings import ExchangeConfig
 
     client = create_ccxt("binance", ExchangeConfig(ccxt_id="binance", url=nothing_listens()))
@@ -70,7 +69,7 @@ def test_an_exchange_that_stops_answering_later_is_still_retried_as_before() -> 
 def test_a_connection_that_breaks_after_it_opened_is_a_plain_temporary_error() -> None:
     import ccxt
 
-    from pipeline.exchanges.client import ExchangeUnreachable
+    from pipeline.exchanges.translation import ExchangeUnreachable
 
     broken = ccxt.NetworkError("binance GET /api/v3/time")
     broken.__cause__ = ConnectionResetError("reset by peer")

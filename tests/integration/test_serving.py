@@ -25,13 +25,13 @@ from pipeline.learn.features import FeatureSpec
 from pipeline.learn.rl.networks import q_network
 from pipeline.models.registry import alias, model_name, move_alias, register, set_metrics
 from pipeline.settings import Settings
-from serving import store
-from serving.broker import PaperBroker
-from serving.metrics import Metrics
-from serving.model import CPU, AliasNotifications, ModelWatch
-from serving.risk import RiskGate
-from serving.trader import Trader
-from serving.watch import max_drawdown
+from serving.kernel.broker import PaperBroker
+from serving.model import equity_store, store
+from serving.model.metrics import Metrics
+from serving.model.policy import CPU, AliasNotifications, ModelWatch
+from serving.model.risk import RiskGate
+from serving.model.trader import Trader
+from serving.model.watch import max_drawdown
 from tests.support.exchange import exchange_client
 from tests.support.paths import REPO
 from tests.support.policies import MARKET, NAME, SPEC, exported_policy
@@ -296,7 +296,6 @@ def test_the_daemon_runs_from_serving_requirements_alone_serves_health_and_stops
 def test_flatten_closes_the_position_even_while_paused(
     registry: tuple[Engine, str, list[int]], clock_sim: Running, tmp_path: Path
 ) -> None:
-    from serving import store
 
     engine, _, _ = registry
     trader = paper_trader(settings_for(engine, clock_sim, tmp_path), engine, clock_sim)
@@ -318,7 +317,6 @@ def test_flatten_closes_the_position_even_while_paused(
 def test_a_paper_short_pays_borrow_interest_each_candle_and_is_liquidated_past_its_margin(
     registry: tuple[Engine, str, list[int]], clock_sim: Running, tmp_path: Path
 ) -> None:
-    from serving import store
 
     engine, _, _ = registry
     settings = settings_for(engine, clock_sim, tmp_path, borrow_rate_hourly=0.001)
@@ -527,14 +525,14 @@ def test_after_a_resume_a_restarted_watch_judges_only_what_came_after(
     version = promoted_always_long(engine, tmp_path, after=None)
     trader = paper_trader(settings_for(engine, clock_sim, tmp_path), engine, clock_sim)
     run_until(trader, lambda: trader.risk.snapshot()["global"]["operator_paused"], 90)
-    assert store.watch_resumed_at(engine, "paper") is None, "paused, not yet resumed"
+    assert equity_store.watch_resumed_at(engine, "paper") is None, "paused, not yet resumed"
     trader.resume()
     trader.step()  # records the resume
-    resumed = store.watch_resumed_at(engine, "paper")
+    resumed = equity_store.watch_resumed_at(engine, "paper")
     assert resumed is not None
 
-    whole = store.equity_since_version(engine, "paper", MARKET, NAME, version)
-    since = store.equity_since_version(engine, "paper", MARKET, NAME, version, since=resumed)
+    whole = equity_store.equity_since_version(engine, "paper", MARKET, NAME, version)
+    since = equity_store.equity_since_version(engine, "paper", MARKET, NAME, version, since=resumed)
     assert len(whole) >= 2, "the breach needed a fall"
     assert 1 <= len(since) < len(whole)
     assert since == whole[len(whole) - len(since) :], "the tail of the record, from the resume"
@@ -548,7 +546,7 @@ def test_the_watchs_running_record_is_the_equity_on_record_since_the_version_too
     run_until(trader, lambda: decided(engine) >= 5, 60)
 
     state = trader.markets[MARKET]
-    equity = store.equity_since_version(engine, "paper", MARKET, NAME, first)
+    equity = equity_store.equity_since_version(engine, "paper", MARKET, NAME, first)
     assert state.watch_record.decisions == len(equity) - 1 >= 4
     assert state.watch_record.drawdown == max_drawdown(equity)
     assert state.verdict is not None
@@ -556,7 +554,7 @@ def test_the_watchs_running_record_is_the_equity_on_record_since_the_version_too
     restarted = paper_trader(settings_for(engine, clock_sim, tmp_path), engine, clock_sim)
     run_until(restarted, lambda: restarted.markets[MARKET].verdict is not None, 30)
     record = restarted.markets[MARKET].watch_record  # seeded from the database once
-    equity = store.equity_since_version(engine, "paper", MARKET, NAME, first)
+    equity = equity_store.equity_since_version(engine, "paper", MARKET, NAME, first)
     assert (record.drawdown, record.decisions) == (max_drawdown(equity), len(equity) - 1)
 
 

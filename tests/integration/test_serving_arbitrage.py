@@ -27,14 +27,16 @@ from sqlalchemy.engine import Engine
 from pipeline.db.engine import create_engine
 from pipeline.db.migrate import upgrade
 from pipeline.db.schema import arb_legs, arb_opportunities
-from pipeline.exchanges.client import Credentials, ExchangeClient, open_exchange
+from pipeline.exchanges.client import ExchangeClient, open_exchange
+from pipeline.exchanges.factory import Credentials
 from pipeline.exchanges.simulator.app import Running
 from pipeline.settings import Settings, load_settings
-from serving.arbitrage import ArbitrageTrader, leg_client_id
-from serving.arbitrage_dust import DustLedger, dust_by_currency, plan_sweep, sweep_counts, sweep_id
-from serving.broker import ExchangeBroker, PaperBroker
-from serving.cli import claim
-from serving.lease import Lease, LeaseHeld
+from serving.arbitrage.dust import DustLedger, dust_by_currency, plan_sweep, sweep_counts, sweep_id
+from serving.arbitrage.ids import leg_client_id
+from serving.arbitrage.trader import ArbitrageTrader
+from serving.kernel.broker import ExchangeBroker, PaperBroker
+from serving.kernel.lease import Lease, LeaseHeld
+from serving.startup import claim
 from tests.support.exchange import fast_retry
 from tests.support.paths import REPO
 

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from serving import store
+from serving.model import decision_store, equity_store, store
 from tests.support.serving_rows import MARKET, decision, paper_buy
 
 
@@ -34,16 +34,16 @@ def equity_rows(engine: Engine) -> list[tuple]:
 def test_a_decision_writes_its_equity_point_in_its_own_transaction(engine: Engine) -> None:
     order, execution = paper_buy("cb-mark-1")
     after = store.moved(store.Position(0.0, 10_000.0, 1.0), "buy", execution)
-    writer = store.DecisionWriter(engine)
+    writer = decision_store.DecisionWriter(engine)
     try:
         writer.record(
             decision(3_600_000, "cb-mark-1"),
             order,
             execution,
             durable=False,
-            mark=store.Mark(3_600_000, after, 101.0),
+            mark=equity_store.Mark(3_600_000, after, 101.0),
         )
-        writer.record(decision(7_200_000, None), mark=store.Mark(7_200_000, after, 99.0))
+        writer.record(decision(7_200_000, None), mark=equity_store.Mark(7_200_000, after, 99.0))
     finally:
         writer.close()
 
@@ -58,18 +58,18 @@ def test_a_decision_writes_its_equity_point_in_its_own_transaction(engine: Engin
 
 def test_an_equity_point_already_on_record_for_the_candle_is_kept(engine: Engine) -> None:
     held = store.Position(1.0, 5_000.0, 0.5)
-    store.record_equity(engine, "paper", MARKET, 3_600_000, held, 100.0)
-    store.record_decision(
-        engine, decision(3_600_000, None), mark=store.Mark(3_600_000, held, 120.0)
+    equity_store.record_equity(engine, "paper", MARKET, 3_600_000, held, 100.0)
+    decision_store.record_decision(
+        engine, decision(3_600_000, None), mark=equity_store.Mark(3_600_000, held, 120.0)
     )
     assert equity_rows(engine) == [(3_600_000, 5_100.0, 1.0, 5_000.0, 100.0)]
 
 
 def test_a_refused_decision_writes_no_equity_point_either(engine: Engine) -> None:
     held = store.Position(1.0, 5_000.0, 0.5)
-    store.record_decision(engine, decision(3_600_000, None))
+    decision_store.record_decision(engine, decision(3_600_000, None))
     with pytest.raises(sa.exc.IntegrityError):
-        store.record_decision(
-            engine, decision(3_600_000, None), mark=store.Mark(3_600_000, held, 100.0)
+        decision_store.record_decision(
+            engine, decision(3_600_000, None), mark=equity_store.Mark(3_600_000, held, 100.0)
         )
     assert equity_rows(engine) == []

@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pipeline.settings import Settings
-from serving import store
-from serving.lease import Lease, LeaseHeld, LeaseLost
+from serving.kernel.lease import Lease, LeaseHeld, LeaseLost
+from serving.model import decision_store, store
 from tests.support.serving_rows import decision, paper_buy
 
 BTC, ETH = "binance:BTC/USDT:1h", "binance:ETH/USDT:1h"
@@ -92,13 +92,13 @@ def test_a_decision_with_a_stale_token_writes_nothing(engine: Engine) -> None:
     old, new = lease(engine, clock, "a"), lease(engine, clock, "b")
     old.acquire()
     stale = ("a", old.token(BTC))
-    store.record_decision(engine, decision(1, None), fence=stale)
+    decision_store.record_decision(engine, decision(1, None), fence=stale)
     clock.now += 11
     new.acquire()
     order, execution = paper_buy("cid-2")
     with pytest.raises(LeaseLost, match="taken over"):
-        store.record_decision(engine, decision(2, "cid-2"), order, execution, fence=stale)
-    store.record_decision(engine, decision(3, None), fence=("b", new.token(BTC)))
+        decision_store.record_decision(engine, decision(2, "cid-2"), order, execution, fence=stale)
+    decision_store.record_decision(engine, decision(3, None), fence=("b", new.token(BTC)))
     with engine.connect() as conn:
         decided = conn.execute(sa.text("SELECT candle_ts FROM decisions ORDER BY 1")).scalars()
         assert list(decided) == [1, 3]
@@ -124,7 +124,7 @@ def test_an_operators_order_with_a_stale_token_is_refused(engine: Engine) -> Non
 def test_a_second_trader_that_is_no_standby_refuses_to_start_naming_the_holder(
     engine: Engine, tmp_path
 ) -> None:
-    from serving.cli import claim
+    from serving.startup import claim
 
     settings = Settings(var_dir=tmp_path, serving={"failover_seconds": 0.3, "loop_seconds": 0.05})
     Lease(engine, "paper", (BTC,), ttl_seconds=60, holder="host-a:1:abc").acquire()
@@ -134,7 +134,7 @@ def test_a_second_trader_that_is_no_standby_refuses_to_start_naming_the_holder(
 
 
 def test_a_standby_starts_without_waiting_for_the_lease(engine: Engine, tmp_path) -> None:
-    from serving.cli import claim
+    from serving.startup import claim
 
     settings = Settings(var_dir=tmp_path, serving={"standby": True})
     Lease(engine, "paper", (BTC,), ttl_seconds=60, holder="host-a:1:abc").acquire()
@@ -149,7 +149,7 @@ def test_a_stop_while_waiting_for_the_lease_ends_the_wait_without_taking_it(
     import threading
     import time
 
-    from serving.cli import claim
+    from serving.startup import claim
 
     settings = Settings(var_dir=tmp_path, serving={"failover_seconds": 30, "loop_seconds": 0.05})
     Lease(engine, "paper", (BTC,), ttl_seconds=60, holder="host-a:1:abc").acquire()

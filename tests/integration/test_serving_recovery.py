@@ -16,16 +16,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pipeline.db.engine import create_engine
-from pipeline.exchanges.client import ExchangeClient, RetryPolicy, create_ccxt
+from pipeline.exchanges.client import ExchangeClient, RetryPolicy
+from pipeline.exchanges.factory import create_ccxt
 from pipeline.exchanges.simulator.app import Running
 from pipeline.models.registry import move_alias, register
 from pipeline.settings import ExchangeConfig, Settings
-from serving import store
-from serving.broker import ExchangeBroker, PaperBroker, client_order_id
-from serving.metrics import Metrics
-from serving.model import CPU, ModelWatch
-from serving.risk import RiskGate
-from serving.trader import Trader
+from serving.kernel.broker import ExchangeBroker, PaperBroker, client_order_id
+from serving.model import decision_store, store
+from serving.model.metrics import Metrics
+from serving.model.policy import CPU, ModelWatch
+from serving.model.risk import RiskGate
+from serving.model.trader import Trader
 from tests.support.policies import MARKET, NAME, exported_policy
 from tests.support.postgres import PG_SERVER_URL
 from tests.support.trading import SPEED, rows, run_until
@@ -113,7 +114,7 @@ def pending_order(trader: Trader, engine: Engine, version: int, candle_ts: int) 
         "amount": 0.01,
         "price": None,
     }
-    store.record_decision(engine, decision, order)
+    decision_store.record_decision(engine, decision, order)
     return order
 
 

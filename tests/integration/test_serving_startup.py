@@ -31,8 +31,9 @@ from pipeline.exchanges.simulator.app import Running, SimulatorConfig, create_ap
 from pipeline.ops.console import status_line
 from pipeline.ops.deployment import free_port
 from pipeline.settings import Settings, load_settings
-from serving.cli import build, build_arbitrage, claim, main
-from serving.http import create_app as trader_app
+from serving.cli import main
+from serving.kernel.http import create_app as trader_app
+from serving.startup import build, build_arbitrage, claim
 from tests.support.paths import REPO
 
 MARKET = "binance:BTC/USDT:1h"

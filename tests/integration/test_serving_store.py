@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from serving import store
+from serving.model import decision_store, store
 from tests.support.serving_rows import MARKET, decision, paper_buy
 
 
@@ -21,7 +21,7 @@ def engine(migrated_engine: Engine) -> Engine:
 
 
 def test_a_paper_decision_writes_its_order_fills_and_position_together(engine: Engine) -> None:
-    writer = store.DecisionWriter(engine)
+    writer = decision_store.DecisionWriter(engine)
     order, execution = paper_buy("cb-order-1")
     try:
         writer.record(decision(3_600_000, "cb-order-1"), order, execution, durable=False)
@@ -39,7 +39,7 @@ def test_a_paper_decision_writes_its_order_fills_and_position_together(engine: E
 
 
 def test_a_candle_decided_twice_is_refused_and_moves_nothing_twice(engine: Engine) -> None:
-    writer = store.DecisionWriter(engine)
+    writer = decision_store.DecisionWriter(engine)
     order, execution = paper_buy("cb-order-2")
     try:
         writer.record(decision(7_200_000, "cb-order-2"), order, execution, durable=False)
@@ -59,7 +59,7 @@ def test_the_writer_reconnects_after_the_server_drops_its_connection(
 ) -> None:
     engine = fresh_pg()
     store.ensure_position(engine, "paper", MARKET, 10_000.0)
-    writer = store.DecisionWriter(engine)
+    writer = decision_store.DecisionWriter(engine)
     try:
         writer.record(decision(3_600_000, None))
         with pg_server.connect() as admin:
@@ -75,4 +75,4 @@ def test_the_writer_reconnects_after_the_server_drops_its_connection(
         writer.record(decision(7_200_000, None))
     finally:
         writer.close()
-    assert store.last_decided_candle(engine, "paper", MARKET) == 7_200_000
+    assert decision_store.last_decided_candle(engine, "paper", MARKET) == 7_200_000

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ExchangeRejected, TemporaryExchangeError
-from pipeline.exchanges.client import ExchangeClient, RetryPolicy, create_ccxt
+from pipeline.exchanges.client import ExchangeClient, RetryPolicy
+from pipeline.exchanges.factory import create_ccxt
 from pipeline.exchanges.simulator.faults import GENERIC_FAULTS
 from pipeline.settings import ExchangeConfig
 from tests.support.exchange import exchange_client

@@ -8,7 +8,8 @@ import ccxt
 import pytest
 
 from pipeline.errors import ExchangeRejected
-from pipeline.exchanges.client import Credentials, ExchangeClient, RetryPolicy, create_ccxt
+from pipeline.exchanges.client import ExchangeClient, RetryPolicy
+from pipeline.exchanges.factory import Credentials, create_ccxt
 from pipeline.settings import ExchangeConfig
 
 KEY, SECRET = "test-key", "test-secret"

@@ -13,7 +13,7 @@ from pathlib import Path
 import ccxt
 import pytest
 
-from pipeline.exchanges.client import Credentials, create_ccxt
+from pipeline.exchanges.factory import Credentials, create_ccxt
 from pipeline.exchanges.simulator.faults import request_weight
 from pipeline.exchanges.simulator.market import Plant
 from pipeline.settings import ExchangeConfig, timeframe_ms

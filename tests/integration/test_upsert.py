@@ -16,10 +16,10 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from sqlalchemy.engine import Engine
 
-from pipeline.db import upsert as upsert_module
 from pipeline.db.engine import create_engine
 from pipeline.db.migrate import upgrade
 from pipeline.db.upsert import UpsertResult, upsert_ohlcv
+from pipeline.db.upsert import postgres as postgres_merge
 from pipeline.errors import DataValidationError
 from tests.support.candles import HOUR, T0, candle
 
@@ -179,8 +179,8 @@ def test_rows_stored_by_a_concurrent_writer_after_the_read_back_are_merged(
 ) -> None:
     upsert_ohlcv(pg_engine, [candle(T0), candle(T0 + HOUR)])
     # as if another writer committed those two rows just after this upsert read the range
-    empty = np.zeros(0, dtype=upsert_module.STORED_DTYPE)
-    monkeypatch.setattr(upsert_module, "_read_back", lambda cursor, markets: empty)
+    empty = np.zeros(0, dtype=postgres_merge.STORED_DTYPE)
+    monkeypatch.setattr(postgres_merge, "_read_back", lambda cursor, markets: empty)
     result = upsert_ohlcv(
         pg_engine, [candle(T0), candle(T0 + HOUR, close=101.0), candle(T0 + 2 * HOUR)]
     )

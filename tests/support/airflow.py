@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -25,6 +26,21 @@ def airflow_env(home: Path, metadata_url: str | None = None) -> dict[str, str]:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url or f"sqlite:///{home / 'airflow.db'}",
         "PYTHONPATH": str(REPO / "plugins"),
     }
+
+
+def migrated_home(home: Path, metadata: Path) -> Path:
+    """`home` as `airflow db migrate` would leave it, copied from the session's migrated
+    one (the `airflow_metadata` fixture): the SQLite metadata, and the airflow.cfg that
+    migration wrote (its generated JWT secret and keys) with the template's paths made
+    `home`'s; `home`."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(metadata, home / "airflow.db")
+    template = metadata.parent
+    config = (template / "airflow.cfg").read_text()
+    for path in {str(template.resolve()), str(template)}:
+        config = config.replace(path, str(home))
+    (home / "airflow.cfg").write_text(config)
+    return home
 
 
 def run_python(code: str, env: dict[str, str], timeout: int = 600) -> dict:

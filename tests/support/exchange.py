@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.exchanges.client import ExchangeClient, RetryPolicy, create_ccxt
+from pipeline.exchanges.client import ExchangeClient, RetryPolicy
+from pipeline.exchanges.factory import create_ccxt
 from pipeline.settings import ExchangeConfig
 
 

@@ -4,8 +4,11 @@ failover tests run it: the champion it trades, its environment, the process."""
 from __future__ import annotations
 
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
@@ -16,10 +19,14 @@ from tests.support.paths import REPO
 from tests.support.policies import MARKET, NAME, exported_policy
 
 
-def promote_champion(engine: Engine, tmp_path: Path, reason: str) -> str:
-    """Register and promote a small exported policy; returns the artifact root."""
+def promote_champion(
+    engine: Engine, tmp_path: Path, reason: str, action_map: tuple[float, ...] = (0.0, 1.0)
+) -> str:
+    """Register and promote a small exported policy (long/flat, or `action_map`'s
+    positions); returns the artifact root."""
     root = f"file://{tmp_path / 'artifacts'}"
-    version = register(engine, root, exported_policy(tmp_path, seed=3), NAME)
+    policy = exported_policy(tmp_path, seed=3, action_map=action_map)
+    version = register(engine, root, policy, NAME)
     move_alias(engine, NAME, version, seen_generation=None, who="test", reason=reason)
     return root
 
@@ -52,7 +59,53 @@ def start_trader(env: dict[str, str], log: Path) -> subprocess.Popen:
     )
 
 
+def margin_books(sim: Running, key: str) -> tuple[float, float]:
+    """(BTC, USDT) the simulator's margin wallet of `key` holds net of its loans."""
+    wallet = sim.exchange.accounts.margin_wallet(key)
+
+    def net(asset: str) -> float:
+        held = wallet.balances.get(asset, 0.0) + wallet.locked.get(asset, 0.0)
+        return held - wallet.borrowed.get(asset, 0.0) - wallet.interest.get(asset, 0.0)
+
+    return net("BTC"), net("USDT")
+
+
+def idle_loans(sim: Running, key: str) -> dict[str, float]:
+    """Loans the margin wallet of `key` could repay from its own free balance."""
+    wallet = sim.exchange.accounts.margin_wallet(key)
+    owed = {a: wallet.borrowed.get(a, 0.0) + wallet.interest.get(a, 0.0) for a in wallet.borrowed}
+    idle = {a: min(wallet.balances.get(a, 0.0), debt) for a, debt in owed.items()}
+    return {a: amount for a, amount in idle.items() if amount > 1e-9}
+
+
 def exchange_books(sim: Running, key: str) -> tuple[float, float]:
     """(BTC, USDT) the simulator's account of `key` holds."""
     balances = dict(sim.exchange.accounts.account(key).balances)
     return balances.get("BTC", 0.0), balances["USDT"]
+
+
+def started_count(log: Path) -> int:
+    """Trader starts that got as far as serving health, in the shared log so far."""
+    return log.read_text().count("health http://") if log.exists() else 0
+
+
+def kill_repeatedly(env: dict[str, str], log: Path, restarts: int, rng: random.Random) -> None:
+    """Start the live trader `restarts` times and SIGKILL it each time: every other start
+    once it serves health, a random part of its start-up time later (while it trades);
+    the others at a random point of a start-up (most die before trading). Half the starts
+    reach health however loaded the machine is, and the kills cover both phases."""
+    startup = None
+    for attempt in range(restarts):
+        healthy, started = started_count(log), time.monotonic()
+        process = start_trader(env, log)
+        if attempt % 2 == 0 or startup is None:
+            while started_count(log) == healthy:
+                assert process.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() - started < 120, log.read_text()[-3000:]
+                time.sleep(0.05)
+            startup = time.monotonic() - started
+            time.sleep(rng.uniform(0.0, startup))
+        else:
+            time.sleep(rng.uniform(0.3, 1.5) * startup)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)

@@ -17,10 +17,15 @@ SPEC = FeatureSpec(
 
 
 def exported_policy(
-    folder: Path, seed: int, spec: FeatureSpec = SPEC, metrics: dict | None = None
+    folder: Path,
+    seed: int,
+    spec: FeatureSpec = SPEC,
+    metrics: dict | None = None,
+    action_map: tuple[float, ...] = (0.0, 1.0),
 ) -> Path:
-    """A small real DQN policy (long/flat) on `spec`, exported to `folder/policy-SEED.onnx`."""
-    model = q_network(spec.dim + 1, 2, spec.mean, spec.std, seed=seed)
+    """A small real DQN policy (long/flat, or `action_map`'s positions) on `spec`,
+    exported to `folder/policy-SEED.onnx`."""
+    model = q_network(spec.dim + 1, len(action_map), spec.mean, spec.std, seed=seed)
     extra = {"valid": [1, 2], "decision_every": 1} if metrics is None else metrics
-    lineage = Lineage("dqn", spec, (0.0, 1.0), f"run-{seed}", extra, "test")
+    lineage = Lineage("dqn", spec, action_map, f"run-{seed}", extra, "test")
     return export_onnx(model, lineage, folder / f"policy-{seed}.onnx")

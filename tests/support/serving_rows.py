@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serving import store
+from serving.kernel.execution import Execution, Fill
 
 MARKET = "binance:BTC/USDT:1h"
 
@@ -26,7 +26,7 @@ def decision(candle_ts: int, cid: str | None) -> dict:
     }
 
 
-def paper_buy(cid: str) -> tuple[dict, store.Execution]:
+def paper_buy(cid: str) -> tuple[dict, Execution]:
     order = {
         "client_order_id": cid,
         "account": "paper",
@@ -37,8 +37,8 @@ def paper_buy(cid: str) -> tuple[dict, store.Execution]:
         "price": None,
     }
     fills = (
-        store.Fill("t1", 1, 100.0, 1.5, 0.15, "USDT"),
-        store.Fill("t2", 2, 101.0, 0.5, 0.0505, "USDT"),
+        Fill("t1", 1, 100.0, 1.5, 0.15, "USDT"),
+        Fill("t2", 2, 101.0, 0.5, 0.0505, "USDT"),
     )
-    execution = store.Execution("filled", 2.0, 200.5, 0.2005, "quote", "x1", fills)
+    execution = Execution("filled", 2.0, 200.5, 0.2005, "quote", "x1", fills)
     return order, execution

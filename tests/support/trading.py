@@ -8,7 +8,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from serving.trader import Trader
+from serving.model.trader import Trader
 
 SPEED = 1800.0  # one simulated hour every two seconds
 

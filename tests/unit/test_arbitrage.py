@@ -26,7 +26,7 @@ from pipeline.arbitrage import (
     Triangles,
     size_cycle,
 )
-from serving.risk import MarketRules
+from serving.kernel.market_rules import MarketRules
 
 FEE = 0.001
 CONFIG = ArbitrageConfig(home="USDT", max_length=4)

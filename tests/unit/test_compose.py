@@ -752,7 +752,7 @@ def test_prometheus_scrapes_the_trader_metrics_endpoint(
 
 
 def exported_metric_names() -> set[str]:
-    from serving.metrics import Metrics
+    from serving.model.metrics import Metrics
 
     suffixes = {
         "counter": ("_total",),

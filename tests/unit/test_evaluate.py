@@ -18,7 +18,6 @@ from hypothesis import given, settings
 from pipeline.errors import DataValidationError
 from pipeline.learn.evaluate import (
     BASELINES,
-    YEAR_MS,
     CostModel,
     backtest_positions,
     baseline_positions,
@@ -30,6 +29,7 @@ from pipeline.learn.evaluate import (
     plot_equity,
     step_growth,
 )
+from pipeline.timeutil import YEAR_MS
 
 H = 3_600_000
 D = 24 * H

@@ -6,15 +6,14 @@ from __future__ import annotations
 import pytest
 
 from pipeline.errors import ConfigurationError, TemporaryExchangeError
-from pipeline.exchanges.client import (
+from pipeline.exchanges.client import ExchangeClient, RetryPolicy
+from pipeline.exchanges.factory import (
     CAPABILITIES,
     Capability,
     Credentials,
-    ExchangeClient,
-    RetryPolicy,
-    WeightPacer,
     credentials_from_reference,
 )
+from pipeline.exchanges.pacing import WeightPacer
 
 HEADER = "x-mbx-used-weight-1m"
 

@@ -90,3 +90,68 @@ def test_every_test_sits_in_a_layer() -> None:
     """tests/ holds only the layers, the builders and the fixtures; no loose test modules."""
     loose = sorted(p.name for p in (REPO / "tests").glob("test_*.py"))
     assert loose == []
+
+
+def imported_modules(path: Path) -> list[str]:
+    """Every module a file imports, `from serving import x` naming `serving.x`."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+            names += [f"{node.module}.{alias.name}" for alias in node.names]
+    return names
+
+
+@pytest.mark.parametrize(
+    ("package", "others"),
+    [
+        ("model", ("serving.arbitrage",)),
+        ("arbitrage", ("serving.model",)),
+        ("kernel", ("serving.model", "serving.arbitrage", "serving.cli", "serving.startup")),
+    ],
+)
+def test_serving_strategies_share_only_the_kernel(package: str, others: tuple[str, ...]) -> None:
+    """Neither strategy imports the other, and the kernel neither: only the entry point
+    sees both."""
+    offenders = {}
+    for path in sorted((REPO / "serving" / package).rglob("*.py")):
+        for name in imported_modules(path):
+            if any(name == other or name.startswith(f"{other}.") for other in others):
+                offenders.setdefault(str(path.relative_to(REPO)), []).append(name)
+    assert offenders == {}
+    assert list((REPO / "serving" / package).glob("*.py")), f"serving/{package}/ holds no module"
+
+
+def test_serving_has_no_relative_imports() -> None:
+    """Absolute imports only, so the strategy boundary above sees every import."""
+    relative = sorted(
+        str(path.relative_to(REPO))
+        for path in (REPO / "serving").rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.level > 0
+    )
+    assert relative == []
+
+
+EVALUATION_PATH = [
+    "pipeline/learn/prepare.py",
+    "pipeline/learn/onnx_evaluation.py",
+    "pipeline/learn/selection.py",
+    "pipeline/learn/snapshot.py",
+    "pipeline/learn/rl/arrays.py",
+]
+
+
+@pytest.mark.parametrize("module", EVALUATION_PATH)
+def test_the_train_dags_evaluation_path_never_imports_tensorflow(module: str) -> None:
+    """Evaluating an exported policy runs ONNX Runtime; importing TensorFlow there (even
+    lazily, inside a function) cost each `evaluate` task seconds of start-up."""
+    heavy = ("tensorflow", "keras", "tf2onnx", "pipeline.learn.rl.env", "pipeline.learn.training")
+    found = [
+        name
+        for name in imported_modules(REPO / module)
+        if any(name == h or name.startswith(f"{h}.") for h in heavy)
+    ]
+    assert found == []

@@ -273,3 +273,52 @@ def test_cost_model_of_the_env_is_the_backtest_one() -> None:
     config = EnvConfig(fee_bps=7, slippage_bps=3)
     assert config.cost == CostModel(fee_bps=7, slippage_bps=3)
     assert step_growth(1.0, 1.0, 1.0, 0.0, 1.0, config.cost) == pytest.approx(0.999)
+
+
+def test_a_short_pays_borrow_interest_in_the_env_as_in_the_backtest() -> None:
+    data, raw = market(n=60)
+    actions = np.random.default_rng(4).integers(0, 3, size=40)
+    borrow = 0.002  # exaggerated, so that a missing charge cannot hide in the tolerance
+    env = one_env(data, action_map=LONG_FLAT_SHORT, episode_length=40, borrow_per_step=borrow)
+    state = EnvState(tf.constant([0]), tf.constant([0]), tf.constant([0.0]), tf.constant([0.0]))
+    rng = tf.random.Generator.from_seed(0)
+    rewards = []
+    for action in actions:
+        out = env.step(state, tf.constant([int(action)]), rng)
+        rewards.append(out.reward.numpy()[0])
+        state = out.state
+    positions = np.asarray(LONG_FLAT_SHORT)[actions]
+    assert (positions < 0).any()
+    charged = backtest_positions(
+        "same", raw["ts"][:41], raw["open"][:41], raw["close"][:41], positions, HOUR,
+        CostModel(borrow_per_step=borrow),
+    )  # fmt: skip
+    free = backtest_positions(
+        "same", raw["ts"][:41], raw["open"][:41], raw["close"][:41], positions, HOUR
+    )
+    np.testing.assert_allclose(np.exp(rewards), 1 + charged.returns, rtol=2e-6)
+    assert charged.returns.sum() < free.returns.sum()
+
+
+def test_the_gym_twin_charges_a_short_the_same_borrow_interest() -> None:
+    data, _ = market(n=80)
+    config = EnvConfig(
+        num_envs=1, episode_length=30, action_map=LONG_FLAT_SHORT, borrow_per_step=0.002
+    )
+    env, gym_env = TradingEnv(data, config), TradingGymEnv(data, config)
+    gym_env.reset(seed=0, options={"start": 7})
+    state = EnvState(tf.constant([7]), tf.constant([0]), tf.constant([0.0]), tf.constant([0.0]))
+    rng = tf.random.Generator.from_seed(0)
+    for action in np.random.default_rng(5).integers(0, 3, size=30):
+        out = env.step(state, tf.constant([int(action)]), rng)
+        _, reward, _, _, _ = gym_env.step(int(action))
+        assert reward == pytest.approx(float(out.reward.numpy()[0]), abs=1e-6)
+        state = out.state
+
+
+def test_borrow_interest_per_step_follows_the_steps_hours() -> None:
+    cost = CostModel.per_step(10.0, 5.0, borrow_bps_per_hour=0.1, step_ms=4 * HOUR)
+    assert cost.borrow_per_step == pytest.approx(0.4e-4)
+    short = step_growth(1.0, 1.0, 1.0, -1.0, -1.0, cost)
+    assert short == pytest.approx(1 - 0.4e-4)
+    assert step_growth(1.0, 1.0, 1.0, 1.0, 1.0, cost) == pytest.approx(1.0), "longs pay none"

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from pipeline.settings import Settings
-from serving.broker import client_order_id
+from serving.kernel.broker import client_order_id
 from tests.support.policies import MARKET, NAME
 
 
 def test_live_needs_the_trading_mode_switch_as_well_as_the_flag(tmp_path: Path) -> None:
     from pipeline.errors import ConfigurationError
-    from serving.cli import build
+    from serving.startup import build
 
     settings = Settings(var_dir=tmp_path, markets=[MARKET])
     with pytest.raises(ConfigurationError, match="CRYPTOBOTS_TRADING_MODE=live"):
@@ -24,7 +24,7 @@ def test_live_needs_the_trading_mode_switch_as_well_as_the_flag(tmp_path: Path) 
 
 def test_live_without_keys_is_refused_naming_the_setting(tmp_path: Path) -> None:
     from pipeline.errors import ConfigurationError
-    from serving.cli import build
+    from serving.startup import build
 
     settings = Settings(var_dir=tmp_path, markets=[MARKET], trading_mode="live")
     with pytest.raises(ConfigurationError, match="CRYPTOBOTS_EXCHANGES__BINANCE__CREDENTIALS"):

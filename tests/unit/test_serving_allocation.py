@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.allocation import split_balances
+from serving.model.allocation import split_balances
 
 BTC, ETH, ETHBTC = "binance:BTC/USDT:1h", "binance:ETH/USDT:1h", "binance:ETH/BTC:1h"
 ASSETS = {BTC: ("BTC", "USDT"), ETH: ("ETH", "USDT")}
@@ -40,3 +40,16 @@ def test_an_asset_that_is_base_of_one_market_and_quote_of_another_is_shared_too(
     assert shares[BTC] == (0.5, 1_000.0)
     assert shares[ETHBTC] == (0.0, 0.5)
     assert shares[BTC][0] + shares[ETHBTC][1] == pytest.approx(1.0)
+
+
+def test_a_margin_accounts_short_is_split_as_a_negative_share() -> None:
+    assets = {"binance:BTC/USDT:1h": ("BTC", "USDT"), "binance:BTC/USDT:4h": ("BTC", "USDT")}
+    held = {"binance:BTC/USDT:1h": (-0.3, 4_000.0), "binance:BTC/USDT:4h": (-0.1, 6_000.0)}
+    shares = split_balances({"USDT": 10_000.0, "BTC": -0.4}, assets, held, signed=True)
+    assert shares["binance:BTC/USDT:1h"] == pytest.approx((-0.3, 4_000.0))
+    assert shares["binance:BTC/USDT:4h"] == pytest.approx((-0.1, 6_000.0))
+
+
+def test_a_spot_account_never_gets_a_negative_share() -> None:
+    shares = split_balances({"USDT": 100.0, "BTC": -0.4}, {"m": ("BTC", "USDT")}, {})
+    assert shares["m"] == (0.0, 100.0)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from pipeline.settings import load_settings
-from serving.arbitrage_dust import DustLedger, plan_sweep, sweep_id
-from serving.arbitrage_risk import CycleGate
-from serving.risk import MarketRules
+from serving.arbitrage.dust import DustLedger, plan_sweep, spendable, sweep_id
+from serving.arbitrage.risk import CycleGate
+from serving.kernel.market_rules import MarketRules
 
 
 def test_gate_halts_for_the_day_at_the_loss_limit() -> None:
@@ -60,6 +60,16 @@ def test_a_sweep_sells_the_dust_rounded_down_to_the_step_once_it_passes_the_mini
     )
     assert sweep.home == pytest.approx(5.0 * 0.999)
     assert plan_sweep("ETH", 1.0, "USDT", RULES, BOOKS, FEES) is None  # no market to USDT
+
+
+def test_an_exit_order_below_its_markets_minimum_cost_is_not_spendable_there() -> None:
+    # 0.00009 BTC is 4.5 USDT, under BTC/USDT's 5 USDT minimum, but 0.0018 ETH on ETH/BTC
+    btc = 0.00009
+    assert not spendable("BTC/USDT", RULES["BTC/USDT"], "BTC", btc, 50_000.0)
+    assert spendable("ETH/BTC", RULES["ETH/BTC"], "BTC", btc, 0.05)
+    assert spendable("BTC/USDT", RULES["BTC/USDT"], "BTC", 0.0001, 50_000.0)
+    assert not spendable("ETH/BTC", RULES["ETH/BTC"], "BTC", btc, None), "a buy needs a price"
+    assert not spendable("ETH/BTC", RULES["ETH/BTC"], "USDT", 100.0, 0.05), "not its currency"
 
 
 def test_a_sweep_buys_home_with_dust_that_is_a_markets_quote_and_never_spends_more() -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.learn import features
 from pipeline.learn.features import (
     KNOWN_FEATURES,
     Candles,
@@ -19,6 +18,7 @@ from pipeline.learn.features import (
     fill_gaps,
     latest_features,
 )
+from pipeline.learn.features import compute as features_compute
 from pipeline.settings import TrainingSettings
 
 H = 3_600_000
@@ -49,7 +49,7 @@ def test_serving_features_are_the_same_bytes_as_with_checked_tails(
         candles.slice(t - spec.window + 1, t + 1) for t in range(spec.window - 1, len(candles))
     ]
     fast = [latest_features(window, spec).tobytes() for window in windows]
-    monkeypatch.setattr(features, "_tail", checked_tail)
+    monkeypatch.setattr(features_compute, "_tail", checked_tail)
     checked = [latest_features(window, spec).tobytes() for window in windows]
     assert fast == checked
     matrix = compute_features(candles, spec)

@@ -10,13 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.settings import RiskSettings
-from serving.risk import (
-    MarketRules,
-    OrderIntent,
-    RiskGate,
-    RiskState,
-    Transition,
-)
+from serving.kernel.market_rules import MarketRules
+from serving.kernel.risk_state import RiskState, Transition
+from serving.model.risk import RiskGate
+from serving.model.risk_rules import OrderIntent
 
 H = 3_600_000
 DAY = 86_400_000

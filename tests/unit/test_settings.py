@@ -246,3 +246,70 @@ def test_market_round_trips_through_its_text() -> None:
     market = Market.model_validate("Binance:eth/btc:1h")
     assert str(market) == "binance:ETH/BTC:1h"
     assert Market.model_validate(str(market)) == market
+
+
+def test_the_default_schedules_are_hourly_market_data_and_training_at_two_utc() -> None:
+    settings = load_settings()
+    assert (
+        settings.airflow.market_data_schedule,
+        settings.airflow.market_data_schedule_timezone,
+    ) == (
+        "0 * * * *",
+        "UTC",
+    )
+    assert (settings.training.schedule, settings.training.schedule_timezone) == ("0 2 * * *", "UTC")
+
+
+@pytest.mark.parametrize("cron", ["30 23 * * 1-5", "@weekly", " 0 6 * * * "])
+def test_a_cron_expression_or_preset_in_a_time_zone_sets_the_training_schedule(
+    monkeypatch: pytest.MonkeyPatch, cron: str
+) -> None:
+    monkeypatch.setenv("CRYPTOBOTS_TRAINING__SCHEDULE", cron)
+    monkeypatch.setenv("CRYPTOBOTS_TRAINING__SCHEDULE_TIMEZONE", "America/New_York")
+    training = load_settings().training
+    assert (training.schedule, training.schedule_timezone) == (cron.strip(), "America/New_York")
+
+
+@pytest.mark.parametrize(
+    ("cron", "problem"),
+    [("0 25 * * *", "out of range"), ("0 2 * *", "4 fields"), ("@fortnightly", "unknown preset")],
+)
+def test_an_invalid_cron_names_the_setting_and_a_valid_example(
+    monkeypatch: pytest.MonkeyPatch, cron: str, problem: str
+) -> None:
+    monkeypatch.setenv("CRYPTOBOTS_TRAINING__SCHEDULE", cron)
+    with pytest.raises(ConfigurationError) as error:
+        load_settings()
+    assert f"CRYPTOBOTS_TRAINING__SCHEDULE='{cron}'" in str(error.value)
+    assert problem in str(error.value)
+    assert "e.g. '0 2 * * *'" in str(error.value)
+
+
+def test_an_unknown_time_zone_names_the_setting_and_examples(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CRYPTOBOTS_TRAINING__SCHEDULE_TIMEZONE", "EST5EDT/Nowhere")
+    with pytest.raises(
+        ConfigurationError, match=r"CRYPTOBOTS_TRAINING__SCHEDULE_TIMEZONE=.*America/New_York"
+    ):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("cron", "timezone"), [("30 * * * *", "UTC"), ("0 * * * *", "Asia/Kolkata")]
+)
+def test_a_market_data_schedule_off_the_whole_hour_is_refused(
+    monkeypatch: pytest.MonkeyPatch, cron: str, timezone: str
+) -> None:
+    monkeypatch.setenv("CRYPTOBOTS_AIRFLOW__MARKET_DATA_SCHEDULE", cron)
+    monkeypatch.setenv("CRYPTOBOTS_AIRFLOW__MARKET_DATA_SCHEDULE_TIMEZONE", timezone)
+    with pytest.raises(ConfigurationError, match="not on a whole hour: the candles close"):
+        load_settings()
+
+
+def test_a_daily_market_data_schedule_in_new_york_is_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CRYPTOBOTS_AIRFLOW__MARKET_DATA_SCHEDULE", "0 6 * * *")
+    monkeypatch.setenv("CRYPTOBOTS_AIRFLOW__MARKET_DATA_SCHEDULE_TIMEZONE", "America/New_York")
+    assert load_settings().airflow.market_data_schedule == "0 6 * * *"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from serving.watch import Expectations, RunningDrawdown, Verdict, judge, max_drawdown
+from serving.model.watch import Expectations, RunningDrawdown, Verdict, judge, max_drawdown
 
 EXPECTED = Expectations(
     horizons=(5, 20, 60), drawdown=(0.05, 0.10, 0.20), quantile=0.95, source="walk-forward"

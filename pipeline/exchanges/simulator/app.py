@@ -1,4 +1,5 @@
-"""The simulator's HTTP server: Binance spot public endpoints over recorded candles.
+"""The simulator's HTTP server: Binance's spot and cross-margin endpoints over recorded
+candles.
 
 Every response carries `X-MBX-USED-WEIGHT-1M`; past the weight budget requests
 get 429 with Retry-After, and a client that keeps going gets 418. Faults are
@@ -9,7 +10,8 @@ steered at run time: `/sim/stats` counts, `/sim/plant` plants mispricings in the
 books, `/sim/leg-fault` makes the next orders on a market fail in a chosen way.
 
 The endpoints live beside this module, one class per group: `routes_public` (market
-data), `routes_private` (signed account and orders), `routes_control` (`/sim/`).
+data), `routes_private` (signed account and orders), `routes_margin` (the cross-margin
+account, loans and orders), `routes_control` (`/sim/`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from pipeline.exchanges.simulator.accounts import Accounts, BinanceError
+from pipeline.exchanges.simulator.accounts import Accounts
+from pipeline.exchanges.simulator.errors import BinanceError
 from pipeline.exchanges.simulator.faults import (
     FAULT_KINDS,
     FaultPlan,
@@ -38,10 +41,14 @@ from pipeline.exchanges.simulator.faults import (
 )
 from pipeline.exchanges.simulator.market import Clock, MarketFeed, Plant, Pricing
 from pipeline.exchanges.simulator.recordings import Recording, find_recordings
+from pipeline.exchanges.simulator.records import MarginTerms
 from pipeline.exchanges.simulator.routes_control import ControlRoutes
+from pipeline.exchanges.simulator.routes_margin import MarginRoutes
 from pipeline.exchanges.simulator.routes_private import SignedRoutes
 from pipeline.exchanges.simulator.routes_public import PublicRoutes
 from pipeline.settings import timeframe_ms
+
+DEFAULT_MARGIN = MarginTerms()
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,7 @@ class SimulatorConfig:
     api_keys: tuple[tuple[str, str], ...] = ()  # (key, secret) pairs accepted on signed calls
     state_file: Path | None = None  # balances, orders and trades survive restarts here
     initial_balances: tuple[tuple[str, float], ...] = (("USDT", 10_000.0),)
+    margin: MarginTerms | None = DEFAULT_MARGIN  # None: no key has a cross-margin account
     # centre a cross X/Y's book on mid(X/Q) / mid(Y/Q) when X/Q and Y/Q are served;
     # klines stay as recorded
     consistent_books: bool = False
@@ -105,6 +113,7 @@ class Exchange:
             dict(self.config.api_keys),
             self.config.state_file,
             dict(self.config.initial_balances),
+            self.config.margin,
         )
         self.faults = FaultPlan(
             rate=self.config.fault_rate,
@@ -163,6 +172,7 @@ def create_app(config: SimulatorConfig) -> FastAPI:
 
     PublicRoutes(exchange).register(app)
     SignedRoutes(exchange).register(app)
+    MarginRoutes(exchange).register(app)
     ControlRoutes(exchange).register(app)
     return FaultsAndLimits(app, exchange)  # type: ignore[return-value]
 
@@ -183,7 +193,7 @@ class FaultsAndLimits:
         kind = self.exchange.faults.draw(path)
         if await self._fault(kind, scope, send):
             return
-        if not path.startswith("/api/"):
+        if not path.startswith(("/api/", "/sapi/")):
             await self.app(scope, receive, send)
             return
         await self._charged(path, kind == "malformed", scope, receive, send)
@@ -226,7 +236,7 @@ class FaultsAndLimits:
     async def _charged(
         self, path: str, malformed: bool, scope: dict, receive: Any, send: Any
     ) -> None:
-        """Charge an `/api/` request its weight: past the budget answer 429 or 418, else
+        """Charge an `/api/` or `/sapi/` request its weight: past the budget answer 429 or 418, else
         pass it on with the weight used in its headers (its body cut short if `malformed`)."""
         query = dict(parse_qsl(scope.get("query_string", b"").decode()))
         verdict = self.exchange.limiter.charge(request_weight(path, query))

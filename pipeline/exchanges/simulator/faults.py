@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 GENERIC_FAULTS = ("latency", "timeout", "429", "418", "500", "502", "503", "malformed", "drop")
 KLINES_FAULTS = ("truncated", "repeat")
 FAULT_KINDS = GENERIC_FAULTS + KLINES_FAULTS
-LEG_FAULT_KINDS = ("reject", "partial", "delay")
+LEG_FAULT_KINDS = ("reject", "partial", "delay", "refuse-borrow")
 
-# Binance spot request weights (GET unless noted); depth depends on its limit.
+# Binance's request weights (GET unless noted); depth depends on its limit.
 WEIGHTS = {
     "/api/v3/ping": 1,
     "/api/v3/time": 1,
@@ -29,6 +29,12 @@ WEIGHTS = {
     "/api/v3/openOrders": 6,
     "/api/v3/allOrders": 20,
     "/api/v3/myTrades": 20,
+    "/sapi/v1/margin/account": 10,
+    "/sapi/v1/margin/order": 6,
+    "/sapi/v1/margin/openOrders": 10,
+    "/sapi/v1/margin/allOrders": 200,
+    "/sapi/v1/margin/myTrades": 10,
+    "/sapi/v1/margin/maxBorrowable": 50,
 }
 
 
@@ -114,7 +120,7 @@ class FaultPlan:
 
     def draw(self, path: str) -> str | None:
         """The fault for the next request to `path`, or None."""
-        if self.rate == 0.0 or not path.startswith("/api/"):
+        if self.rate == 0.0 or not path.startswith(("/api/", "/sapi/")):
             return None
         roll, pick = self._rng.random(), self._rng.random()
         if roll >= self.rate:
@@ -136,7 +142,9 @@ class LegFault:
     """The next `count` order placements on `symbol` (Binance's id; ETH/BTC is accepted)
     get `kind`: `reject` refuses them for good, `partial` fills only `fraction` of the
     quantity (down to the lot step), `delay` holds each `seconds` of real time before
-    it is matched, so that it lands after a client may have timed out."""
+    it is matched, so that it lands after a client may have timed out. `refuse-borrow`
+    is planted on an asset (`symbol` "BTC"), not a market: its next margin borrows are
+    refused."""
 
     symbol: str
     kind: str

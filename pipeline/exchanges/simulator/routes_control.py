@@ -59,10 +59,20 @@ class ControlRoutes:
 
     async def add_leg_fault(self, request: Request) -> dict:
         """Fault the next orders on a market: {"symbol": "ETHBTC", "kind": "reject"|"partial"|
-        "delay", "count": 1, "fraction": 0.5, "seconds": 2.0}."""
+        "delay", "count": 1, "fraction": 0.5, "seconds": 2.0}, or the next margin borrows of
+        an asset: {"symbol": "BTC", "kind": "refuse-borrow"}."""
         exchange = self.exchange
         fault = await _control(request, LegFault)
-        if fault.symbol not in exchange.markets():
+        if fault.kind == "refuse-borrow":
+            assets = {f.recording.base for f in exchange.markets().values()}
+            assets |= {f.recording.quote for f in exchange.markets().values()}
+            if fault.symbol not in assets:
+                raise HTTPException(
+                    400,
+                    f"unknown asset {fault.symbol!r} for refuse-borrow: this exchange lends "
+                    f"{', '.join(sorted(assets))}",
+                )
+        elif fault.symbol not in exchange.markets():
             raise HTTPException(
                 400,
                 f"unknown symbol {fault.symbol!r}: this exchange serves "

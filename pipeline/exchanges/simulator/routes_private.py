@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 
-from pipeline.exchanges.simulator.accounts import BinanceError, order_json
+from pipeline.exchanges.simulator.errors import BinanceError
+from pipeline.exchanges.simulator.records import order_json
 
 if TYPE_CHECKING:
     from pipeline.exchanges.simulator.app import Exchange
@@ -47,7 +48,7 @@ class SignedRoutes:
         # recvWindow guards against replays in real time: it compares the client's wall
         # clock with ours, even when the market clock runs faster than real time
         params = exchange.accounts.authenticate(api_key, payload, int(time.time() * 1000))
-        exchange.accounts.match_resting(api_key, exchange.markets(), _book_of(exchange), now)
+        exchange.accounts.match_resting(api_key, exchange.markets(), book_of(exchange), now)
         return api_key, params, now  # type: ignore[return-value]
 
     async def account(self, request: Request) -> dict:
@@ -55,24 +56,31 @@ class SignedRoutes:
         return self.exchange.accounts.balances_json(api_key, now)
 
     async def create_order(self, request: Request) -> dict:
-        exchange = self.exchange
         api_key, params, now = await self.signed(request)
+        return await self.place(api_key, params, now, "spot")
+
+    async def place(self, api_key: str, params: dict[str, str], now: int, wallet: str) -> dict:
+        """Place an order from `wallet`, acting out a leg fault planted on its market."""
+        exchange = self.exchange
         feed = exchange.market(params.get("symbol", ""))
         fault = exchange.leg_faults.take(feed.recording.market_id)
+        accounts = exchange.accounts
         if fault is None:
-            return exchange.accounts.create_order(api_key, params, feed, feed.book(now, 100), now)
+            return accounts.create_order(
+                api_key, params, feed, feed.book(now, 100), now, wallet=wallet
+            )
         if fault.kind == "reject":
             raise BinanceError(400, REJECT_CODE, REJECT_MSG)
         if fault.kind == "partial":
-            return exchange.accounts.create_order(
-                api_key, params, feed, feed.book(now, 100), now, fill_fraction=fault.fraction
+            return accounts.create_order(
+                api_key, params, feed, feed.book(now, 100), now, fault.fraction, wallet
             )
 
         async def land_late() -> dict:
             await asyncio.sleep(fault.seconds)
             later = exchange.clock.now_ms()
-            return exchange.accounts.create_order(
-                api_key, params, feed, feed.book(later, 100), later
+            return accounts.create_order(
+                api_key, params, feed, feed.book(later, 100), later, wallet=wallet
             )
 
         # shielded: the order lands even when the client gave up and hung up
@@ -106,6 +114,7 @@ class SignedRoutes:
         return self.exchange.accounts.trades_json(api_key, params["symbol"])
 
 
-def _book_of(exchange: Exchange) -> Any:
+def book_of(exchange: Exchange) -> Any:
+    """A feed's book at the simulator's now, five levels deep."""
     now = exchange.clock.now_ms()
     return lambda feed: feed.book(now, 5)

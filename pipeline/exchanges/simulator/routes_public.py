@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from fastapi import FastAPI, Request
 
-from pipeline.exchanges.simulator.accounts import BinanceError
+from pipeline.exchanges.simulator.errors import BinanceError
 from pipeline.timeutil import DAY_MS
 
 if TYPE_CHECKING:

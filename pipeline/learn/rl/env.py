@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from pipeline.errors import DataValidationError
 from pipeline.learn.evaluate import CostModel
+from pipeline.learn.rl.arrays import MarketArrays
 
 LONG_FLAT = (0.0, 1.0)
 LONG_FLAT_SHORT = (0.0, 1.0, -1.0)
@@ -60,6 +61,8 @@ class EnvConfig:
     """Taker fee in basis points of the traded notional."""
     slippage_bps: float = 5.0
     """Slippage in basis points of the traded notional."""
+    borrow_per_step: float = 0.0
+    """A short's borrow interest per step, a fraction of its notional."""
     downside_penalty: float = 0.0
     """Extra weight of a losing step in the reward: reward = g + penalty * min(g, 0),
     g the step's log growth (0: plain log growth). Shapes learning only; episode
@@ -79,64 +82,7 @@ class EnvConfig:
     @property
     def cost(self) -> CostModel:
         """The cost model shared with the backtest."""
-        return CostModel(fee_bps=self.fee_bps, slippage_bps=self.slippage_bps)
-
-
-@dataclass(frozen=True)
-class MarketArrays:
-    """What an environment steps through: one row per decision index of a window.
-
-    `features[t]` is known at the close of candle t; `gap[t] = open[t+1]/close[t] - 1`
-    and `bar[t] = close[t+1]/open[t+1] - 1` are what the step after deciding at t earns.
-    """
-
-    ts: np.ndarray
-    features: np.ndarray
-    gap: np.ndarray
-    bar: np.ndarray
-    scale: np.ndarray | None = None
-    """Position size of each decision row (`evaluate.VolatilityTarget`); None: 1."""
-
-    @classmethod
-    def from_candles(
-        cls,
-        ts: np.ndarray,
-        open_: np.ndarray,
-        close: np.ndarray,
-        features: np.ndarray,
-        scale: np.ndarray | None = None,
-    ) -> MarketArrays:
-        """Decision rows for candles 0..n-2 (candle n-1 only supplies the last fill);
-        `scale`, when given, has one value per candle like `features`."""
-        if len(ts) < 2 or not len(ts) == len(open_) == len(close) == len(features):
-            raise DataValidationError(
-                f"market arrays need at least 2 candles of equal length; got ts {len(ts)}, "
-                f"open {len(open_)}, close {len(close)}, features {len(features)}"
-            )
-        open_ = np.asarray(open_, dtype=np.float64)
-        close = np.asarray(close, dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(features[:-1]).all(axis=1))
-        if len(bad):
-            raise DataValidationError(
-                f"features are not finite at {len(bad)} decision row(s), first at ts "
-                f"{int(ts[bad[0]])}: start the window at least one feature window after the "
-                "first candle loaded"
-            )
-        return cls(
-            ts=np.asarray(ts[:-1], dtype=np.int64),
-            features=np.asarray(features[:-1], dtype=np.float32),
-            gap=(open_[1:] / close[:-1] - 1.0).astype(np.float32),
-            bar=(close[1:] / open_[1:] - 1.0).astype(np.float32),
-            scale=None if scale is None else np.asarray(scale[:-1], dtype=np.float32),
-        )
-
-    @property
-    def sizes(self) -> np.ndarray:
-        """The scale of every decision row (ones without position sizing)."""
-        return np.ones(len(self.ts), np.float32) if self.scale is None else self.scale
-
-    def __len__(self) -> int:
-        return len(self.ts)
+        return CostModel(self.fee_bps, self.slippage_bps, self.borrow_per_step)
 
 
 def _check_fits(data: MarketArrays, config: EnvConfig) -> None:
@@ -191,6 +137,7 @@ class TradingEnv:
         self.scale = tf.constant(data.sizes)
         self.action_positions = tf.constant(config.action_map, dtype=tf.float32)
         self.cost_rate = tf.constant(config.cost.rate, dtype=tf.float32)
+        self.borrow = tf.constant(config.borrow_per_step, dtype=tf.float32)
         self.num_starts = len(data) - config.episode_length
         self.observation_spec = Spec((data.features.shape[1] + 1,), tf.float32)
         self.action_spec = Spec((), tf.int32, 0, len(config.action_map) - 1)
@@ -233,6 +180,7 @@ class TradingEnv:
             (1.0 + old * tf.gather(self.gap, state.index))
             * (1.0 - self.cost_rate * tf.abs(target - old))
             * (1.0 + target * tf.gather(self.bar, state.index))
+            * (1.0 - self.borrow * tf.nn.relu(-target))
         )
         logged = tf.math.log(tf.maximum(growth, 1e-9))
         reward = logged + self.config.downside_penalty * tf.minimum(logged, 0.0)
@@ -321,6 +269,7 @@ class TradingGymEnv(gym.Env):
         self.config = config
         self.positions = np.asarray(config.action_map, dtype=np.float32)
         self.rate = np.float32(config.cost.rate)
+        self.borrow = np.float32(config.borrow_per_step)
         self.num_starts = len(data) - config.episode_length
         dim = data.features.shape[1] + 1
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
@@ -354,6 +303,7 @@ class TradingGymEnv(gym.Env):
             (np.float32(1.0) + old * self.data.gap[t])
             * (np.float32(1.0) - self.rate * np.abs(target - old))
             * (np.float32(1.0) + target * self.data.bar[t])
+            * (np.float32(1.0) - self.borrow * max(-target, np.float32(0.0)))
         )
         logged = float(np.log(max(growth, np.float32(1e-9))))
         reward = logged + self.config.downside_penalty * min(logged, 0.0)

@@ -1,0 +1,2 @@
+"""The arbitrage strategy (`python -m serving --strategy arbitrage`): cycles inside one
+exchange, traded leg by leg under their own gate, into their own tables."""
