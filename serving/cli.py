@@ -25,7 +25,7 @@ from typing import Any
 from pipeline.arguments import Parser, market, port
 from pipeline.errors import ConfigurationError, CryptobotsError
 from pipeline.settings import Settings, load_settings
-from serving.startup import Stopped, build, build_arbitrage, claim
+from serving.startup import Stopped, build, build_arbitrage, build_cross, claim
 
 log = logging.getLogger("serving")
 
@@ -51,10 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--live", action="store_true", help="send real orders (needs keys)")
     parser.add_argument(
         "--strategy",
-        choices=("model", "arbitrage"),
+        choices=("model", "arbitrage", "cross"),
         default="model",
         help="model: the promoted RL policy per market; arbitrage: cycles inside one exchange "
-        "(settings.arbitrage)",
+        "(settings.arbitrage); cross: one asset bought on one venue and sold on another at "
+        "once (settings.arbitrage.cross_markets)",
     )
     parser.add_argument(
         "--market",
@@ -71,6 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             "argument --market: the arbitrage trader trades settings.arbitrage.symbols: set "
             "CRYPTOBOTS_ARBITRAGE__SYMBOLS instead, or drop --strategy arbitrage"
+        )
+    if args.market and args.strategy == "cross":
+        parser.error(
+            "argument --market: the cross trader trades settings.arbitrage.cross_markets: set "
+            "CRYPTOBOTS_ARBITRAGE__CROSS_MARKETS instead, or drop --strategy cross"
         )
 
     handler = logging.StreamHandler(sys.stderr)
@@ -105,6 +111,8 @@ def _serve(args: Any, stop: threading.Event) -> int:
         listener = _listen(settings, args.port is not None, os.environ)
         if args.strategy == "arbitrage":
             trader = build_arbitrage(settings, live=args.live, environ=os.environ, stop=stop)
+        elif args.strategy == "cross":
+            trader = build_cross(settings, live=args.live, environ=os.environ, stop=stop)
         else:
             named = "--market" if args.market else None
             trader = build(settings, live=args.live, environ=os.environ, named=named, stop=stop)

@@ -1,6 +1,7 @@
 """Starting a trader: check the flags and settings, open the exchanges (waiting for one
 that does not answer yet), check the markets they list, then build the model trader
-(`build`) or the arbitrage trader (`build_arbitrage`) and take its markets' lease
+(`build`), the arbitrage trader (`build_arbitrage`) or the cross trader (`build_cross`)
+and take its markets' lease
 (`claim`). `serving.cli` calls these in that order; like it, this module sees both
 strategies.
 """
@@ -173,6 +174,54 @@ def build_arbitrage(
         trader.start()
     except TemporaryExchangeError as error:
         log.warning("exchange not reachable yet, starting on the first step: %s", error)
+    return trader
+
+
+def build_cross(
+    settings: Settings,
+    *,
+    live: bool,
+    environ: Mapping[str, str],
+    stop: threading.Event | None = None,
+) -> Any:
+    """The cross trader for `settings.arbitrage.cross_markets`: one exchange and broker
+    per venue, the gate, the lease of `cross:<venue>:<symbol>` (Stopped when `stop` is
+    set while a venue is awaited). A venue that is not configured is refused, naming
+    the market and the setting, before anything is opened."""
+    from pipeline.db.engine import create_engine
+    from pipeline.db.migrate import upgrade
+    from serving.cross.trader import CrossTrader
+    from serving.kernel.broker import ExchangeBroker, PaperBroker
+
+    _check_live(settings, live)
+    markets = settings.arbitrage.cross_markets
+    for market in markets:
+        if market.exchange not in settings.exchanges:
+            raise ConfigurationError(
+                f"arbitrage.cross_markets: {market.exchange}:{market.symbol}: venue "
+                f"{market.exchange!r} is not configured: add it under exchanges (CRYPTOBOTS_"
+                f"EXCHANGES__{market.exchange.upper()}__URL=...) or trade venues you have "
+                f"({', '.join(sorted(settings.exchanges))}) in CRYPTOBOTS_ARBITRAGE__CROSS_MARKETS"
+            )
+    fee_bps = settings.arbitrage.taker_fee_bps or settings.serving.fee_bps
+    exchanges, brokers = {}, {}
+    for market in markets:
+        name = market.exchange
+        credentials = _live_credentials(settings, name, environ) if live else None
+        exchanges[name] = connect(settings, name, credentials, stop)
+        brokers[name] = (
+            ExchangeBroker(exchanges[name]) if live else PaperBroker(exchanges[name], fee_bps)
+        )
+    engine = create_engine(settings.db_url)
+    upgrade(engine)
+    keys = [f"cross:{m.exchange}:{m.symbol}" for m in markets]
+    account = "live" if live else "paper"
+    lease = Lease(engine, account, keys, LEASE_SHARE * settings.serving.failover_seconds)
+    trader = CrossTrader(settings, engine, exchanges, brokers, lease=lease)
+    try:
+        trader.start()
+    except TemporaryExchangeError as error:
+        log.warning("a venue is not reachable yet, starting on the first step: %s", error)
     return trader
 
 

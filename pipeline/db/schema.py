@@ -376,6 +376,12 @@ arb_legs = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("created_at", Timestamp, nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", Timestamp, nullable=False, server_default=sa.func.now()),
+    sa.Column(
+        "venue",
+        sa.String(32),
+        nullable=True,
+        comment="exchange the leg went to; None: its opportunity's exchange",
+    ),
     sa.PrimaryKeyConstraint("client_order_id"),
     sa.UniqueConstraint("opportunity_id", "seq", name="uq_arb_legs_seq"),
     comment="every leg and unwind order, written before it is sent",

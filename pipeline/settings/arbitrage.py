@@ -55,6 +55,17 @@ def _default_withdrawals() -> dict[str, Withdrawal]:
     }
 
 
+def _check_group(group: tuple[Market, ...], what: str) -> None:
+    """ValueError unless `group` is one base asset on two or more different exchanges."""
+    names = ", ".join(str(m) for m in group)
+    if len(group) < 2 or len({m.exchange for m in group}) != len(group):
+        raise ValueError(f"{what} [{names}] needs two or more different exchanges")
+    if len({m.symbol.split("/")[0] for m in group}) != 1:
+        raise ValueError(f"{what} [{names}] must trade one base asset everywhere")
+    if len({m.timeframe for m in group}) != 1:
+        raise ValueError(f"{what} [{names}] mixes timeframes: use one")
+
+
 class ArbitrageSettings(BaseModel):
     """Arbitrage: cycles inside one exchange (executed) and spreads across venues (reported)."""
 
@@ -110,6 +121,28 @@ class ArbitrageSettings(BaseModel):
         description="value in USD of each quote currency where no observed rate is stored",
     )
     withdrawals: dict[str, Withdrawal] = Field(default_factory=_default_withdrawals)
+    cross_markets: tuple[Market, ...] = Field(
+        default_factory=lambda: _default_venue_groups()[1],
+        description="the venue group the cross trader (`--strategy cross`) trades: the same "
+        "asset on two or more configured exchanges (the timeframe is not used)",
+    )
+    unwind_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="cross trades: the longest a one-sided fill may stay open before the "
+        "cheaper exit (hedge or unwind) has closed it",
+    )
+    inventory_band: float = Field(
+        default=0.3,
+        gt=0,
+        lt=1,
+        description="cross trades: how far a venue's share of an asset held on several venues "
+        "may drift from an equal share before a rebalance is proposed (report only)",
+    )
+    cross_paper_balances: dict[str, float] = Field(
+        default_factory=lambda: {"USDC": 10_000.0, "USD": 10_000.0, "BTC": 0.2},
+        description="the paper cross trader's starting inventory on each venue",
+    )
     study_days: int = Field(
         default=60, ge=1, description="hourly history studied per group, ending at its last hour"
     )
@@ -160,15 +193,15 @@ class ArbitrageSettings(BaseModel):
                 )
         return value
 
+    @field_validator("cross_markets")
+    @classmethod
+    def _cross_markets(cls, value: tuple[Market, ...]) -> tuple[Market, ...]:
+        _check_group(value, "arbitrage.cross_markets")
+        return value
+
     @field_validator("venue_groups")
     @classmethod
     def _venue_groups(cls, value: tuple[tuple[Market, ...], ...]) -> tuple[tuple[Market, ...], ...]:
         for group in value:
-            names = ", ".join(str(m) for m in group)
-            if len(group) < 2 or len({m.exchange for m in group}) != len(group):
-                raise ValueError(f"venue group [{names}] needs two or more different exchanges")
-            if len({m.symbol.split("/")[0] for m in group}) != 1:
-                raise ValueError(f"venue group [{names}] must trade one base asset everywhere")
-            if len({m.timeframe for m in group}) != 1:
-                raise ValueError(f"venue group [{names}] mixes timeframes: use one")
+            _check_group(group, "venue group")
         return value

@@ -10,7 +10,7 @@ holds, in the same transaction: a trader whose lease was taken over sends nothin
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,8 +47,10 @@ def open_opportunity(
     *,
     durable: bool = True,
     fence: Fence | None = None,
+    more_legs: Sequence[Mapping[str, Any]] = (),
 ) -> None:
-    """Write a detected opportunity and its first leg (pending) in one transaction.
+    """Write a detected opportunity and its first leg (pending) in one transaction, with
+    `more_legs` sent at the same time (a cross trade's second leg).
 
     `durable=False` (paper) lets Postgres acknowledge the commit before its WAL reaches
     the disk: a crash of the trader loses nothing, a crash of the database server may
@@ -59,7 +61,8 @@ def open_opportunity(
         if fence is not None:
             require_lease(conn, *fence)
         conn.execute(sa.insert(arb_opportunities), [dict(opportunity)])
-        conn.execute(sa.insert(arb_legs), [{**first_leg, "status": "pending"}])
+        legs = [{**leg, "status": "pending"} for leg in (first_leg, *more_legs)]
+        conn.execute(sa.insert(arb_legs), legs)
 
 
 def add_leg(engine: Engine, leg: Mapping[str, Any], fence: Fence | None = None) -> None:

@@ -39,13 +39,13 @@ import time
 from typing import Any
 
 from pipeline.arbitrage import ArbitrageConfig, CycleSearch, ExchangeGraph, MarketSpec, Triangles
-from pipeline.errors import ConfigurationError, CryptobotsError
+from pipeline.errors import ConfigurationError
 from pipeline.timeutil import DAY_MS
 from serving.arbitrage import store
 from serving.arbitrage.cycles import Cycles
-from serving.kernel.database import DB_ERRORS
 from serving.kernel.execution import Execution
-from serving.kernel.lease import LeaseLost, Renewer
+from serving.kernel.lease import LeaseLost
+from serving.kernel.loop import run_steps
 from serving.kernel.market_rules import MarketRules
 
 log = logging.getLogger("serving.arbitrage")
@@ -176,28 +176,19 @@ class ArbitrageTrader(Cycles):
     def run(self, stop: threading.Event) -> None:
         """Step until `stop` is set; the current step (and its cycle) always finishes.
         The lease, when there is one, is renewed meanwhile and handed back at the end."""
-        if self.lease is not None:
-            Renewer(self.lease, stop).start()
-        try:
-            while not stop.is_set():
-                try:
-                    self.step()
-                    self.metrics.db_up.set(1)
-                except DB_ERRORS as error:
-                    self.metrics.db_up.set(0)
-                    self.reconciled = False
-                    log.error("database unavailable: %s", str(error).splitlines()[0][:300])
-                except CryptobotsError as error:
-                    log.warning("step skipped: %s", error)
-                except Exception:  # a daemon logs what it did not foresee and goes on
-                    log.exception("step failed, going on")
-                stop.wait(self.config.poll_seconds)
-        finally:
-            if self.lease is not None:
-                try:
-                    self.lease.release()  # a standby takes over now, not a lease later
-                except DB_ERRORS as error:
-                    log.error("lease not released, the database is down: %s", error)
+        run_steps(
+            self.step,
+            stop,
+            poll_seconds=self.config.poll_seconds,
+            lease=self.lease,
+            db_up=self._db_up,
+            log=log,
+        )
+
+    def _db_up(self, up: bool) -> None:
+        self.metrics.db_up.set(int(up))
+        if not up:
+            self.reconciled = False
 
     # -- what serving.kernel.http asks ------------------------------------------------------
 

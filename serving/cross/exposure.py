@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pipeline.errors import CryptobotsError
 from serving.cross.pair import Dispatcher, Leg, Sent, leg_client_id
+from serving.kernel.lease import LeaseLost
 from serving.kernel.market_rules import MarketRules
 
 log = logging.getLogger("serving.cross")
@@ -73,13 +74,15 @@ def close_exposure(
     fee: float,
     unwind_seconds: float,
     now_ms: Callable[[], int],
+    exits: Sequence[Sent] = (),
 ) -> Closing:
-    """Close what `legs` left exposed by market orders, the cheaper exit first, within
-    `unwind_seconds`; see the module docstring."""
+    """Close what `legs` and the earlier `exits` (a restart's) left exposed by market
+    orders, the cheaper exit first, within `unwind_seconds`; see the module docstring.
+    A lost lease (LeaseLost from the dispatcher's `before_send`) stops it at once."""
     started = time.monotonic()
     deadline = started + unwind_seconds
     legs = [dispatcher.settle(sent, deadline) for sent in legs]
-    closing = Closing(legs=legs)
+    closing = Closing(legs=legs, exits=list(exits), attempts=len(exits))
     while True:
         excess = closing.residual = exposure(legs + closing.exits)
         side = "sell" if excess > 0 else "buy"
@@ -123,6 +126,8 @@ def _one_exit(
         leg = Leg(venue, symbol, side, amount, None, leg_client_id(trade, seq), seq)
         try:
             sent = dispatcher.settle(dispatcher.send(leg, now_ms()), deadline)
+        except LeaseLost:
+            raise
         except CryptobotsError as error:
             log.warning("cross %s: exit %s on %s failed: %s", trade, side, venue, error)
             continue

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ from serving.kernel.execution import Execution
 from serving.kernel.market_rules import MarketRules
 
 CLIENT_ID_PREFIX = "xc"
+FINAL = ("filled", "expired", "rejected", "canceled")  # an order's states that never change
 
 
 def trade_id(account: str, opportunity: CrossOpportunity, detected_ms: int) -> str:
@@ -142,13 +144,24 @@ def plan_legs(
 @dataclass
 class Dispatcher:
     """Sends legs through their venue's broker, each on its own thread of a pool
-    started once (`send_both`), or one at a time (`send`)."""
+    started once (`send_both`), or one at a time (`send`).
+
+    `before_send` is called with each leg `send` is about to send (the exits), so the
+    trader writes it down first; `send_both`'s legs are written by the trader together
+    with their trade, before it calls."""
 
     brokers: dict[str, Broker]
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(2, "cross-leg"))
+    before_send: Callable[[Leg], None] | None = None
 
     def send(self, leg: Leg, now_ms: int) -> Sent:
-        """Send a leg whose id was made for this send (never sent before)."""
+        """Send a leg whose id was made for this send (never sent before), after
+        `before_send` (whose errors, e.g. a lost lease, stop it)."""
+        if self.before_send is not None:
+            self.before_send(leg)
+        return self._send(leg, now_ms)
+
+    def _send(self, leg: Leg, now_ms: int) -> Sent:
         handed = time.perf_counter()
         broker = self.brokers[leg.venue]
         execution = broker.execute(
@@ -157,22 +170,33 @@ class Dispatcher:
         return Sent(leg, execution, handed)
 
     def settle(self, sent: Sent, until: float) -> Sent:
-        """A leg the venue did not answer (`pending`) looked up by its id until it is
-        found or the monotonic time `until`; still pending then if never found."""
+        """A leg whose state is not final yet (`pending`: the venue did not answer;
+        `open`/`partial`: not matched yet) looked up by its id until it is final or the
+        monotonic time `until`; one still open then is canceled (what filled counts),
+        one never found stays pending."""
         broker = self.brokers[sent.leg.venue]
-        while sent.execution.status == "pending" and time.monotonic() < until:
+        while sent.execution.status not in FINAL and time.monotonic() < until:
             try:
                 found = broker.lookup(sent.leg.symbol, sent.leg.client_id)
             except CryptobotsError:
                 found = None
             if found is not None:
-                return Sent(sent.leg, found, sent.handed_at)
+                sent = Sent(sent.leg, found, sent.handed_at)
+                if found.status in FINAL:
+                    return sent
             time.sleep(0.05)
+        if sent.execution.status in ("open", "partial"):
+            try:
+                final = broker.cancel(sent.leg.symbol, sent.leg.client_id)
+            except CryptobotsError:
+                final = None
+            if final is not None:
+                sent = Sent(sent.leg, final, sent.handed_at)
         return sent
 
     def send_both(self, legs: tuple[Leg, Leg], now_ms: int) -> tuple[Sent, Sent]:
         """Both legs at once; each comes back with what its venue said."""
-        futures: list[Future[Sent]] = [self.pool.submit(self.send, leg, now_ms) for leg in legs]
+        futures: list[Future[Sent]] = [self.pool.submit(self._send, leg, now_ms) for leg in legs]
         first, second = (f.result() for f in futures)
         return first, second
 

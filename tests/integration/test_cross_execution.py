@@ -8,67 +8,23 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
-import httpx
 import pytest
 
-from pipeline.arbitrage.cross import CrossCosts, VenueQuote, opportunity
+from pipeline.arbitrage.cross import CrossCosts, opportunity
 from pipeline.errors import ExchangeRejected
-from pipeline.exchanges.client import ExchangeClient
-from pipeline.exchanges.factory import Credentials, create_ccxt
 from pipeline.exchanges.simulator.app import Running
-from pipeline.settings import ExchangeConfig
 from serving.cross.exposure import close_exposure, exposure, realized
 from serving.cross.pair import Dispatcher, plan_legs, trade_id
-from serving.kernel.broker import ExchangeBroker
-from serving.kernel.market_rules import MarketRules
-from tests.support.exchange import fast_retry
+from tests.support.cross_venues import Venue, two_venues
 
-KEY, SECRET = "cross-key", "cross-secret"
-SYMBOL = "BTC/USDC"
 FEE = 0.001
 UNWIND_SECONDS = 10.0
 
 
-class Venue:
-    """One simulated venue: its simulator, its ccxt client and its broker."""
-
-    def __init__(self, name: str, sim: Running) -> None:
-        self.name, self.sim = name, sim
-        config = ExchangeConfig(ccxt_id="binance", url=sim.url)
-        client = create_ccxt(name, config, Credentials(KEY, SECRET), timeout_ms=3000)
-        self.exchange = ExchangeClient(name, client, fast_retry())
-        self.exchange.load_markets()
-        self.broker = ExchangeBroker(self.exchange)
-        self.rules = MarketRules.from_ccxt(self.exchange.market(SYMBOL))
-
-    def book(self) -> dict:
-        return self.exchange.client.fetch_order_book(SYMBOL, 20)
-
-    def quote(self) -> VenueQuote:
-        book = self.book()
-        return VenueQuote(self.name, SYMBOL, book["bids"][0][0], book["asks"][0][0])
-
-    def held(self) -> dict[str, float]:
-        return dict(self.sim.exchange.accounts.account(KEY).balances)
-
-    def plant(self, bps: float) -> None:
-        body = {"symbol": "BTCUSDC", "bps": bps, "seconds": 120.0}
-        assert httpx.post(f"{self.sim.url}/sim/plant", json=body).status_code == 200
-
-    def fault(self, kind: str, **extra: object) -> None:
-        body = {"symbol": "BTCUSDC", "kind": kind, **extra}
-        assert httpx.post(f"{self.sim.url}/sim/leg-fault", json=body).status_code == 200
-
-
 @pytest.fixture
 def venues(simulator: Callable[..., AbstractContextManager[Running]]) -> Iterator[list[Venue]]:
-    inventory = (("USDC", 10_000.0), ("BTC", 0.2))
-    options = {"shift_to_now": True, "api_keys": ((KEY, SECRET),), "initial_balances": inventory}
-    with (
-        simulator(exchange="binanceus", **options) as buy_side,
-        simulator(exchange="kraken", **options) as sell_side,
-    ):
-        yield [Venue("binanceus", buy_side), Venue("kraken", sell_side)]
+    with two_venues(simulator) as both:
+        yield both
 
 
 @pytest.fixture

@@ -48,10 +48,10 @@ def live_env(engine: Engine, sim: Running, key: str, secret: str) -> dict[str, s
     }
 
 
-def start_trader(env: dict[str, str], log: Path) -> subprocess.Popen:
-    """`python -m serving --live`, its output appended to `log`."""
+def start_trader(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
+    """`python -m serving --live [args]`, its output appended to `log`."""
     return subprocess.Popen(
-        [sys.executable, "-m", "serving", "--live", "--log-format", "text"],
+        [sys.executable, "-m", "serving", "--live", "--log-format", "text", *args],
         env=env,
         cwd=REPO,
         stdout=log.open("a"),
@@ -89,7 +89,9 @@ def started_count(log: Path) -> int:
     return log.read_text().count("health http://") if log.exists() else 0
 
 
-def kill_repeatedly(env: dict[str, str], log: Path, restarts: int, rng: random.Random) -> None:
+def kill_repeatedly(
+    env: dict[str, str], log: Path, restarts: int, rng: random.Random, *args: str
+) -> None:
     """Start the live trader `restarts` times and SIGKILL it each time: every other start
     once it serves health, a random part of its start-up time later (while it trades);
     the others at a random point of a start-up (most die before trading). Half the starts
@@ -97,7 +99,7 @@ def kill_repeatedly(env: dict[str, str], log: Path, restarts: int, rng: random.R
     startup = None
     for attempt in range(restarts):
         healthy, started = started_count(log), time.monotonic()
-        process = start_trader(env, log)
+        process = start_trader(env, log, *args)
         if attempt % 2 == 0 or startup is None:
             while started_count(log) == healthy:
                 assert process.poll() is None, log.read_text()[-3000:]

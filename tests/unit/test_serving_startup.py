@@ -1,11 +1,15 @@
 """`python -m serving` refuses a malformed flag, and a market flag with the arbitrage
-strategy, before anything is taken or started."""
+strategy, and a cross pair on a venue that is not configured, before anything is taken
+or started."""
 
 from __future__ import annotations
 
 import pytest
 
+from pipeline.errors import ConfigurationError
+from pipeline.settings import load_settings
 from serving.cli import main
+from serving.startup import build_cross
 
 MARKET = "binance:BTC/USDT:1h"
 
@@ -42,3 +46,13 @@ def test_a_market_flag_with_the_arbitrage_strategy_is_refused_naming_the_setting
         main(["--strategy", "arbitrage", "--market", MARKET])
     assert exited.value.code == 2
     assert "CRYPTOBOTS_ARBITRAGE__SYMBOLS" in capsys.readouterr().err
+
+
+def test_a_cross_pair_naming_an_unconfigured_venue_is_refused_naming_it_and_the_setting() -> None:
+    settings = load_settings(
+        arbitrage={"cross_markets": ["binance:BTC/USDT:1m", "bitstamp:BTC/USDT:1m"]}
+    )
+    with pytest.raises(ConfigurationError) as refused:
+        build_cross(settings, live=False, environ={})
+    assert "bitstamp:BTC/USDT: venue 'bitstamp' is not configured" in str(refused.value)
+    assert "CRYPTOBOTS_ARBITRAGE__CROSS_MARKETS" in str(refused.value)

@@ -1,0 +1,33 @@
+"""Cross-exchange trades: each arbitrage leg names the venue it was sent to.
+
+Revision ID: 0009
+Revises: 0008
+Create Date: 2026-12-07
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0009"
+down_revision: str | None = "0008"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("arb_legs") as batch:
+        batch.add_column(
+            sa.Column(
+                "venue",
+                sa.String(32),
+                nullable=True,
+                comment="exchange the leg went to; None: its opportunity's exchange",
+            )
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("arb_legs") as batch:
+        batch.drop_column("venue")
