@@ -16,7 +16,7 @@ one leg left exposed closed by the cheaper exit. Figures, each trade checked:
   same with the legs sent one after the other (the second after the first's answer), as
   the baseline, with the ratio.
 
-    python -m bench.cross_execution [--trades N] [--fault-rate F] [--seed S]
+    python -m bench.cross_execution [--trades N] [--trader-trades N] [--fault-rate F] [--seed S]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import sqlalchemy as sa
 
 from bench.common import Floors
 from pipeline.arbitrage.cross import CrossCosts, VenueQuote, opportunity
@@ -78,6 +79,9 @@ class Venue:
         answer = httpx.post(f"{self.sim.url}/sim/{path}", json={"symbol": "BTCUSDC", **body})
         answer.raise_for_status()
 
+    def clear(self, path: str) -> None:
+        httpx.delete(f"{self.sim.url}/sim/{path}").raise_for_status()
+
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = Parser(prog="python -m bench.cross_execution", description=__doc__)
@@ -85,6 +89,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline-trades", type=positive_int, default=50)
     parser.add_argument("--fault-rate", type=non_negative_float, default=0.1)
     parser.add_argument("--unwind-seconds", type=non_negative_float, default=10.0)
+    parser.add_argument(
+        "--trader-trades", type=int, default=200, help="through the cross trader (0: skip)"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--data-dir", type=Path, default=None)
     return parser.parse_args(argv)
@@ -115,7 +122,101 @@ def measure(args: argparse.Namespace, floors: Floors) -> dict[str, Any]:
         baseline = [
             one_trade(venues, dispatcher, rng, args, False) for _ in range(args.baseline_trades)
         ]
-    return report(trades, baseline, args, floors)
+        figures = report(trades, baseline, args, floors)
+        if args.trader_trades:
+            daemon = trader_trades(venues, rng, args, data_dir)
+            figures["trader"] = report_trader(daemon, args, floors)
+    return figures
+
+
+def trader_trades(
+    venues: list[Venue], rng: random.Random, args: Any, data_dir: Path
+) -> list[dict[str, Any]]:
+    """The same planted premiums and faults traded by the cross trader itself (what
+    `python -m serving --strategy cross --live` runs), one step each, its trades and
+    legs written to a scratch Postgres database before they are sent."""
+    from bench.common import scratch_database
+    from pipeline.settings import load_settings
+    from serving.cross.trader import CrossTrader
+
+    settings = load_settings(
+        data_dir=data_dir,
+        exchanges={v.name: {"ccxt_id": "binance", "url": v.sim.url} for v in venues},
+        markets=[f"{venues[0].name}:{SYMBOL}:1h"],
+        arbitrage={
+            "cross_markets": [f"{v.name}:{SYMBOL}:1m" for v in venues],
+            "taker_fee_bps": FEE * 10_000,
+            "max_cycle_notional": NOTIONAL,
+            "max_cycles_per_hour": 10**6,
+            "breaker_leg_failures": 10**6,
+            "daily_loss_limit": 10**9,
+            "unwind_seconds": args.unwind_seconds,
+        },
+    )
+    steps = []
+    with scratch_database("bench_cross") as engine:
+        trader = CrossTrader(
+            settings, engine, {v.name: v.exchange for v in venues},
+            {v.name: v.broker for v in venues},
+        )  # fmt: skip
+        trader.start()
+        for _ in range(args.trader_trades):
+            venues[1].control("plant", {"bps": rng.uniform(40, 80), "seconds": 60.0})
+            faulted = rng.random() < args.fault_rate
+            if faulted:
+                rng.choice(venues).control("leg-fault", dict(rng.choice(FAULTS)))
+            before = sum(v.usdc() for v in venues)
+            outcome = trader.step()
+            steps.append(
+                {"outcome": outcome, "faulted": faulted,
+                 "usdc_change": sum(v.usdc() for v in venues) - before}
+            )  # fmt: skip
+            for venue in venues:
+                venue.clear("plant")
+                venue.clear("leg-fault")
+        trader.dispatcher.close()
+        with engine.connect() as conn:
+            recorded = conn.execute(
+                sa.text(
+                    "SELECT status, realized_profit, latency_ms, exposure_seconds "
+                    "FROM arb_opportunities ORDER BY created_at, detected_ms"
+                )
+            ).all()
+    traded = [step for step in steps if step["outcome"] in ("done", "unwound", "unwinding")]
+    for step, row in zip(traded, recorded, strict=True):
+        step.update(row._mapping)
+    return traded
+
+
+def report_trader(trades: list[dict[str, Any]], args: Any, floors: Floors) -> dict[str, Any]:
+    """The cross trader's figures and the floors' verdicts."""
+    latency = np.array([t["latency_ms"] for t in trades])
+    left_open = sum(t["status"] not in ("done", "unwound") for t in trades)
+    worst = max(t["exposure_seconds"] or 0.0 for t in trades)
+    gap = max(abs((t["realized_profit"] or 0.0) - t["usdc_change"]) for t in trades)
+    figures = {
+        "trades": len(trades),
+        "faulted": sum(t["faulted"] for t in trades),
+        "unwound": sum(t["status"] == "unwound" for t in trades),
+        "left_open": left_open,
+        "worst_exposure_seconds": worst,
+        "profit_gap": gap,
+        "latency_p50_ms": float(np.percentile(latency, 50)),
+        "latency_p99_ms": float(np.percentile(latency, 99)),
+    }
+    in_time = floors.check("trader: in time", left_open == 0 and worst <= args.unwind_seconds)
+    print(f"cross trader (serving.cross.trader, trades and legs written to Postgres first): "
+          f"{len(trades)} trades, {figures['faulted']} with a one-sided fault, "
+          f"{figures['unwound']} unwound")  # fmt: skip
+    print(f"  exposure closed: {len(trades) - left_open}/{len(trades)}, slowest {worst:.2f} s "
+          f"(floor <= {args.unwind_seconds:g} s) {in_time}")  # fmt: skip
+    print(f"  recorded profit vs the venues' USDC: largest gap {gap:.6f} USDC (floor <= 0.01) "
+          f"{floors.check('trader: profit to the cent', gap <= 0.01)}")  # fmt: skip
+    fast = figures["latency_p99_ms"] <= FLOOR_DISPATCH_MS
+    print(f"  books seen to both legs handed over: p50 {figures['latency_p50_ms']:.2f} ms, "
+          f"p99 {figures['latency_p99_ms']:.2f} ms (floor <= {FLOOR_DISPATCH_MS:g}) "
+          f"{floors.check('trader: detection p99', fast)}")  # fmt: skip
+    return figures
 
 
 def one_trade(

@@ -341,6 +341,12 @@ arb_opportunities = sa.Table(
     sa.Column("latency_ms", Price, nullable=True, comment="books seen -> first leg handed over"),
     sa.Column("created_at", Timestamp, nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", Timestamp, nullable=False, server_default=sa.func.now()),
+    sa.Column(
+        "exposure_seconds",
+        Price,
+        nullable=True,
+        comment="cross trades: legs answered -> exposure closed",
+    ),
     sa.PrimaryKeyConstraint("id"),
     sa.Index("ix_arb_opportunities_account_status", "account", "status"),
     comment="every arbitrage cycle started: expected vs realized",

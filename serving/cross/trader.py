@@ -147,9 +147,9 @@ class CrossTrader(CrossBase):
             try:
                 if not self.reconciled and not self.reconcile():
                     return "reconciling"
-                books = self._books()
+                self.inventory.read(self.exchanges, self._now())  # before the books: not
+                books = self._books()  # in the time from books seen to legs sent
                 seen = time.perf_counter()
-                self.inventory.read(self.exchanges, self._now())
                 return self.on_books(books, seen, self._now())
             except LeaseLost as error:
                 self.role.lost(error)
@@ -203,7 +203,7 @@ class CrossTrader(CrossBase):
         )
         self.risk.started(now_ms)
         sent = list(self.dispatcher.send_both(legs, self._now()))
-        latency = min(s.handed_at for s in sent) - seen
+        latency = max(s.handed_at for s in sent) - seen  # books seen -> both legs handed
         self.metrics.detection.observe(latency)
         store.finish_opportunity(self.engine, trade, latency_ms=latency * 1000)
         log.info(
@@ -243,6 +243,10 @@ class CrossTrader(CrossBase):
         sell_quote = closing.legs[1].leg.symbol.split("/")[1]
         conversion = self.costs.configured_conversion(sell_quote, buy_quote)
         values = ledger.outcome(closing.legs, closing.exits, conversion)
+        handed = [s.handed_at for s in legs if s.handed_at > 0]  # 0: rebuilt on a restart
+        values["exposure_seconds"] = (
+            time.perf_counter() - min(handed) if handed else closing.seconds
+        )
         store.finish_opportunity(self.engine, trade, **values)
         failed = values["status"] != "done"
         if failed:

@@ -297,7 +297,9 @@ def test_celery_overhead_set_up_without_airflow_or_celery() -> None:
 def test_cross_execution_bench_closes_every_exposure_and_counts_profit_to_the_cent() -> None:
     from bench import cross_execution
 
-    args = cross_execution.parse(["--trades", "8", "--baseline-trades", "3", "--fault-rate", "0.5"])
+    args = cross_execution.parse(
+        ["--trades", "8", "--baseline-trades", "3", "--trader-trades", "6", "--fault-rate", "0.5"]
+    )
     floors = Floors()
     figures = cross_execution.measure(args, floors)
     assert figures["trades"] == 8
@@ -305,4 +307,9 @@ def test_cross_execution_bench_closes_every_exposure_and_counts_profit_to_the_ce
     assert figures["profit_gap"] <= 0.01
     assert positive(figures["dispatch_p99_ms"])
     assert positive(figures["baseline_p99_ms"])
-    assert set(floors.failed) <= {"dispatch p99"}
+    trader = figures["trader"]
+    assert trader["trades"] >= 1
+    assert trader["left_open"] == 0
+    assert trader["profit_gap"] <= 0.01
+    assert positive(trader["latency_p99_ms"])
+    assert set(floors.failed) <= {"dispatch p99", "trader: detection p99"}

@@ -1,4 +1,5 @@
-"""Cross-exchange trades: each arbitrage leg names the venue it was sent to.
+"""Cross-exchange trades: each arbitrage leg names the venue it was sent to, and each
+trade how long a one-sided fill left it exposed.
 
 Revision ID: 0009
 Revises: 0008
@@ -17,6 +18,15 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("arb_opportunities") as batch:
+        batch.add_column(
+            sa.Column(
+                "exposure_seconds",
+                sa.Float(precision=53).with_variant(sa.Double(), "postgresql"),
+                nullable=True,
+                comment="cross trades: legs answered -> exposure closed",
+            )
+        )
     with op.batch_alter_table("arb_legs") as batch:
         batch.add_column(
             sa.Column(
@@ -31,3 +41,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("arb_legs") as batch:
         batch.drop_column("venue")
+    with op.batch_alter_table("arb_opportunities") as batch:
+        batch.drop_column("exposure_seconds")
