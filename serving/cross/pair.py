@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pipeline.arbitrage.cross import CrossOpportunity
-from pipeline.errors import CryptobotsError, ExchangeRejected
+from pipeline.errors import CryptobotsError, ExchangeRejected, TemporaryExchangeError
 from serving.kernel.broker import Broker
 from serving.kernel.execution import Execution
 from serving.kernel.market_rules import MarketRules
@@ -162,11 +162,16 @@ class Dispatcher:
         return self._send(leg, now_ms)
 
     def _send(self, leg: Leg, now_ms: int) -> Sent:
+        """Hand a leg to its broker; a venue that neither answered nor could be asked
+        afterwards (down) leaves it pending, to be looked up again."""
         handed = time.perf_counter()
         broker = self.brokers[leg.venue]
-        execution = broker.execute(
-            leg.symbol, leg.side, leg.amount, leg.client_id, now_ms, leg.price, fresh=True
-        )
+        try:
+            execution = broker.execute(
+                leg.symbol, leg.side, leg.amount, leg.client_id, now_ms, leg.price, fresh=True
+            )
+        except TemporaryExchangeError as error:
+            execution = Execution("pending", 0.0, 0.0, error=str(error))
         return Sent(leg, execution, handed)
 
     def settle(self, sent: Sent, until: float) -> Sent:

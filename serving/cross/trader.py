@@ -31,7 +31,7 @@ from typing import Any
 
 from pipeline.arbitrage.cross import CrossCosts, CrossOpportunity, VenueQuote
 from pipeline.arbitrage.cross import cross_opportunities as priced
-from pipeline.errors import ConfigurationError, CryptobotsError
+from pipeline.errors import ConfigurationError, CryptobotsError, TemporaryExchangeError
 from pipeline.timeutil import DAY_MS
 from serving.arbitrage import store
 from serving.cross import ledger
@@ -115,6 +115,15 @@ class CrossTrader(CrossBase):
             self.reconciled = True
             return True
 
+    def _reconcile_now(self) -> bool:
+        """`reconcile`, a venue that cannot be asked yet (down) counting as not done."""
+        try:
+            return self.reconcile()
+        except TemporaryExchangeError as error:
+            self.last_error = str(error)
+            log.warning("reconciling waits for a venue: %s", error)
+            return False
+
     def _settle_pending(self, trade: str, leg: dict[str, Any]) -> bool:
         broker = self.brokers[leg["venue"]]
         found = broker.lookup(leg["symbol"], leg["client_order_id"])
@@ -145,7 +154,7 @@ class CrossTrader(CrossBase):
             if not self.role.hold(self._took_over):
                 return "standby"
             try:
-                if not self.reconciled and not self.reconcile():
+                if not self.reconciled and not self._reconcile_now():
                     return "reconciling"
                 self.inventory.read(self.exchanges, self._now())  # before the books: not
                 books = self._books()  # in the time from books seen to legs sent

@@ -163,3 +163,51 @@ def test_an_inventory_drifted_out_of_its_band_proposes_a_rebalance_with_its_cost
     assert proposal["withdrawal_fee"] == 0.0002
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM arb_legs")).scalar() == 0
+
+
+def test_a_venue_down_after_the_books_were_read_is_waited_for_then_the_trade_unwound(
+    fresh_pg, venues, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = fresh_pg()
+    buy, sell = venues
+    sell.plant(60.0)
+    trader = CrossTrader(
+        cross_settings(venues).model_copy(
+            update={"arbitrage": cross_settings(venues).arbitrage.model_copy(
+                update={"unwind_seconds": 2.0}
+            )}
+        ),
+        engine,
+        {v.name: v.exchange for v in venues},
+        {v.name: v.broker for v in venues},
+    )  # fmt: skip
+    seen_books = trader.on_books
+
+    def kraken_goes_down(*args: object) -> str:
+        faults = sell.sim.exchange.faults
+        faults.kinds, faults.rate = ("503",), 1.0
+        return seen_books(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trader, "on_books", kraken_goes_down)
+    assert trader.step() == "unwinding", "the sell's fate is unknown: nothing is decided"
+    [trade] = trades(engine)
+    legs = store.legs_of(engine, trade["id"])
+    assert [(leg["venue"], leg["status"]) for leg in legs] == [
+        ("binanceus", "filled"),
+        ("kraken", "pending"),
+    ]
+    assert not trader.status()["ready"]
+    assert trader.step() == "reconciling", "kraken still down: still nothing sent"
+    assert len(buy.sent()) == 1
+    sell.sim.exchange.faults.rate = 0.0
+    with engine.begin() as conn:  # the sell was written long enough ago to be final
+        conn.execute(sa.text("UPDATE arb_legs SET created_at = now() - interval '1 minute'"))
+    monkeypatch.undo()
+    sell.clear_plants()
+    assert trader.step() == "idle", "reconciled first; the spread is gone"
+    [trade] = trades(engine)
+    assert trade["status"] == "unwound"
+    legs = store.legs_of(engine, trade["id"])
+    assert legs[1]["status"] == "expired"
+    assert [leg["kind"] for leg in legs[2:]] == ["unwind"]
+    assert sum(v.held()["BTC"] for v in venues) == pytest.approx(0.4, abs=1e-4)

@@ -62,6 +62,9 @@ class Venue:
         body = {"symbol": "BTCUSDC", "bps": bps, "seconds": seconds}
         assert httpx.post(f"{self.sim.url}/sim/plant", json=body).status_code == 200
 
+    def clear_plants(self) -> None:
+        assert httpx.delete(f"{self.sim.url}/sim/plant").status_code == 200
+
     def fault(self, kind: str, **extra: object) -> None:
         body = {"symbol": "BTCUSDC", "kind": kind, **extra}
         assert httpx.post(f"{self.sim.url}/sim/leg-fault", json=body).status_code == 200
