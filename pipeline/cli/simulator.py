@@ -1,4 +1,5 @@
-"""`simulator`: run the exchange simulator (Binance spot API) on recorded candles."""
+"""`simulator`: run the exchange simulator (Binance's or Kraken's spot API) on recorded
+candles."""
 
 from __future__ import annotations
 
@@ -13,9 +14,17 @@ from pipeline.settings import Settings
 
 def add_simulator(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`simulator`: its flags are the SimulatorConfig fields."""
-    sim = commands.add_parser("simulator", help="run the exchange simulator (Binance spot API)")
+    sim = commands.add_parser(
+        "simulator", help="run the exchange simulator (Binance's or Kraken's spot API)"
+    )
     sim.add_argument("--data", type=Path, help="recorded candles (default CRYPTOBOTS_DATA_DIR)")
     sim.add_argument("--exchange", default="binance", help="which files to serve, by prefix")
+    sim.add_argument(
+        "--dialect",
+        choices=("binance", "kraken"),
+        default="binance",
+        help="whose REST API it speaks (kraken: ccxt.kraken with its base URL changed)",
+    )
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=arg.port, default=8900)
     sim.add_argument("--seed", type=arg.non_negative_int, default=0, help="seed of the fault draws")
@@ -91,6 +100,7 @@ def _simulator(settings: Settings, args: argparse.Namespace) -> int:
         config = SimulatorConfig(
             data_dir=Path(data),
             exchange=args.exchange,
+            dialect=args.dialect,
             seed=args.seed,
             shift_to_now=args.shift_to_now,
             history_end_ms=args.history_end,
@@ -105,7 +115,10 @@ def _simulator(settings: Settings, args: argparse.Namespace) -> int:
             plants=tuple(Plant(*spec) for spec in args.plant),
             initial_balances=tuple(args.balance) or (("USDT", 10_000.0),),
         )
-        print(f"exchange simulator ({args.exchange}, {data}) on http://{args.host}:{args.port}")
+        print(
+            f"exchange simulator ({args.exchange}, {args.dialect}'s API, {data}) on "
+            f"http://{args.host}:{args.port}"
+        )
         serve(config, args.host, args.port)
     except (FileNotFoundError, ValueError) as error:
         raise ConfigurationError(f"simulator: {error}") from None

@@ -1,5 +1,6 @@
 """The simulator's HTTP server: Binance's spot and cross-margin endpoints over recorded
-candles.
+candles, or (`dialect="kraken"`) Kraken's spot endpoints over the same markets, clock,
+accounts and matching engine.
 
 Every response carries `X-MBX-USED-WEIGHT-1M`; past the weight budget requests
 get 429 with Retry-After, and a client that keeps going gets 418. Faults are
@@ -11,7 +12,8 @@ books, `/sim/leg-fault` makes the next orders on a market fail in a chosen way.
 
 The endpoints live beside this module, one class per group: `routes_public` (market
 data), `routes_private` (signed account and orders), `routes_margin` (the cross-margin
-account, loans and orders), `routes_control` (`/sim/`).
+account, loans and orders), `routes_control` (`/sim/`); Kraken's in `routes_kraken_public`
+and `routes_kraken_private`, its names in `kraken_names`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from pipeline.exchanges.simulator.accounts import Accounts
-from pipeline.exchanges.simulator.errors import BinanceError
+from pipeline.exchanges.simulator.errors import BinanceError, KrakenError
 from pipeline.exchanges.simulator.faults import (
     FAULT_KINDS,
     FaultPlan,
@@ -43,12 +45,16 @@ from pipeline.exchanges.simulator.market import Clock, MarketFeed, Plant, Pricin
 from pipeline.exchanges.simulator.recordings import Recording, find_recordings
 from pipeline.exchanges.simulator.records import MarginTerms
 from pipeline.exchanges.simulator.routes_control import ControlRoutes
+from pipeline.exchanges.simulator.routes_kraken_private import KrakenPrivateRoutes
+from pipeline.exchanges.simulator.routes_kraken_public import KrakenPublicRoutes
 from pipeline.exchanges.simulator.routes_margin import MarginRoutes
 from pipeline.exchanges.simulator.routes_private import SignedRoutes
 from pipeline.exchanges.simulator.routes_public import PublicRoutes
 from pipeline.settings import timeframe_ms
 
 DEFAULT_MARGIN = MarginTerms()
+DIALECTS = ("binance", "kraken")
+API_PREFIXES = ("/api/", "/sapi/", "/0/")  # Binance's spot and margin APIs, Kraken's
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,13 @@ class SimulatorConfig:
     # klines stay as recorded
     consistent_books: bool = False
     plants: tuple[Plant, ...] = ()  # mispricings live from the start, for real seconds
+    dialect: str = "binance"  # whose REST API it speaks: binance or kraken
+
+    def __post_init__(self) -> None:
+        if self.dialect not in DIALECTS:
+            raise ValueError(
+                f"simulator dialect {self.dialect!r} is unknown: use one of {', '.join(DIALECTS)}"
+            )
 
 
 @dataclass
@@ -170,9 +183,17 @@ def create_app(config: SimulatorConfig) -> FastAPI:
     async def _binance_error(_request: Request, error: BinanceError) -> JSONResponse:
         return JSONResponse({"code": error.code, "msg": error.msg}, status_code=error.status)
 
-    PublicRoutes(exchange).register(app)
-    SignedRoutes(exchange).register(app)
-    MarginRoutes(exchange).register(app)
+    @app.exception_handler(KrakenError)
+    async def _kraken_error(_request: Request, error: KrakenError) -> JSONResponse:
+        return JSONResponse({"error": [error.text]}, status_code=200)
+
+    if config.dialect == "kraken":
+        KrakenPublicRoutes(exchange).register(app)
+        KrakenPrivateRoutes(exchange).register(app)
+    else:
+        PublicRoutes(exchange).register(app)
+        SignedRoutes(exchange).register(app)
+        MarginRoutes(exchange).register(app)
     ControlRoutes(exchange).register(app)
     return FaultsAndLimits(app, exchange)  # type: ignore[return-value]
 
@@ -193,7 +214,7 @@ class FaultsAndLimits:
         kind = self.exchange.faults.draw(path)
         if await self._fault(kind, scope, send):
             return
-        if not path.startswith(("/api/", "/sapi/")):
+        if not path.startswith(API_PREFIXES):
             await self.app(scope, receive, send)
             return
         await self._charged(path, kind == "malformed", scope, receive, send)

@@ -9,3 +9,11 @@ class BinanceError(Exception):
     def __init__(self, status: int, code: int, msg: str) -> None:
         super().__init__(msg)
         self.status, self.code, self.msg = status, code, msg
+
+
+class KrakenError(Exception):
+    """An error answered the way Kraken does: HTTP 200 and {"error": ["EClass:Message"]}."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text

@@ -38,6 +38,9 @@ WEIGHTS = {
 }
 
 
+CANDLE_PATHS = ("/api/v3/klines", "/0/public/OHLC")  # where truncated and repeat answers go
+
+
 def request_weight(path: str, query: dict[str, str]) -> int:
     """The weight Binance charges for a request (unknown paths cost 1)."""
     if path == "/api/v3/depth":
@@ -120,12 +123,12 @@ class FaultPlan:
 
     def draw(self, path: str) -> str | None:
         """The fault for the next request to `path`, or None."""
-        if self.rate == 0.0 or not path.startswith(("/api/", "/sapi/")):
+        if self.rate == 0.0 or not path.startswith(("/api/", "/sapi/", "/0/")):
             return None
         roll, pick = self._rng.random(), self._rng.random()
         if roll >= self.rate:
             return None
-        allowed = [k for k in self.kinds if k in GENERIC_FAULTS or path == "/api/v3/klines"]
+        allowed = [k for k in self.kinds if k in GENERIC_FAULTS or path in CANDLE_PATHS]
         if not allowed:
             return None
         kind = allowed[int(pick * len(allowed))]

@@ -81,7 +81,7 @@ class PublicRoutes:
 
     async def ticker_24hr(self, symbol: str | None = None) -> Any:
         symbols = [symbol] if symbol else sorted(self.exchange.markets())
-        tickers = [_ticker_24hr(self.exchange, s) for s in symbols]
+        tickers = [ticker_24hr(self.exchange, s) for s in symbols]
         return tickers[0] if symbol else tickers
 
 
@@ -167,7 +167,7 @@ def _book_ticker(exchange: Exchange, symbol: str) -> dict:
     }
 
 
-def _ticker_24hr(exchange: Exchange, symbol: str) -> dict:
+def ticker_24hr(exchange: Exchange, symbol: str) -> dict:
     feed = exchange.market(symbol)
     now = exchange.clock.now_ms()
     rows = feed.candles(now - DAY_MS, now, MAX_KLINES * 2, now)
