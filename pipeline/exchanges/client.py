@@ -26,7 +26,12 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from pipeline.errors import ConfigurationError, ExchangeRejected, TemporaryExchangeError
+from pipeline.errors import (
+    ConfigurationError,
+    ExchangeRejected,
+    OrderNotFound,
+    TemporaryExchangeError,
+)
 from pipeline.exchanges.factory import CAPABILITIES, Capability, Credentials, create_ccxt
 from pipeline.exchanges.pacing import WeightPacer
 from pipeline.exchanges.translation import ExchangeUnreachable, translated
@@ -198,6 +203,37 @@ class ExchangeClient:
     def by_client_id(self, client_id: str) -> dict[str, str]:
         """ccxt params that name an existing order by our client order id."""
         return {self.capability.client_id_param: client_id}
+
+    def new_order_params(self, client_id: str) -> dict[str, str]:
+        """ccxt params that give a new order our client order id."""
+        return {self.capability.new_client_id_param: client_id}
+
+    def find_order(
+        self, symbol: str, client_id: str, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """The order with our client id, as ccxt parses it; None when the exchange has
+        none. One lookup where ccxt can fetch by client id, else the open orders, then
+        the closed ones, filtered by it (Kraken)."""
+        params = self.by_client_id(client_id) | (extra or {})
+        if not self.capability.lookup_by_listing:
+            try:
+                return self.call(
+                    f"{symbol} order {client_id}",
+                    lambda: self.client.fetch_order(None, symbol, params),
+                    kind="order_status",
+                )
+            except OrderNotFound:
+                return None
+        for listing in (self.client.fetch_open_orders, self.client.fetch_closed_orders):
+            orders = self.call(
+                f"{symbol} orders {client_id}",
+                lambda listing=listing: listing(symbol, None, None, params),
+                kind="order_status",
+            )
+            found = [o for o in orders if o.get("clientOrderId") == client_id]
+            if found:
+                return found[-1]
+        return None
 
     def set_budget(self, weight_per_minute: int | None) -> None:
         """Keep within `weight_per_minute` (None: leave pacing to ccxt's throttle alone)."""

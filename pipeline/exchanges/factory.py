@@ -23,6 +23,9 @@ class Capability:
     weight_header: str | None = None  # response header with the weight used this minute
     rate_limit_type: str | None = None  # exchangeInfo rateLimits entry that budgets weight
     client_id_param: str = "clientOrderId"  # names an existing order by our client id
+    new_client_id_param: str = "clientOrderId"  # gives a new order our client id
+    lookup_by_listing: bool = False  # ccxt cannot fetch one order by client id: list them
+    ohlcv_window: int | None = None  # candles the OHLCV endpoint reaches back, at most
 
 
 CAPABILITIES: dict[str, Capability] = {
@@ -30,7 +33,12 @@ CAPABILITIES: dict[str, Capability] = {
         weight_header="x-mbx-used-weight-1m",
         rate_limit_type="REQUEST_WEIGHT",
         client_id_param="origClientOrderId",
+        new_client_id_param="newClientOrderId",
     ),
+    # Kraken: a client id (cl_ord_id) is a UUID, 32 hex digits or up to 18 characters;
+    # ccxt.kraken's fetch_order cannot take one (it sends it as userref), its open and
+    # closed order listings can; OHLC answers the 720 most recent candles only
+    "kraken": Capability(lookup_by_listing=True, ohlcv_window=720),
 }
 SPOT_OPTIONS = {
     "binance": {
@@ -104,6 +112,8 @@ def create_ccxt(
         "timeout": timeout_ms,
         "options": dict(SPOT_OPTIONS.get(ccxt_id, {"defaultType": "spot"})),
     }
+    if config.rate_limit_ms is not None:
+        options["rateLimit"] = config.rate_limit_ms
     if credentials is not None:
         options |= {"apiKey": credentials.api_key, "secret": credentials.secret}
     client = getattr(ccxt, ccxt_id)(options)

@@ -95,6 +95,12 @@ class ExchangeConfig(BaseModel):
         default=None,
         description="API base URL replacing ccxt's (the simulator, a testnet); None = the real one",
     )
+    rate_limit_ms: float | None = Field(
+        default=None,
+        gt=0,
+        description="ccxt's pause between requests of cost 1, in ms (None: ccxt's own for the "
+        "exchange, e.g. 1000 for Kraken; lower only for a simulator or a higher tier)",
+    )
     credentials: str | None = Field(
         default=None,
         description="where the API keys are: env:<PREFIX> (reads <PREFIX>_API_KEY and "

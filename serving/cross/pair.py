@@ -23,7 +23,7 @@ from serving.kernel.broker import Broker
 from serving.kernel.execution import Execution
 from serving.kernel.market_rules import MarketRules
 
-CLIENT_ID_PREFIX = "xc"
+CLIENT_ID_PREFIX = "cc"  # hex like the rest: Kraken takes 32 hex digits as a client id
 FINAL = ("filled", "expired", "rejected", "canceled")  # an order's states that never change
 
 

@@ -188,7 +188,7 @@ class ExchangeBroker:
         refused = self.before_send(symbol, side, amount)
         if refused is not None:
             return refused
-        params: dict[str, Any] = self.order_params(side) | {"newClientOrderId": client_id}
+        params: dict[str, Any] = self.order_params(side) | self.exchange.new_order_params(client_id)
         if price is not None:
             params["timeInForce"] = "IOC"
         try:
@@ -225,16 +225,10 @@ class ExchangeBroker:
     def lookup(self, symbol: str, client_id: str) -> Execution | None:
         """The exchange's state of an order by client id; None when it has no such order."""
         market = self.exchange.market(symbol)
-        params = self.exchange.by_client_id(client_id) | self.lookup_params()
-        try:
-            order = self.exchange.call(
-                f"{symbol} order {client_id}",
-                lambda: self.exchange.client.fetch_order(None, symbol, params),
-                kind="order_status",
-            )
-        except OrderNotFound:
+        order = self.exchange.find_order(symbol, client_id, self.lookup_params())
+        if order is None:
             return None
-        if order.get("filled") and not order.get("trades") and not order.get("fee"):
+        if order.get("filled") and not _priced(order) and not order.get("fee"):
             trades = self.exchange.call(
                 f"{symbol} trades of order {client_id}",
                 lambda: self.exchange.client.fetch_my_trades(symbol, params=self.lookup_params()),
@@ -272,7 +266,7 @@ def parse_order(order: dict[str, Any], market: dict[str, Any]) -> Execution:
             float((trade.get("fee") or {}).get("cost") or 0.0),
             (trade.get("fee") or {}).get("currency"),
         )
-        for index, trade in enumerate(order.get("trades") or [])
+        for index, trade in enumerate(_priced(order))
     )
     return Execution(
         status=status,
@@ -283,3 +277,9 @@ def parse_order(order: dict[str, Any], market: dict[str, Any]) -> Execution:
         exchange_order_id=str(order.get("id")) if order.get("id") else None,
         fills=fills,
     )
+
+
+def _priced(order: dict[str, Any]) -> list[dict[str, Any]]:
+    """The order's trades that carry their price and amount (Kraken's order answers
+    list only the trades' ids)."""
+    return [t for t in order.get("trades") or [] if t.get("price") is not None and t.get("amount")]

@@ -24,7 +24,9 @@ from tests.support.trading import rows
 
 def cross_settings(venues: list[Venue]) -> Settings:
     return load_settings(
-        exchanges={v.name: {"ccxt_id": "binance", "url": v.sim.url} for v in venues},
+        exchanges={
+            v.name: {"ccxt_id": v.dialect, "url": v.sim.url, "rate_limit_ms": 10} for v in venues
+        },
         markets=[f"{venues[0].name}:{SYMBOL}:1h"],
         arbitrage={
             "cross_markets": [f"{v.name}:{SYMBOL}:1m" for v in venues],
@@ -211,3 +213,23 @@ def test_a_venue_down_after_the_books_were_read_is_waited_for_then_the_trade_unw
     assert legs[1]["status"] == "expired"
     assert [leg["kind"] for leg in legs[2:]] == ["unwind"]
     assert sum(v.held()["BTC"] for v in venues) == pytest.approx(0.4, abs=1e-4)
+
+
+def test_a_spread_between_binances_and_krakens_own_apis_is_traded_on_both(
+    fresh_pg, simulator
+) -> None:
+    engine = fresh_pg()
+    with two_venues(simulator, dialects=("binance", "kraken")) as venues:
+        venues[1].plant(60.0)  # kraken, speaking Kraken's API, bids 60 bps above binanceus
+        trader = make_trader(engine, venues)
+        before = usdc_total(venues)
+        assert trader.step() == "done"
+        [trade] = trades(engine)
+        legs = store.legs_of(engine, trade["id"])
+        assert [(leg["venue"], leg["status"]) for leg in legs] == [
+            ("binanceus", "filled"),
+            ("kraken", "filled"),
+        ]
+        assert venues[1].sent() == [legs[1]["client_order_id"]], "Kraken's cl_ord_id is ours"
+        assert trade["realized_profit"] == pytest.approx(usdc_total(venues) - before, abs=0.01)
+        assert trader.status()["inventory"]["kraken"]["BTC"] < 0.2

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.exchanges.simulator.app import Running
-from tests.support.cross_venues import INVENTORY, cross_env, two_venues
+from tests.support.cross_venues import INVENTORY, SECRET, cross_env, two_venues
 from tests.support.live_trader import kill_repeatedly, start_trader, started_count
 from tests.support.trading import rows
 
@@ -78,7 +78,7 @@ def test_sigkill_at_random_points_never_doubles_a_leg_and_books_match_both_venue
         held = {v.name: v.held() for v in venues}
 
     assert started_count(log) >= RESTARTS // 2
-    assert "cross-secret" not in log.read_text(), "the API secret reached the logs"
+    assert SECRET not in log.read_text(), "the API secret reached the logs"
     for name, ids in sent.items():
         assert len(ids) == len(set(ids)), f"a client order id reached {name} twice"
     legs = {r[0]: r[1] for r in rows(engine, "SELECT client_order_id, status FROM arb_legs")}

@@ -1,8 +1,10 @@
-"""Two simulated venues quoting BTC/USDC (binanceus and kraken, both speaking Binance's
-API), each with its ccxt client and live broker, for the cross-exchange tests."""
+"""Two simulated venues quoting BTC/USDC (binanceus and kraken, speaking Binance's API, or
+kraken speaking Kraken's own), each with its ccxt client and live broker, for the
+cross-exchange tests."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -21,7 +23,8 @@ from serving.kernel.broker import ExchangeBroker
 from serving.kernel.market_rules import MarketRules
 from tests.support.exchange import fast_retry
 
-KEY, SECRET = "cross-key", "cross-secret"
+KEY = "cross-key"
+SECRET = base64.b64encode(b"cross-secret".ljust(64, b".")).decode()  # Kraken wants base64
 SYMBOL = "BTC/USDC"
 INVENTORY = (("USDC", 10_000.0), ("BTC", 0.2))
 NAMES = ("binanceus", "kraken")
@@ -30,9 +33,9 @@ NAMES = ("binanceus", "kraken")
 class Venue:
     """One simulated venue: its simulator, its ccxt client and its broker."""
 
-    def __init__(self, name: str, sim: Running) -> None:
-        self.name, self.sim = name, sim
-        config = ExchangeConfig(ccxt_id="binance", url=sim.url)
+    def __init__(self, name: str, sim: Running, dialect: str = "binance") -> None:
+        self.name, self.sim, self.dialect = name, sim, dialect
+        config = ExchangeConfig(ccxt_id=dialect, url=sim.url, rate_limit_ms=10)
         client = create_ccxt(name, config, Credentials(KEY, SECRET), timeout_ms=3000)
         self.exchange = ExchangeClient(name, client, fast_retry())
         self.exchange.load_markets()
@@ -74,20 +77,24 @@ class Venue:
 def two_venues(
     simulator: Callable[..., AbstractContextManager[Running]],
     inventory: dict[str, tuple[tuple[str, float], ...]] | None = None,
+    dialects: tuple[str, str] = ("binance", "binance"),
     **options: object,
 ) -> Iterator[list[Venue]]:
-    """binanceus and kraken simulators with `inventory` per venue (default INVENTORY)."""
+    """binanceus and kraken simulators with `inventory` per venue (default INVENTORY),
+    speaking `dialects`."""
     held = inventory or {}
     common = {"shift_to_now": True, "api_keys": ((KEY, SECRET),), **options}
     with (
         simulator(
-            exchange=NAMES[0], initial_balances=held.get(NAMES[0], INVENTORY), **common
+            exchange=NAMES[0], dialect=dialects[0],
+            initial_balances=held.get(NAMES[0], INVENTORY), **common,
         ) as first,
         simulator(
-            exchange=NAMES[1], initial_balances=held.get(NAMES[1], INVENTORY), **common
+            exchange=NAMES[1], dialect=dialects[1],
+            initial_balances=held.get(NAMES[1], INVENTORY), **common,
         ) as second,
-    ):
-        yield [Venue(NAMES[0], first), Venue(NAMES[1], second)]
+    ):  # fmt: skip
+        yield [Venue(NAMES[0], first, dialects[0]), Venue(NAMES[1], second, dialects[1])]
 
 
 def cross_env(engine: Engine, venues: list[Venue]) -> dict[str, str]:
@@ -109,7 +116,8 @@ def cross_env(engine: Engine, venues: list[Venue]) -> dict[str, str]:
         prefix = f"CRYPTOBOTS_EXCHANGES__{venue.name.upper()}__"
         env |= {
             f"{prefix}URL": venue.sim.url,
-            f"{prefix}CCXT_ID": "binance",
+            f"{prefix}CCXT_ID": venue.dialect,
+            f"{prefix}RATE_LIMIT_MS": "10",
             f"{prefix}CREDENTIALS": "env:SIMKEYS",
         }
     return env

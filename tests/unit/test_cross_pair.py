@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from serving.cross.exposure import exit_amount, exits_for
@@ -40,8 +42,9 @@ def test_base_missing_buys_where_the_ask_is_lower_and_covers_the_fee() -> None:
     assert exit_amount(-0.5, "buy", FEE) == pytest.approx(0.5 / 0.999)
 
 
-def test_leg_ids_are_deterministic_distinct_and_fit_binance() -> None:
+def test_leg_ids_are_deterministic_distinct_and_fit_binance_and_kraken() -> None:
     ids = {leg_client_id("trade-1", seq) for seq in (0, 1, 10, 11)}
     assert len(ids) == 4
     assert leg_client_id("trade-1", 0) == leg_client_id("trade-1", 0)
-    assert all(len(i) <= 36 and i.startswith("xc") for i in ids)
+    assert all(len(i) <= 36 and i.startswith("cc") for i in ids), "Binance: at most 36"
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids), "Kraken: 32 hex digits"
