@@ -22,12 +22,11 @@ from serving.arbitrage.risk import CycleGate
 from serving.kernel.broker import Broker
 from serving.kernel.execution import Execution
 from serving.kernel.lease import Lease, LeaseLost, Role
+from serving.kernel.leg_trader import LegTraderParts
 from serving.kernel.market_rules import MarketRules
-from serving.kernel.risk_events import record_transitions
-from serving.kernel.risk_state import RISK_CODES
 
 
-class ArbitrageBase:
+class ArbitrageBase(LegTraderParts):
     """The arbitrage trader's fields and shared plumbing (see `ArbitrageTrader`)."""
 
     # loaded by `start` from the exchange's markets
@@ -124,12 +123,3 @@ class ArbitrageBase:
             raise
         self.last_error = None
         return books
-
-    def _drain_risk(self) -> None:
-        transitions = self.risk.drain_transitions()
-        self.metrics.risk_state.set(RISK_CODES[str(self.risk.state)])
-        if transitions:
-            record_transitions(self.engine, self.account, transitions)
-
-    def _now(self) -> int:
-        return int(self.clock() * 1000)

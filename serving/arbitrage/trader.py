@@ -185,27 +185,11 @@ class ArbitrageTrader(Cycles):
             log=log,
         )
 
-    def _db_up(self, up: bool) -> None:
-        self.metrics.db_up.set(int(up))
-        if not up:
-            self.reconciled = False
-
     # -- what serving.kernel.http asks ------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         """What /readyz and the logs report."""
-        reasons = []
-        if not self.started:
-            reasons.append("not started")
-        if standby := self.role.reason():
-            reasons.append(standby)
-        if not self.reconciled:
-            reasons.append("reconciling: an earlier cycle is still open")
-        age = None if self.last_books_ms is None else (self._now() - self.last_books_ms) / 1000
-        if age is None or age > max(30.0, 10 * self.config.poll_seconds):
-            reasons.append("no fresh order books")
-        if self.last_error:
-            reasons.append(f"exchange: {self.last_error}")
+        reasons, age = self._unready(self.config.poll_seconds, "cycle")
         return {
             "ready": not reasons,
             "reasons": reasons,

@@ -23,12 +23,11 @@ from serving.cross.metrics import CrossMetrics
 from serving.cross.pair import Dispatcher, Leg
 from serving.kernel.broker import Broker
 from serving.kernel.lease import Lease, Role
+from serving.kernel.leg_trader import LegTraderParts
 from serving.kernel.market_rules import MarketRules
-from serving.kernel.risk_events import record_transitions
-from serving.kernel.risk_state import RISK_CODES
 
 
-class CrossBase:
+class CrossBase(LegTraderParts):
     """The cross trader's fields, plumbing and status (see `CrossTrader`)."""
 
     costs: CrossCosts  # loaded by `start`
@@ -109,36 +108,11 @@ class CrossBase:
     def _fence(self) -> store.Fence | None:
         return None if self.lease is None else (self.lease.account, *self.lease.fence())
 
-    def _drain_risk(self) -> None:
-        transitions = self.risk.drain_transitions()
-        self.metrics.risk_state.set(RISK_CODES[str(self.risk.state)])
-        if transitions:
-            record_transitions(self.engine, self.account, transitions)
-
-    def _now(self) -> int:
-        return int(self.clock() * 1000)
-
-    def _db_up(self, up: bool) -> None:
-        self.metrics.db_up.set(int(up))
-        if not up:
-            self.reconciled = False
-
     # -- what serving.kernel.http asks ------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         """What /readyz and the logs report."""
-        reasons = []
-        if not self.started:
-            reasons.append("not started")
-        if standby := self.role.reason():
-            reasons.append(standby)
-        if not self.reconciled:
-            reasons.append("reconciling: an earlier trade is still open")
-        age = None if self.last_books_ms is None else (self._now() - self.last_books_ms) / 1000
-        if age is None or age > max(30.0, 10 * self.config.poll_seconds):
-            reasons.append("no fresh order books")
-        if self.last_error:
-            reasons.append(f"exchange: {self.last_error}")
+        reasons, age = self._unready(self.config.poll_seconds, "trade")
         return {
             "ready": not reasons,
             "reasons": reasons,
