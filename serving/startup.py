@@ -145,8 +145,6 @@ def build_arbitrage(
 ) -> Any:
     """The arbitrage trader for `settings.arbitrage`: one exchange, its broker, its gate
     (Stopped when `stop` is set while the exchange is awaited)."""
-    from pipeline.db.engine import create_engine
-    from pipeline.db.migrate import upgrade
     from serving.arbitrage.trader import ArbitrageTrader
     from serving.kernel.broker import ExchangeBroker, PaperBroker
 
@@ -164,17 +162,11 @@ def build_arbitrage(
         if live
         else PaperBroker(exchange, settings.arbitrage.taker_fee_bps or settings.serving.fee_bps)
     )
-    engine = create_engine(settings.db_url)
-    upgrade(engine)
     markets = [f"arbitrage:{name}:{symbol}" for symbol in settings.arbitrage.symbols]
-    account = "live" if live else "paper"
-    lease = Lease(engine, account, markets, LEASE_SHARE * settings.serving.failover_seconds)
-    trader = ArbitrageTrader(settings, engine, exchange, broker, lease=lease)
-    try:
-        trader.start()
-    except TemporaryExchangeError as error:
-        log.warning("exchange not reachable yet, starting on the first step: %s", error)
-    return trader
+    return _leased_start(
+        settings, live, markets,
+        lambda engine, lease: ArbitrageTrader(settings, engine, exchange, broker, lease=lease),
+    )  # fmt: skip
 
 
 def build_cross(
@@ -188,8 +180,6 @@ def build_cross(
     per venue, the gate, the lease of `cross:<venue>:<symbol>` (Stopped when `stop` is
     set while a venue is awaited). A venue that is not configured is refused, naming
     the market and the setting, before anything is opened."""
-    from pipeline.db.engine import create_engine
-    from pipeline.db.migrate import upgrade
     from serving.cross.trader import CrossTrader
     from serving.kernel.broker import ExchangeBroker, PaperBroker
 
@@ -212,16 +202,30 @@ def build_cross(
         brokers[name] = (
             ExchangeBroker(exchanges[name]) if live else PaperBroker(exchanges[name], fee_bps)
         )
+    keys = [f"cross:{m.exchange}:{m.symbol}" for m in markets]
+    return _leased_start(
+        settings, live, keys,
+        lambda engine, lease: CrossTrader(settings, engine, exchanges, brokers, lease=lease),
+    )  # fmt: skip
+
+
+def _leased_start(
+    settings: Settings, live: bool, markets: list[str], make: Callable[[Any, Lease], Any]
+) -> Any:
+    """A leg trader made by `make` over the migrated database and its markets' lease,
+    started (an exchange that does not answer yet: it starts on the first step)."""
+    from pipeline.db.engine import create_engine
+    from pipeline.db.migrate import upgrade
+
     engine = create_engine(settings.db_url)
     upgrade(engine)
-    keys = [f"cross:{m.exchange}:{m.symbol}" for m in markets]
     account = "live" if live else "paper"
-    lease = Lease(engine, account, keys, LEASE_SHARE * settings.serving.failover_seconds)
-    trader = CrossTrader(settings, engine, exchanges, brokers, lease=lease)
+    lease = Lease(engine, account, markets, LEASE_SHARE * settings.serving.failover_seconds)
+    trader = make(engine, lease)
     try:
         trader.start()
     except TemporaryExchangeError as error:
-        log.warning("a venue is not reachable yet, starting on the first step: %s", error)
+        log.warning("an exchange is not reachable yet, starting on the first step: %s", error)
     return trader
 
 

@@ -205,18 +205,6 @@ class ArbitrageTrader(Cycles):
             "lease": self.role.describe(),
         }
 
-    def pause(self) -> None:
-        """Operator pause: no new cycle starts (open ones are still closed)."""
-        with self.lock:
-            self.risk.pause(self._now())
-            self._drain_risk()
-
-    def resume(self) -> None:
-        """Operator resume."""
-        with self.lock:
-            self.risk.resume(self._now())
-            self._drain_risk()
-
     def flatten(self) -> None:
         """Close every open exposure now (cycles are closed as they go; this re-checks)."""
         with self.lock:

@@ -129,18 +129,6 @@ class CrossBase(LegTraderParts):
             "lease": self.role.describe(),
         }
 
-    def pause(self) -> None:
-        """Operator pause: no new trade starts (open exposure is still closed)."""
-        with self.lock:
-            self.risk.pause(self._now())
-            self._drain_risk()
-
-    def resume(self) -> None:
-        """Operator resume."""
-        with self.lock:
-            self.risk.resume(self._now())
-            self._drain_risk()
-
     def _write_exit(self, leg: Leg) -> None:
         """An exit, written (pending) before it is sent, under the lease."""
         assert self.trading is not None, "an exit outside a trade"

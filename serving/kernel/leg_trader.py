@@ -27,6 +27,19 @@ class LegTraderParts:
     reconciled: bool
     last_books_ms: int | None
     last_error: str | None
+    lock: Any  # held while a step or an operator's call runs
+
+    def pause(self) -> None:
+        """Operator pause: nothing new starts (what is open is still closed)."""
+        with self.lock:
+            self.risk.pause(self._now())
+            self._drain_risk()
+
+    def resume(self) -> None:
+        """Operator resume."""
+        with self.lock:
+            self.risk.resume(self._now())
+            self._drain_risk()
 
     def _now(self) -> int:
         return int(self.clock() * 1000)
