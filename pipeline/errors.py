@@ -33,6 +33,11 @@ class OrderNotFound(ExchangeRejected):
     """The exchange has no order by that id: already gone, or it never arrived."""
 
 
+class HistoryOutOfReach(ExchangeRejected):
+    """The exchange's candle endpoint does not reach back that far (Kraken: the 720
+    most recent candles): asking again would silently answer later candles."""
+
+
 class DataValidationError(CryptobotsError):
     """Input data breaks a rule; nothing from the offending batch was written."""
 

@@ -29,13 +29,15 @@ from tenacity import (
 from pipeline.errors import (
     ConfigurationError,
     ExchangeRejected,
+    HistoryOutOfReach,
     OrderNotFound,
     TemporaryExchangeError,
 )
 from pipeline.exchanges.factory import CAPABILITIES, Capability, Credentials, create_ccxt
 from pipeline.exchanges.pacing import WeightPacer
 from pipeline.exchanges.translation import ExchangeUnreachable, translated
-from pipeline.settings import Settings
+from pipeline.settings import Settings, timeframe_ms
+from pipeline.timeutil import iso
 
 T = TypeVar("T")
 
@@ -133,7 +135,27 @@ class ExchangeClient:
                 )
             return rows
 
-        return self.call(f"{symbol}:{timeframe} candles since {since}", fetch, kind="klines")
+        rows = self.call(f"{symbol}:{timeframe} candles since {since}", fetch, kind="klines")
+        self._check_reach(symbol, timeframe, since, rows)
+        return rows
+
+    def _check_reach(self, symbol: str, timeframe: str, since: int, rows: list[list]) -> None:
+        """HistoryOutOfReach when the exchange answers only its most recent candles
+        (`Capability.ohlcv_window`) and `since` lies before them: the page holds later
+        candles than asked, and taking it would store a short history as complete."""
+        window = self.capability.ohlcv_window
+        if window is None or not rows:
+            return
+        tf = timeframe_ms(timeframe)
+        oldest = int(rows[-1][0]) - (window - 1) * tf
+        if since >= oldest - tf:
+            return
+        raise HistoryOutOfReach(
+            f"{self.name}:{symbol}:{timeframe}: {self.name}'s candle endpoint answers only "
+            f"its {window} most recent candles (from {iso(oldest)}); candles from "
+            f"{iso(since)} are out of its reach, and nothing was stored. Backfill from "
+            f"{iso(oldest)} or later, or take the older history from another venue"
+        )
 
     def server_time(self) -> int:
         """The exchange's clock in ms (candles close on it, not on ours)."""
