@@ -14,20 +14,25 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from pipeline.exchanges.simulator.app import Running
-from pipeline.models.registry import move_alias, register
+from pipeline.models.registry import model_name, move_alias, register
 from tests.support.paths import REPO
 from tests.support.policies import MARKET, NAME, exported_policy
 
 
 def promote_champion(
-    engine: Engine, tmp_path: Path, reason: str, action_map: tuple[float, ...] = (0.0, 1.0)
+    engine: Engine,
+    tmp_path: Path,
+    reason: str,
+    action_map: tuple[float, ...] = (0.0, 1.0),
+    market: str = MARKET,
 ) -> str:
     """Register and promote a small exported policy (long/flat, or `action_map`'s
-    positions); returns the artifact root."""
+    positions) as `market`'s champion; returns the artifact root."""
     root = f"file://{tmp_path / 'artifacts'}"
     policy = exported_policy(tmp_path, seed=3, action_map=action_map)
-    version = register(engine, root, policy, NAME)
-    move_alias(engine, NAME, version, seen_generation=None, who="test", reason=reason)
+    name = NAME if market == MARKET else model_name(market)
+    version = register(engine, root, policy, name)
+    move_alias(engine, name, version, seen_generation=None, who="test", reason=reason)
     return root
 
 
@@ -78,10 +83,12 @@ def idle_loans(sim: Running, key: str) -> dict[str, float]:
     return {a: amount for a, amount in idle.items() if amount > 1e-9}
 
 
-def exchange_books(sim: Running, key: str) -> tuple[float, float]:
-    """(BTC, USDT) the simulator's account of `key` holds."""
+def exchange_books(
+    sim: Running, key: str, base: str = "BTC", quote: str = "USDT"
+) -> tuple[float, float]:
+    """(base, quote) the simulator's account of `key` holds."""
     balances = dict(sim.exchange.accounts.account(key).balances)
-    return balances.get("BTC", 0.0), balances["USDT"]
+    return balances.get(base, 0.0), balances[quote]
 
 
 def started_count(log: Path) -> int:

@@ -1,0 +1,104 @@
+"""The model trader live on Kraken's own API (the simulator's Kraken dialect, through
+ccxt's `kraken` class), killed with SIGKILL at random moments ten times, every other
+time while it trades: no order reaches the exchange twice, every order the exchange has
+is one the trader wrote down, and its position equals the exchange's balances."""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from pipeline.exchanges.simulator.app import Running
+from tests.support.live_trader import (
+    exchange_books,
+    kill_repeatedly,
+    promote_champion,
+    start_trader,
+    started_count,
+)
+from tests.support.trading import rows
+
+RESTARTS = 10
+MIN_ORDERS = 3
+MARKET = "kraken:BTC/USDC:1m"
+KEY = "kraken-crash-key"
+SECRET = base64.b64encode(b"kraken-crash-secret".ljust(64, b"#")).decode()
+
+
+def kraken_env(engine: Engine, sim: Running, tmp_path: Path) -> dict[str, str]:
+    """A live model trader on the Kraken dialect's BTC/USDC, with a fast loop."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
+    return env | {
+        "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
+        "CRYPTOBOTS_EXCHANGES__KRAKEN__URL": sim.url,
+        "CRYPTOBOTS_EXCHANGES__KRAKEN__CCXT_ID": "kraken",
+        "CRYPTOBOTS_EXCHANGES__KRAKEN__RATE_LIMIT_MS": "10",
+        "CRYPTOBOTS_EXCHANGES__KRAKEN__CREDENTIALS": "env:SIMKEYS",
+        "CRYPTOBOTS_TRADING_MODE": "live",
+        "SIMKEYS_API_KEY": KEY,
+        "SIMKEYS_SECRET": SECRET,
+        "CRYPTOBOTS_MARKETS": MARKET,
+        "CRYPTOBOTS_SERVING__PORT": "0",
+        "CRYPTOBOTS_SERVING__RISK__MAX_ORDERS_PER_HOUR": "1000",
+        "CRYPTOBOTS_SERVING__LOOP_SECONDS": "0.05",
+        "CRYPTOBOTS_SERVING__FAILOVER_SECONDS": "1.5",
+        "CRYPTOBOTS_VAR_DIR": str(tmp_path / "var"),
+    }
+
+
+def test_sigkill_on_krakens_api_never_doubles_an_order_and_books_match_the_exchange(
+    fresh_pg,
+    simulator: Callable[..., AbstractContextManager[Running]],
+    tmp_path: Path,
+) -> None:
+    engine: Engine = fresh_pg()
+    promote_champion(engine, tmp_path, "kraken crash test", market=MARKET)
+    rng = random.Random(3)
+    log = tmp_path / "trader.log"
+    with simulator(
+        exchange="kraken",
+        dialect="kraken",
+        shift_to_now=True,
+        speed=60.0,
+        api_keys=((KEY, SECRET),),
+        initial_balances=(("USDC", 10_000.0),),
+    ) as sim:
+        env = kraken_env(engine, sim, tmp_path)
+        kill_repeatedly(env, log, RESTARTS, rng)
+        process = start_trader(env, log)
+        orders = sim.exchange.accounts.account(KEY).orders
+        before = rows(engine, "SELECT count(*) FROM decisions")[0][0]
+        deadline = time.monotonic() + 180
+        while (
+            rows(engine, "SELECT count(*) FROM decisions")[0][0] < before + 3
+            or len(orders) < MIN_ORDERS
+        ):
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            assert process.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, log.read_text()[-3000:]
+        sent = [o.client_order_id for o in orders]
+        exchange_base, exchange_quote = exchange_books(sim, KEY, "BTC", "USDC")
+
+    output = log.read_text()
+    assert SECRET not in output, "the API secret reached the logs"
+    assert started_count(log) >= RESTARTS // 2
+    assert len(sent) >= MIN_ORDERS, "the trader hardly traded: the test would prove nothing"
+    assert len(sent) == len(set(sent)), "a client order id reached the exchange twice"
+    ours = {r[0]: r[1] for r in rows(engine, "SELECT client_order_id, status FROM orders")}
+    assert set(sent) <= set(ours), "the exchange has an order the trader does not know"
+    assert all(status in ("filled", "expired", "rejected") for status in ours.values()), ours
+    [(base, quote)] = rows(engine, "SELECT base, quote FROM positions WHERE account = 'live'")
+    assert base == pytest.approx(exchange_base, abs=1e-9)
+    assert quote == pytest.approx(exchange_quote, abs=1e-6)
+    assert "balances differ" not in output
