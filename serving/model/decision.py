@@ -235,6 +235,28 @@ class Deciding(Watchdog):
             return False
         return True
 
+    def _fetch_into(
+        self,
+        exchange: ExchangeClient,
+        state: MarketState,
+        known: dict[int, Any],
+        since: int,
+        closed: int,
+    ) -> dict[int, Any]:
+        """`known` rows with the closed candles from `since` up to `closed` added (the
+        exchange's last word for each open time); TemporaryExchangeError when none."""
+        market, tf = state.market, state.market.timeframe_ms
+        limit = exchange.ohlcv_page_limit()
+        for _ in range(8):  # pages: recorded data may repeat open times
+            page = exchange.fetch_ohlcv(market.symbol, market.timeframe, since, limit)
+            known.update((int(r[0]), r) for r in page if r[0] <= closed)
+            if len(page) < limit or page[-1][0] >= closed:
+                break
+            since = int(page[-1][0]) + tf
+        if not known:
+            raise TemporaryExchangeError(f"{market}: no closed candle up to {closed} yet")
+        return known
+
     def _window(
         self, exchange: ExchangeClient, state: MarketState, window: int, closed: int
     ) -> Candles:
@@ -245,23 +267,20 @@ class Deciding(Watchdog):
         request instead of a whole window."""
         market, tf = state.market, state.market.timeframe_ms
         known = state.rows
-        if len(known) >= window and max(known) >= closed - 8 * tf:
-            since = max(known) - 2 * tf
-        else:
-            known, since = {}, closed - (window + 2) * tf
-        limit = exchange.ohlcv_page_limit()
-        for _ in range(8):  # pages: recorded data may repeat open times
-            page = exchange.fetch_ohlcv(market.symbol, market.timeframe, since, limit)
-            # one row per open time, the exchange's last word
-            known.update((int(r[0]), r) for r in page if r[0] <= closed)
-            if len(page) < limit or page[-1][0] >= closed:
+        incremental = len(known) >= window and max(known) >= closed - 8 * tf
+        # a sparse market (Kraken's minutes without a trade) has no candle at the start of
+        # a window: reach further back, so that the gaps fill from a candle before it
+        for reach in (1, 2, 4):
+            if incremental:
+                since = max(known) - 2 * tf
+            else:
+                known, since = {}, closed - (reach * window + 2) * tf
+            known = self._fetch_into(exchange, state, dict(known), since, closed)
+            keep = sorted(known)[-(reach * window + 8) :]
+            candles, _ = fill_gaps(Candles.from_rows([known[ts] for ts in keep]), tf)
+            if len(candles) >= window or incremental:
                 break
-            since = int(page[-1][0]) + tf
-        if not known:
-            raise TemporaryExchangeError(f"{market}: no closed candle up to {closed} yet")
-        keep = sorted(known)[-(window + 8) :]
         state.rows = {ts: known[ts] for ts in keep}
-        candles, _ = fill_gaps(Candles.from_rows([known[ts] for ts in keep]), tf)
         if len(candles) < window:
             raise DataValidationError(
                 f"{market}: the exchange gave {len(candles)} candles, the model needs {window}"
