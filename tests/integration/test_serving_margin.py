@@ -1,6 +1,8 @@
 """Live shorts on the simulator's cross-margin account (`serving.margin`): a short sell
 borrows, the buy back repays, kill -9 never leaves a loan idle or an order doubled, and
-a missing margin account or a refused borrow is refused with the setting to change."""
+a missing margin account or a refused borrow is refused with the setting to change, and a
+short whose margin level falls to serving.margin_close_level is bought back before the
+exchange would liquidate it."""
 
 from __future__ import annotations
 
@@ -227,3 +229,30 @@ def test_a_rejected_short_sell_repays_what_it_borrowed_at_once(
     rejected = rows(engine, "SELECT status FROM orders WHERE side = 'sell'")
     assert rejected
     assert {status for (status,) in rejected} == {"rejected"}
+
+
+def test_a_short_whose_margin_level_falls_to_the_close_level_is_bought_back(
+    fresh_pg, simulator: Simulator, tmp_path: Path
+) -> None:
+    engine: Engine = fresh_pg()
+    promote_champion(engine, tmp_path, "close level", action_map=(-1.0, -1.0))  # always short
+    log = tmp_path / "trader.log"
+    with simulator(shift_to_now=True, speed=3600.0, api_keys=((KEY, SECRET),)) as sim:
+        fund_margin(sim)
+        env = margin_env(engine, sim, tmp_path) | {
+            "CRYPTOBOTS_SERVING__MARGIN_CLOSE_LEVEL": "2.5"  # a fresh short opens near 3
+        }
+        process = start_trader(env, log)
+        wallet = sim.exchange.accounts.margin_wallet(KEY)
+        wait_for(lambda: any(o.side == "SELL" for o in list(wallet.orders)), process, log)
+        sells = len(wallet.orders)
+        spike = {"symbol": "BTCUSDT", "bps": 3000.0, "seconds": 600.0}  # BTC 30% up: level ~2.3
+        assert httpx.post(f"{sim.url}/sim/plant", json=spike).status_code == 200
+        wait_for(lambda: any(o.side == "BUY" for o in list(wallet.orders)[sells:]), process, log)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, log.read_text()[-3000:]
+        liquidations = list(wallet.liquidations)
+
+    reasons = [r[0] or "" for r in rows(engine, "SELECT reason FROM decisions")]
+    assert any("serving.margin_close_level" in r for r in reasons), reasons[-5:]
+    assert liquidations == [], "the trader closed before the exchange had to liquidate"
