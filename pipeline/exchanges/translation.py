@@ -48,6 +48,12 @@ def translated(what: str, client: Any = None, name: str | None = None) -> Iterat
             f"simulator (python -m pipeline simulator) or set {setting} to the exchange's "
             "API address"
         ) from error
+    except ccxt.PermissionDenied as error:
+        raise ExchangeRejected(
+            f"{what}: {name or 'the exchange'} refused: the API key lacks the permission "
+            "(PermissionDenied); grant it on the exchange (e.g. trading) or reference "
+            "another key in the credentials setting"
+        ) from error
     except ccxt.AuthenticationError as error:
         raise ExchangeRejected(
             f"{what}: the exchange refused the API keys ({type(error).__name__}); "

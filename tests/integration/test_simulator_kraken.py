@@ -146,3 +146,14 @@ def test_a_planted_leg_fault_rejects_the_next_order_as_kraken_would(venue) -> No
     with pytest.raises(ccxt.InvalidOrder):
         client.create_order(SYMBOL, "market", "buy", 0.01)
     assert client.create_order(SYMBOL, "market", "buy", 0.01)["status"] == "closed"
+
+
+def test_a_key_without_trading_permission_reads_but_is_refused_an_order(simulator) -> None:
+    with simulator(
+        exchange="kraken", dialect="kraken", shift_to_now=True,
+        api_keys=((KEY, SECRET),), read_only_keys=(KEY,),
+    ) as sim:  # fmt: skip
+        client = kraken(sim.url)
+        assert "USDT" in client.fetch_balance()["total"]
+        with pytest.raises(ccxt.PermissionDenied):
+            client.create_order(SYMBOL, "market", "buy", 0.01)

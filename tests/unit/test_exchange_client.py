@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import ConfigurationError, TemporaryExchangeError
+from pipeline.errors import ConfigurationError, ExchangeRejected, TemporaryExchangeError
 from pipeline.exchanges.client import ExchangeClient, RetryPolicy
 from pipeline.exchanges.factory import (
     CAPABILITIES,
@@ -14,6 +14,7 @@ from pipeline.exchanges.factory import (
     credentials_from_reference,
 )
 from pipeline.exchanges.pacing import WeightPacer
+from pipeline.exchanges.translation import translated
 
 HEADER = "x-mbx-used-weight-1m"
 
@@ -98,3 +99,18 @@ def test_no_reference_means_no_credentials() -> None:
 def test_binance_names_an_existing_order_by_client_id_as_orig_client_order_id() -> None:
     assert CAPABILITIES["binance"].client_id_param == "origClientOrderId"
     assert CAPABILITIES.get("kraken", Capability()).client_id_param == "clientOrderId"
+
+
+def test_a_key_without_permission_is_refused_naming_the_exchange_and_the_fix() -> None:
+    import ccxt
+
+    refused = pytest.raises(ExchangeRejected, match="kraken refused: the API key lacks the perm")
+    with refused, translated("BTC/USDC buy order", name="kraken"):
+        raise ccxt.PermissionDenied('kraken {"error":["EGeneral:Permission denied"]}')
+
+
+def test_kraken_is_looked_up_by_listing_and_reaches_back_720_candles() -> None:
+    kraken = CAPABILITIES["kraken"]
+    assert kraken.lookup_by_listing
+    assert kraken.ohlcv_window == 720
+    assert kraken.new_client_id_param == "clientOrderId"

@@ -83,6 +83,7 @@ class SimulatorConfig:
     consistent_books: bool = False
     plants: tuple[Plant, ...] = ()  # mispricings live from the start, for real seconds
     dialect: str = "binance"  # whose REST API it speaks: binance or kraken
+    read_only_keys: tuple[str, ...] = ()  # API keys that may read but not trade (Kraken)
 
     def __post_init__(self) -> None:
         if self.dialect not in DIALECTS:

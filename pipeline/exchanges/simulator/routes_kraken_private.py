@@ -126,8 +126,14 @@ class KrakenPrivateRoutes:
             }
         )
 
+    def trading(self, key: str) -> None:
+        """Kraken's refusal for a key without the permission to trade."""
+        if key in self.exchange.config.read_only_keys:
+            raise KrakenError("EGeneral:Permission denied")
+
     async def addorder(self, request: Request) -> dict:
         key, params, now = await self.signed(request)
+        self.trading(key)
         pair = self.names.pair(params.get("pair"))
         if pair is None:
             raise KrakenError("EQuery:Invalid asset pair")
@@ -162,6 +168,7 @@ class KrakenPrivateRoutes:
 
     async def cancelorder(self, request: Request) -> dict:
         key, params, now = await self.signed(request)
+        self.trading(key)
         order = self._find(key, params.get("txid"), params.get("cl_ord_id"))
         if order is None or order.status not in ("NEW", "PARTIALLY_FILLED"):
             raise KrakenError("EOrder:Unknown order")
