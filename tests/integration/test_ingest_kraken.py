@@ -1,13 +1,17 @@
 """Ingest of a Kraken market through ccxt's own `kraken` class against the simulator's
-Kraken dialect: the recent candles stored as on Binance, and history older than Kraken's
-720-candle window refused by name with nothing stored, never taken for gaps."""
+Kraken dialect: the recent candles stored as on Binance (and the same under a fifth of
+requests faulted), and history older than Kraken's 720-candle window refused by name
+with nothing stored, never taken for gaps."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from pipeline.data.backfill import backfill
 from pipeline.data.ingest import ingest
 from pipeline.errors import HistoryOutOfReach
 from pipeline.exchanges.client import ExchangeClient
@@ -71,3 +75,36 @@ def test_history_older_than_the_720_candle_window_is_refused_by_name_and_nothing
     assert "kraken:BTC/USDC:1m" in str(refused.value)
     assert "Backfill from" in str(refused.value)
     assert count(engine, "ohlcv") == count(engine, "ohlcv_gaps") == 0
+
+
+def contents(engine: Engine) -> dict[str, list[tuple]]:
+    queries = {
+        "ohlcv": "SELECT ts, open, high, low, close, volume FROM ohlcv ORDER BY ts",
+        "quarantine": "SELECT ts, raw, reason FROM ohlcv_quarantine ORDER BY ts, reason",
+        "gaps": "SELECT start_ts, end_ts, missing FROM ohlcv_gaps ORDER BY start_ts",
+    }
+    with engine.connect() as conn:
+        return {name: [tuple(r) for r in conn.execute(sa.text(q))] for name, q in queries.items()}
+
+
+def test_a_kraken_backfill_under_a_fifth_of_requests_faulted_ends_like_a_clean_one(
+    simulator, fresh_pg
+) -> None:
+    now = int(time.time() * 1000)
+    history_end = now - now % MINUTE
+    end = history_end - 2 * MINUTE
+    start = end - 6 * 60 * MINUTE
+    common = {"exchange": "kraken", "dialect": "kraken", "shift_to_now": True}
+    common |= {"history_end_ms": history_end}
+    clean_db, faulty_db = fresh_pg(), fresh_pg()
+    with simulator(**common) as sim:
+        clean = backfill(kraken_client(sim.url), clean_db, MARKET, start, end)
+    with simulator(**common, fault_rate=0.2, seed=5, fault_timeout_seconds=1.5) as sim:
+        faulty_client = kraken_client(sim.url)
+        faulty = backfill(faulty_client, faulty_db, MARKET, start, end)
+        again = backfill(faulty_client, faulty_db, MARKET, start, end)
+        injected = sum(sim.exchange.faults.injected.values())
+    assert injected > 0
+    assert contents(faulty_db) == contents(clean_db)
+    assert faulty.total("inserted") == clean.total("inserted") > 0
+    assert again.skipped == again.chunks
