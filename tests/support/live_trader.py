@@ -11,12 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import Engine
 
 from pipeline.exchanges.simulator.app import Running
 from pipeline.models.registry import model_name, move_alias, register
 from tests.support.paths import REPO
 from tests.support.policies import MARKET, NAME, exported_policy
+from tests.support.trading import rows
 
 
 def promote_champion(
@@ -118,3 +120,20 @@ def kill_repeatedly(
             time.sleep(rng.uniform(0.3, 1.5) * startup)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
+
+
+def check_no_doubled_order(
+    engine: Engine, sent: list[str], books: tuple[float, float], min_orders: int
+) -> None:
+    """What every crash test of the model trader checks at the end: it traded enough to
+    prove something, no client order id reached the exchange twice, the exchange has no
+    order the trader does not know, every order is settled, and the live position equals
+    the exchange's (base, quote) `books`."""
+    assert len(sent) >= min_orders, "the trader hardly traded: the test would prove nothing"
+    assert len(sent) == len(set(sent)), "a client order id reached the exchange twice"
+    ours = {r[0]: r[1] for r in rows(engine, "SELECT client_order_id, status FROM orders")}
+    assert set(sent) <= set(ours), "the exchange has an order the trader does not know"
+    assert all(status in ("filled", "expired", "rejected") for status in ours.values()), ours
+    [(base, quote)] = rows(engine, "SELECT base, quote FROM positions WHERE account = 'live'")
+    assert base == pytest.approx(books[0], abs=1e-9)
+    assert quote == pytest.approx(books[1], abs=1e-6)
