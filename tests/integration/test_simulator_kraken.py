@@ -6,6 +6,7 @@ and gets Kraken's errors as ccxt's typed exceptions."""
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
@@ -157,3 +158,20 @@ def test_a_key_without_trading_permission_reads_but_is_refused_an_order(simulato
         assert "USDT" in client.fetch_balance()["total"]
         with pytest.raises(ccxt.PermissionDenied):
             client.create_order(SYMBOL, "market", "buy", 0.01)
+
+
+def test_calls_past_krakens_api_counter_are_refused_until_it_decays(simulator) -> None:
+    with simulator(
+        exchange="kraken", dialect="kraken", shift_to_now=True,
+        api_keys=((KEY, SECRET),), kraken_counter=(3.0, 1.0),
+        initial_balances=(("USDC", 10_000.0),),
+    ) as sim:  # fmt: skip
+        client = kraken(sim.url)
+        for _ in range(3):
+            client.fetch_balance()
+        with pytest.raises(ccxt.DDoSProtection):
+            client.fetch_balance()
+        time.sleep(1.2)  # the counter decays by one a second
+        assert "USDC" in client.fetch_balance()["total"]
+        assert client.create_order(SYMBOL, "market", "buy", 0.01)["status"] == "closed"
+        assert sim.exchange.counter.refused == 1

@@ -36,6 +36,7 @@ from pipeline.exchanges.simulator.accounts import Accounts
 from pipeline.exchanges.simulator.errors import BinanceError, KrakenError
 from pipeline.exchanges.simulator.faults import (
     FAULT_KINDS,
+    CounterLimiter,
     FaultPlan,
     LegFaults,
     WeightLimiter,
@@ -84,6 +85,8 @@ class SimulatorConfig:
     plants: tuple[Plant, ...] = ()  # mispricings live from the start, for real seconds
     dialect: str = "binance"  # whose REST API it speaks: binance or kraken
     read_only_keys: tuple[str, ...] = ()  # API keys that may read but not trade (Kraken)
+    # Kraken's API counter (limit, decay a second), e.g. (15, 0.33); None: not limited
+    kraken_counter: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.dialect not in DIALECTS:
@@ -142,6 +145,8 @@ class Exchange:
         for plant in self.config.plants:
             self.pricing.plant(plant)
         self.leg_faults = LegFaults()
+        counter = self.config.kraken_counter
+        self.counter = None if counter is None else CounterLimiter(*counter)
 
     def markets(self) -> dict[str, MarketFeed]:
         """One feed per Binance symbol id for books and tickers: its longest recording."""
@@ -259,7 +264,14 @@ class FaultsAndLimits:
         self, path: str, malformed: bool, scope: dict, receive: Any, send: Any
     ) -> None:
         """Charge an `/api/` or `/sapi/` request its weight: past the budget answer 429 or 418, else
-        pass it on with the weight used in its headers (its body cut short if `malformed`)."""
+        pass it on with the weight used in its headers (its body cut short if `malformed`).
+        A Kraken `/0/` request counts on Kraken's API counter instead, when configured."""
+        if path.startswith("/0/"):
+            if not self._within_counter(path, scope):
+                await _answer(send, 200, {"error": ["EAPI:Rate limit exceeded"]})
+                return
+            await self._passed(malformed, scope, receive, send, [])
+            return
         query = dict(parse_qsl(scope.get("query_string", b"").decode()))
         verdict = self.exchange.limiter.charge(request_weight(path, query))
         weight_header = (b"x-mbx-used-weight-1m", str(verdict.used).encode())
@@ -276,15 +288,30 @@ class FaultsAndLimits:
             )
             return
 
+        headers = [weight_header, (b"x-mbx-used-weight", str(verdict.used).encode())]
+        await self._passed(malformed, scope, receive, send, headers)
+
+    def _within_counter(self, path: str, scope: dict) -> bool:
+        """Kraken's API counter (when configured) allows this call."""
+        counter = self.exchange.counter
+        if counter is None:
+            return True
+        key = "public"
+        if path.startswith("/0/private/"):
+            found = dict(scope.get("headers") or []).get(b"api-key", b"")
+            key = "key:" + found.decode(errors="replace")
+        return counter.charge(key, path)
+
+    async def _passed(
+        self, malformed: bool, scope: dict, receive: Any, send: Any, headers: list
+    ) -> None:
+        """The request through the app, with `headers` added to the answer (its body cut
+        short if `malformed`)."""
         held: list[dict] = []
 
         async def send_with_headers(message: dict) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [
-                    *message.get("headers", []),
-                    weight_header,
-                    (b"x-mbx-used-weight", str(verdict.used).encode()),
-                ]
+                message["headers"] = [*message.get("headers", []), *headers]
             if not malformed:
                 await send(message)
                 return

@@ -58,6 +58,41 @@ class Verdict:
     retry_after: int = 0
 
 
+KRAKEN_COSTS = {  # what a call adds to Kraken's API counter (other calls: 1)
+    "/0/private/TradesHistory": 2.0,
+    "/0/private/Ledgers": 2.0,
+    "/0/private/AddOrder": 0.0,  # orders have their own limits, not the API counter
+    "/0/private/CancelOrder": 0.0,
+}
+
+
+@dataclass
+class CounterLimiter:
+    """Kraken's API counter: each call adds its cost to a counter per API key (public
+    calls: one counter for every client), which decays by `decay` a second; a call
+    that would take it past `limit` is refused. Kraken's tiers: 15 and 0.33 (Starter),
+    20 and 0.5 (Intermediate), 20 and 1 (Pro)."""
+
+    limit: float
+    decay: float
+    clock: object = time.time
+    counters: dict[str, tuple[float, float]] = field(default_factory=dict)  # count, at
+    refused: int = 0
+
+    def charge(self, key: str, path: str) -> bool:
+        """Whether a call to `path` by `key` is allowed (and counted)."""
+        now = self.clock()  # type: ignore[operator]
+        count, at = self.counters.get(key, (0.0, now))
+        count = max(0.0, count - (now - at) * self.decay)
+        cost = KRAKEN_COSTS.get(path, 1.0)
+        if count + cost > self.limit:
+            self.counters[key] = (count, now)
+            self.refused += 1
+            return False
+        self.counters[key] = (count + cost, now)
+        return True
+
+
 @dataclass
 class WeightLimiter:
     """A request-weight budget per calendar minute, answered past it with 429, then 418.
