@@ -150,6 +150,17 @@ def plant(text: str) -> tuple[str, float, float]:
     return symbol.upper(), bps, seconds
 
 
+def counter(text: str) -> tuple[float, float]:
+    """`LIMIT:DECAY`, both > 0, e.g. 15:0.33 (Kraken's Starter API counter)."""
+    limit, _, decay = text.partition(":")
+    try:
+        return positive_float(limit), positive_float(decay)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: write LIMIT:DECAY, both > 0, e.g. 15:0.33"
+        ) from None
+
+
 def int_list(text: str) -> list[int]:
     """Comma-separated integers >= 0, e.g. 0,1,2 (seeds)."""
     parts = [p.strip() for p in text.split(",") if p.strip()]

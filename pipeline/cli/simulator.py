@@ -25,6 +25,12 @@ def add_simulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         default="binance",
         help="whose REST API it speaks (kraken: ccxt.kraken with its base URL changed)",
     )
+    sim.add_argument(
+        "--kraken-counter",
+        type=arg.counter,
+        metavar="LIMIT:DECAY",
+        help="with --dialect kraken: Kraken's API counter, e.g. 15:0.33 (Starter); default off",
+    )
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=arg.port, default=8900)
     sim.add_argument("--seed", type=arg.non_negative_int, default=0, help="seed of the fault draws")
@@ -101,6 +107,7 @@ def _simulator(settings: Settings, args: argparse.Namespace) -> int:
             data_dir=Path(data),
             exchange=args.exchange,
             dialect=args.dialect,
+            kraken_counter=args.kraken_counter,
             seed=args.seed,
             shift_to_now=args.shift_to_now,
             history_end_ms=args.history_end,

@@ -169,6 +169,7 @@ def test_worker_refuses_an_api_url_without_a_scheme(
         (["arbitrage", "study", "--days", "0"], "--days"),
         (["arbitrage", "study", "--threshold-bps", "-1"], "--threshold-bps"),
         (["models", "promote", "0"], "version"),
+        (["simulator", "--kraken-counter", "15"], "--kraken-counter"),
     ],
 )
 def test_every_command_checks_its_flags_where_they_are_parsed(
@@ -187,5 +188,6 @@ def test_the_argument_types_return_plain_values() -> None:
     assert arguments.port("0") == 0
     assert arguments.balance("usdt=10") == ("USDT", 10.0)
     assert arguments.plant("ETHBTC:40:600") == ("ETHBTC", 40.0, 600.0)
+    assert arguments.counter("15:0.33") == (15.0, 0.33)
     with pytest.raises(argparse.ArgumentTypeError, match="finite"):
         arguments.finite_float(str(math.nan))
