@@ -82,15 +82,19 @@ class CrossTrader(CrossBase):
             ((p["detected_ms"], p["realized_profit"] or 0.0) for p in past),
         )
         if not self.live:
-            for venue in self.venues:
-                self.inventory.holdings[venue] = store.paper_balances(
-                    self.engine, self.account, ledger.paper_key(venue),
-                    self.config.cross_paper_balances,
-                )  # fmt: skip
+            self._load_paper()
         self.started = True
         self.inventory.read(self.exchanges, self._now(), force=True)
         if self.role.hold(self._took_over):
             self.reconcile()
+
+    def _load_paper(self) -> None:
+        """The paper holdings on each venue from the database (seeded the first time)."""
+        for venue in self.venues:
+            self.inventory.holdings[venue] = store.paper_balances(
+                self.engine, self.account, ledger.paper_key(venue),
+                self.config.cross_paper_balances,
+            )  # fmt: skip
 
     def _took_over(self) -> None:
         self.reconciled = False
@@ -112,6 +116,8 @@ class CrossTrader(CrossBase):
                 if self._close(trade["id"], legs, exits) == "unwinding":
                     self.reconciled = False
                     return False
+            if not self.live:  # the paper holdings as the settled legs left them
+                self._load_paper()
             self.reconciled = True
             return True
 
@@ -220,14 +226,15 @@ class CrossTrader(CrossBase):
             trade[:12], legs[0].amount, legs[0].symbol, legs[0].venue, legs[1].amount,
             legs[1].venue, best.spread_bps,
         )  # fmt: skip
-        result = self._close(trade, sent, [])
+        result = self._close(trade, sent, [], fresh=True)
         self.inventory.read(self.exchanges, self._now(), force=True)
         return result
 
-    def _close(self, trade: str, legs: list[Sent], exits: list[Sent]) -> str:
+    def _close(self, trade: str, legs: list[Sent], exits: list[Sent], fresh: bool = False) -> str:
         """Close what the legs left exposed, settle every answered leg, and record the
         outcome once nothing is pending: done, unwound, or unwinding (the next step
-        retries)."""
+        retries). `fresh`: a trade just sent, whose fills move the paper holdings here (a
+        restart's reconciliation reloads them from the database instead)."""
         self.trading = trade
         closing = close_exposure(
             self.dispatcher, trade, legs, self._tops, self.rules, self.fee,
@@ -237,7 +244,8 @@ class CrossTrader(CrossBase):
         if closing.exits or any(s.execution.status != "filled" for s in closing.legs):
             self.metrics.exposure.observe(closing.seconds)
         waiting = ledger.settle(self.engine, trade, closing.legs + closing.exits, self._paper())
-        self.inventory.apply(s for s in closing.legs + closing.exits if s not in exits)
+        if fresh:
+            self.inventory.apply(closing.legs + closing.exits)
         if waiting or not closing.closed:
             why = (
                 f"{len(waiting)} leg(s) unanswered" if waiting

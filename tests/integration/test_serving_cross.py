@@ -18,6 +18,7 @@ from serving.arbitrage import store
 from serving.cross import ledger
 from serving.cross.pair import Leg, leg_client_id
 from serving.cross.trader import CrossTrader
+from serving.kernel.broker import PaperBroker
 from tests.support.cross_venues import SYMBOL, Venue, two_venues
 from tests.support.trading import rows
 
@@ -233,3 +234,25 @@ def test_a_spread_between_binances_and_krakens_own_apis_is_traded_on_both(
         assert venues[1].sent() == [legs[1]["client_order_id"]], "Kraken's cl_ord_id is ours"
         assert trade["realized_profit"] == pytest.approx(usdc_total(venues) - before, abs=0.01)
         assert trader.status()["inventory"]["kraken"]["BTC"] < 0.2
+
+
+def test_on_paper_a_spread_moves_the_paper_holdings_and_a_restart_finds_them_again(
+    fresh_pg, venues
+) -> None:
+    engine = fresh_pg()
+    venues[1].plant(60.0)
+    paper = {v.name: PaperBroker(v.exchange, 10.0) for v in venues}
+    settings = cross_settings(venues)
+    exchanges = {v.name: v.exchange for v in venues}
+    trader = CrossTrader(settings, engine, exchanges, paper)
+    assert trader.step() == "done"
+    assert trader.step() == "seen", "paper fills leave the books: the same spread is not new"
+    held = {venue: dict(assets) for venue, assets in trader.status()["inventory"].items()}
+    assert held["kraken"]["BTC"] < 0.2 < held["binanceus"]["BTC"]
+    assert venues[0].sent() + venues[1].sent() == [], "paper sends nothing"
+    again = CrossTrader(settings, engine, exchanges, paper)
+    again.start()
+    restored = again.status()["inventory"]
+    for venue, assets in held.items():
+        for asset in ("BTC", "USDC"):
+            assert restored[venue][asset] == pytest.approx(assets[asset], abs=1e-9)
