@@ -43,7 +43,7 @@ from pipeline.errors import ConfigurationError
 from pipeline.timeutil import DAY_MS
 from serving.arbitrage import store
 from serving.arbitrage.cycles import Cycles
-from serving.kernel.execution import Execution
+from serving.kernel.broker import final_state
 from serving.kernel.lease import LeaseLost
 from serving.kernel.loop import run_steps
 from serving.kernel.market_rules import MarketRules
@@ -135,16 +135,11 @@ class ArbitrageTrader(Cycles):
             return True
 
     def _settle_pending(self, leg: dict[str, Any]) -> bool:
-        found = self.broker.lookup(leg["symbol"], leg["client_order_id"])
+        created = store.as_utc(leg["created_at"])
+        found = final_state(self.broker, leg["symbol"], leg["client_order_id"], created)
         if found is None:
-            if self.broker.may_still_arrive(store.as_utc(leg["created_at"])):
-                log.info("leg %s not found yet: it may still arrive", leg["client_order_id"])
-                return False
-            found = Execution("expired", 0.0, 0.0, error="never reached the exchange")
-        elif found.status in ("open", "partial"):
-            found = self.broker.cancel(leg["symbol"], leg["client_order_id"]) or found
-            if found.status in ("open", "partial"):
-                return False
+            log.info("leg %s not settled yet: it may still arrive", leg["client_order_id"])
+            return False
         self._settle(leg, found)
         log.info("leg %s settled on restart: %s", leg["client_order_id"], found.status)
         return True

@@ -38,7 +38,7 @@ from serving.cross import ledger
 from serving.cross.base import CrossBase
 from serving.cross.exposure import EXIT_SEQ, close_exposure
 from serving.cross.pair import Leg, Sent, plan_legs, trade_id
-from serving.kernel.execution import Execution
+from serving.kernel.broker import final_state
 from serving.kernel.lease import LeaseLost
 from serving.kernel.loop import run_steps
 from serving.kernel.market_rules import MarketRules
@@ -131,17 +131,11 @@ class CrossTrader(CrossBase):
             return False
 
     def _settle_pending(self, trade: str, leg: dict[str, Any]) -> bool:
-        broker = self.brokers[leg["venue"]]
-        found = broker.lookup(leg["symbol"], leg["client_order_id"])
+        broker, created = self.brokers[leg["venue"]], store.as_utc(leg["created_at"])
+        found = final_state(broker, leg["symbol"], leg["client_order_id"], created)
         if found is None:
-            if broker.may_still_arrive(store.as_utc(leg["created_at"])):
-                log.info("leg %s not found yet: it may still arrive", leg["client_order_id"])
-                return False
-            found = Execution("expired", 0.0, 0.0, error="never reached the exchange")
-        elif found.status in ("open", "partial"):
-            found = broker.cancel(leg["symbol"], leg["client_order_id"]) or found
-            if found.status in ("open", "partial"):
-                return False
+            log.info("leg %s not settled yet: it may still arrive", leg["client_order_id"])
+            return False
         sent = ledger.sent_from_row(leg)
         ledger.settle(self.engine, trade, [Sent(sent.leg, found, 0.0)], self._paper())
         log.info("leg %s settled on restart: %s", leg["client_order_id"], found.status)

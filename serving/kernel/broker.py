@@ -55,6 +55,25 @@ class Broker(Protocol):
     def may_still_arrive(self, created_at: datetime) -> bool: ...
 
 
+def final_state(
+    broker: Broker, symbol: str, client_id: str, created_at: datetime
+) -> Execution | None:
+    """What became of an order written at `created_at` whose answer was never recorded
+    (a leg trader's restart): the exchange's final state, an order still open canceled
+    first (what filled counts), `expired` once a request never found could no longer
+    arrive; None while that cannot be decided yet (ask again on the next step)."""
+    found = broker.lookup(symbol, client_id)
+    if found is None:
+        if broker.may_still_arrive(created_at):
+            return None
+        return Execution("expired", 0.0, 0.0, error="never reached the exchange")
+    if found.status in ("open", "partial"):
+        found = broker.cancel(symbol, client_id) or found
+        if found.status in ("open", "partial"):
+            return None
+    return found
+
+
 class PaperBroker:
     """Fills against the exchange's public book with fees; the account lives in our DB
     (a paper short's margin too: `serving.model.account`)."""
