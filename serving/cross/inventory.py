@@ -113,7 +113,8 @@ class Inventory:
 
     def read(self, exchanges: Mapping[str, Any], now_ms: int, force: bool = False) -> None:
         """Live: every venue's balances again when older than READ_SECONDS (or `force`);
-        then the metrics and the proposals."""
+        then, when they were read or `force`d, the metrics and the proposals (a poll
+        between two reads does neither)."""
         stale = self.read_ms is None or now_ms - self.read_ms > READ_SECONDS * 1000
         if self.live and (force or stale):
             for venue, exchange in exchanges.items():
@@ -122,6 +123,8 @@ class Inventory:
                 except CryptobotsError as error:
                     log.warning("inventory on %s unread: %s", venue, error)
             self.read_ms = now_ms
+        elif not force:
+            return
         self.report()
 
     def apply(self, sent: Iterable[Sent]) -> None:

@@ -95,6 +95,7 @@ class CrossTrader(CrossBase):
                 self.engine, self.account, ledger.paper_key(venue),
                 self.config.cross_paper_balances,
             )  # fmt: skip
+        self.inventory.report()
 
     def _took_over(self) -> None:
         self.reconciled = False
