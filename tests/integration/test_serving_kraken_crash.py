@@ -6,7 +6,6 @@ is one the trader wrote down, and its position equals the exchange's balances.""
 from __future__ import annotations
 
 import base64
-import os
 import random
 import signal
 import time
@@ -21,6 +20,7 @@ from tests.support.live_trader import (
     check_no_doubled_order,
     exchange_books,
     kill_repeatedly,
+    live_env,
     promote_champion,
     start_trader,
     started_count,
@@ -36,19 +36,9 @@ SECRET = base64.b64encode(b"kraken-crash-secret".ljust(64, b"#")).decode()
 
 def kraken_env(engine: Engine, sim: Running, tmp_path: Path) -> dict[str, str]:
     """A live model trader on the Kraken dialect's BTC/USDC, with a fast loop."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
+    env = live_env(engine, sim, KEY, SECRET, exchange="kraken", market=MARKET, ccxt_id="kraken")
     return env | {
-        "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
-        "CRYPTOBOTS_EXCHANGES__KRAKEN__URL": sim.url,
-        "CRYPTOBOTS_EXCHANGES__KRAKEN__CCXT_ID": "kraken",
         "CRYPTOBOTS_EXCHANGES__KRAKEN__RATE_LIMIT_MS": "10",
-        "CRYPTOBOTS_EXCHANGES__KRAKEN__CREDENTIALS": "env:SIMKEYS",
-        "CRYPTOBOTS_TRADING_MODE": "live",
-        "SIMKEYS_API_KEY": KEY,
-        "SIMKEYS_SECRET": SECRET,
-        "CRYPTOBOTS_MARKETS": MARKET,
-        "CRYPTOBOTS_SERVING__PORT": "0",
-        "CRYPTOBOTS_SERVING__RISK__MAX_ORDERS_PER_HOUR": "1000",
         "CRYPTOBOTS_SERVING__LOOP_SECONDS": "0.05",
         "CRYPTOBOTS_SERVING__FAILOVER_SECONDS": "1.5",
         "CRYPTOBOTS_VAR_DIR": str(tmp_path / "var"),

@@ -38,21 +38,33 @@ def promote_champion(
     return root
 
 
-def live_env(engine: Engine, sim: Running, key: str, secret: str) -> dict[str, str]:
+def live_env(
+    engine: Engine,
+    sim: Running,
+    key: str,
+    secret: str,
+    *,
+    exchange: str = "binance",
+    market: str = MARKET,
+    ccxt_id: str | None = None,
+) -> dict[str, str]:
     """This process's environment without its CRYPTOBOTS_* settings, plus a live trader's
-    on `MARKET` with the simulator's keys (`key`, `secret`) and a fast loop."""
+    on `market` of `exchange` (the simulator, through ccxt's `ccxt_id` class when given)
+    with the simulator's keys (`key`, `secret`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
-    return env | {
+    prefix = f"CRYPTOBOTS_EXCHANGES__{exchange.upper()}__"
+    env |= {
         "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
-        "CRYPTOBOTS_EXCHANGES__BINANCE__URL": sim.url,
-        "CRYPTOBOTS_EXCHANGES__BINANCE__CREDENTIALS": "env:SIMKEYS",
+        f"{prefix}URL": sim.url,
+        f"{prefix}CREDENTIALS": "env:SIMKEYS",
         "CRYPTOBOTS_TRADING_MODE": "live",
         "SIMKEYS_API_KEY": key,
         "SIMKEYS_SECRET": secret,
-        "CRYPTOBOTS_MARKETS": MARKET,
+        "CRYPTOBOTS_MARKETS": market,
         "CRYPTOBOTS_SERVING__PORT": "0",
         "CRYPTOBOTS_SERVING__RISK__MAX_ORDERS_PER_HOUR": "1000",
     }
+    return env | ({f"{prefix}CCXT_ID": ccxt_id} if ccxt_id else {})
 
 
 def start_trader(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
