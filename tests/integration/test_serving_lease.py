@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pipeline.settings import Settings
+from serving.arbitrage import store as arb_store
 from serving.kernel.lease import Lease, LeaseHeld, LeaseLost
 from serving.model import decision_store, store
 from tests.support.serving_rows import decision, paper_buy
@@ -29,7 +30,8 @@ class Clock:
 @pytest.fixture
 def engine(migrated_engine: Engine) -> Engine:
     with migrated_engine.begin() as conn:
-        for table in ("trader_leases", "decisions", "orders", "fills", "positions"):
+        tables = ("trader_leases", "decisions", "orders", "fills", "positions")
+        for table in (*tables, "arb_legs", "arb_opportunities"):
             conn.execute(sa.text(f"DELETE FROM {table}"))
     store.ensure_position(migrated_engine, "paper", BTC, 10_000.0)
     return migrated_engine
@@ -119,6 +121,49 @@ def test_an_operators_order_with_a_stale_token_is_refused(engine: Engine) -> Non
         store.record_order(engine, order, fence=stale)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM orders")).scalar() == 0
+
+
+@pytest.mark.parametrize("durable", [True, False], ids=["live", "paper"])
+def test_a_cross_trade_is_written_whole_while_the_lease_holds_and_not_at_all_after(
+    engine: Engine, durable: bool
+) -> None:
+    clock = Clock()
+    old, new = lease(engine, clock, "a", (BTC, ETH)), lease(engine, clock, "b", (BTC, ETH))
+    old.acquire()
+    fence = ("paper", *old.fence())
+    opportunity, first, more = trade_rows("t1")
+    arb_store.open_opportunity(
+        engine, opportunity, first, durable=durable, fence=fence, more_legs=more
+    )
+    clock.now += 11
+    new.acquire()
+    opportunity, first, more = trade_rows("t2")
+    with pytest.raises(LeaseLost, match="taken over"):
+        arb_store.open_opportunity(
+            engine, opportunity, first, durable=durable, fence=fence, more_legs=more
+        )
+    assert [row["seq"] for row in arb_store.legs_of(engine, "t1")] == [0, 1]
+    assert arb_store.legs_of(engine, "t2") == []
+    with engine.connect() as conn:
+        opened = conn.execute(sa.text("SELECT id FROM arb_opportunities"))
+        assert opened.scalars().all() == ["t1"]
+
+
+def trade_rows(trade: str) -> tuple[dict, dict, list[dict]]:
+    """An opportunity with two legs, as the cross trader writes them."""
+    opportunity = {
+        "id": trade, "account": "paper", "exchange": "cross", "home": "USDC",
+        "cycle": [["a:BTC/USDC", "buy"], ["b:BTC/USDC", "sell"]], "detected_ms": 1,
+        "edge_bps": 50.0, "expected_start": 100.0, "expected_end": 100.5,
+        "expected_bps": 50.0, "status": "executing",
+    }  # fmt: skip
+    legs = [
+        {"client_order_id": f"{trade}-{seq}", "opportunity_id": trade, "seq": seq,
+         "kind": "cross", "venue": venue, "symbol": "BTC/USDC", "side": side, "type": "limit",
+         "source": "USDC", "target": "BTC", "amount": 0.01, "price": None if seq else 5e4}
+        for seq, (venue, side) in enumerate((("a", "buy"), ("b", "sell")))
+    ]  # fmt: skip
+    return opportunity, legs[0], legs[1:]
 
 
 def test_a_second_trader_that_is_no_standby_refuses_to_start_naming_the_holder(
