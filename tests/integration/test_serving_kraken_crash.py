@@ -1,7 +1,9 @@
 """The model trader live on Kraken's own API (the simulator's Kraken dialect, through
-ccxt's `kraken` class), killed with SIGKILL at random moments ten times, every other
-time while it trades: no order reaches the exchange twice, every order the exchange has
-is one the trader wrote down, and its position equals the exchange's balances."""
+ccxt's `kraken` class), killed with SIGKILL ten times: five at random moments (every
+other one while it trades), five while an order it sent is in flight (held by the
+exchange, matched after the kill): no order reaches the exchange twice, every order the
+exchange has is one the trader wrote down, and its position equals the exchange's
+balances after every restart."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from tests.support.live_trader import (
     check_no_doubled_order,
     exchange_books,
     kill_repeatedly,
+    kill_with_an_order_in_flight,
     live_env,
     promote_champion,
     start_trader,
@@ -27,7 +30,8 @@ from tests.support.live_trader import (
 )
 from tests.support.trading import rows
 
-RESTARTS = 10
+RESTARTS = 5  # at random moments
+IN_FLIGHT = 5  # with an order in flight
 MIN_ORDERS = 3
 MARKET = "kraken:BTC/USDC:1m"
 KEY = "kraken-crash-key"
@@ -64,6 +68,8 @@ def test_sigkill_on_krakens_api_never_doubles_an_order_and_books_match_the_excha
     ) as sim:
         env = kraken_env(engine, sim, tmp_path)
         kill_repeatedly(env, log, RESTARTS, rng)
+        for _ in range(IN_FLIGHT):
+            kill_with_an_order_in_flight(env, log, sim, "BTCUSDC", rng)
         process = start_trader(env, log)
         orders = sim.exchange.accounts.account(KEY).orders
         before = rows(engine, "SELECT count(*) FROM decisions")[0][0]
@@ -82,7 +88,8 @@ def test_sigkill_on_krakens_api_never_doubles_an_order_and_books_match_the_excha
 
     output = log.read_text()
     assert SECRET not in output, "the API secret reached the logs"
-    assert started_count(log) >= RESTARTS // 2
+    assert started_count(log) >= RESTARTS // 2 + IN_FLIGHT
+    assert sim.exchange.leg_faults.consumed["delay"] == IN_FLIGHT, "orders held in flight"
     check_no_doubled_order(engine, sent, (exchange_base, exchange_quote), MIN_ORDERS)
     assert "balances differ" not in output
     assert "the model needs" not in output, "Kraken's minutes without a trade left a window short"

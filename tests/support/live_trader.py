@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from pipeline.exchanges.simulator.app import Running
+from pipeline.exchanges.simulator.faults import LegFault
 from pipeline.models.registry import model_name, move_alias, register
 from tests.support.paths import REPO
 from tests.support.policies import MARKET, NAME, exported_policy
@@ -132,6 +133,36 @@ def kill_repeatedly(
             time.sleep(rng.uniform(0.3, 1.5) * startup)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
+
+
+def kill_with_an_order_in_flight(
+    env: dict[str, str],
+    log: Path,
+    sim: Running,
+    symbol: str,
+    rng: random.Random,
+    hold_seconds: float = 2.0,
+    wait_seconds: float = 120.0,
+) -> None:
+    """Start the live trader and SIGKILL it while an order it sent is in flight: the
+    simulator holds its next order on `symbol` (the exchange's market id) `hold_seconds`
+    before matching it, and the kill lands inside that hold, after the request arrived
+    and before any answer. The order is matched after the trader died."""
+    faults = sim.exchange.leg_faults
+    arrived = faults.consumed["delay"]
+    faults.add(LegFault(symbol, "delay", seconds=hold_seconds))
+    process = start_trader(env, log)
+    deadline = time.monotonic() + wait_seconds
+    while faults.consumed["delay"] == arrived:
+        assert process.poll() is None, log.read_text()[-3000:]
+        if time.monotonic() > deadline:
+            process.send_signal(signal.SIGKILL)
+            faults.clear()
+            pytest.fail(f"the trader sent no order on {symbol} in {wait_seconds:g} s")
+        time.sleep(0.01)
+    time.sleep(rng.uniform(0.0, 0.75 * hold_seconds))
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
 
 
 def check_no_doubled_order(
