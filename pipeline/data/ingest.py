@@ -94,8 +94,7 @@ def fetch_interval(exchange: ExchangeClient, market: Market, start: int, end: in
         return Fetched(market, start, max(start, closed_end), [], [])
     retries_before = exchange.retries
     rows = fetch_candles(exchange, market, start, closed_end)
-    for run_start, run_end in missing_runs(rows, start, closed_end, tf):
-        rows += fetch_candles(exchange, market, run_start, run_end, once=True)
+    rows += fetch_missing(exchange, market, missing_runs(rows, start, closed_end, tf), closed_end)
     gaps = missing_runs(rows, start, closed_end, tf)
     return Fetched(market, start, closed_end, rows, gaps, exchange.retries - retries_before)
 
@@ -174,6 +173,27 @@ def fetch_candles(
         since = max(later)
         if since >= end - tf:
             break
+    return rows
+
+
+def fetch_missing(
+    exchange: ExchangeClient, market: Market, runs: list[tuple[int, int]], end: int
+) -> list[list]:
+    """The candles of the missing `runs`, asked for once more: one page from the first
+    run, covering every later run that starts inside it, then from the next run past it.
+    On a market with many minutes without a trade (Kraken's candles skip them) that is a
+    request a page, not one a run."""
+    tf = market.timeframe_ms
+    page = exchange.ohlcv_page_limit() * tf
+    wanted = {ts for a, b in runs for ts in range(a, b, tf)}
+    rows: list[list] = []
+    asked_until = None
+    for run_start, _ in runs:
+        if asked_until is not None and run_start < asked_until:
+            continue
+        asked_until = min(end, run_start + page)
+        found = fetch_candles(exchange, market, run_start, asked_until, once=True)
+        rows += [row for row in found if row[0] in wanted]
     return rows
 
 

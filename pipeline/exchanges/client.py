@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -88,6 +89,7 @@ class ExchangeClient:
         self.capability = CAPABILITIES.get(client.id, Capability())
         self.pacer = WeightPacer(self.capability.weight_header)
         self.retries = 0
+        self.requests: Counter[str] = Counter()  # requests sent, by kind (retries included)
 
     @property
     def budget(self) -> int | None:
@@ -193,6 +195,7 @@ class ExchangeClient:
         for attempt in retrying:
             with attempt, translated(f"{self.name}: {what}", self.client, self.name):
                 self.pacer.before(kind)
+                self.requests[kind] += 1
                 try:
                     result = function()
                 finally:

@@ -64,6 +64,16 @@ def test_the_recent_hours_of_a_kraken_market_are_stored_as_the_exchange_serves_t
     assert summary.gaps == 360 - len(served), "minutes Kraken has no candle for are gaps"
 
 
+def test_a_sparse_markets_missing_minutes_are_asked_for_again_a_page_at_a_time(
+    kraken, fresh_pg
+) -> None:
+    now = kraken.server_time()
+    end = now - now % MINUTE
+    summary = ingest(kraken, fresh_pg(), MARKET, end - 6 * 60 * MINUTE, end)
+    assert summary.gaps > 10, "the recorded Kraken minutes are sparse enough to show it"
+    assert kraken.requests["klines"] == 2, "the page, then one page of the missing minutes"
+
+
 def test_history_older_than_the_720_candle_window_is_refused_by_name_and_nothing_stored(
     kraken, fresh_pg
 ) -> None:
