@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,9 @@ FLOOR_SHARE = 0.9
 
 
 @contextmanager
-def simulator_process(data: Path) -> Iterator[str]:
-    """`python -m pipeline simulator` in its own process, as users run it."""
+def simulator_process(data: Path, options: Sequence[str] | None = None) -> Iterator[str]:
+    """`python -m pipeline simulator [options]` in its own process, as users run it
+    (default options: the weight budget of this bench)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -53,8 +54,7 @@ def simulator_process(data: Path) -> Iterator[str]:
         str(data),
         "--port",
         str(port),
-        "--weight-budget",
-        str(BUDGET),
+        *(["--weight-budget", str(BUDGET)] if options is None else options),
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

@@ -44,7 +44,7 @@ SETTINGS = load_settings()
 def backfill_history() -> None:
     @task(outlets=[OHLCV])
     def backfill(market: str, **context: object) -> dict:
-        from cryptobots_hooks import ExchangeHook
+        from cryptobots_hooks import ExchangeHook, final_refusals
 
         from pipeline.settings import Market
         from pipeline.tasks.market_data import backfill_market, history_range
@@ -52,13 +52,14 @@ def backfill_history() -> None:
         params: dict = context["params"]  # type: ignore[assignment]
         settings = load_settings()
         start, end = history_range(params["days"], params["end"] or None)
-        return backfill_market(
-            settings,
-            market,
-            start,
-            end,
-            credentials=ExchangeHook(Market.model_validate(market).exchange).get_credentials(),
-        )
+        with final_refusals():
+            return backfill_market(
+                settings,
+                market,
+                start,
+                end,
+                credentials=ExchangeHook(Market.model_validate(market).exchange).get_credentials(),
+            )
 
     for exchange, markets in exchanges_of(SETTINGS).items():
         backfill.override(task_id=f"backfill_{exchange}", pool=pool_name(exchange)).expand(

@@ -52,21 +52,22 @@ TIMEZONE = SETTINGS.airflow.market_data_schedule_timezone
 def market_data() -> None:
     @task(outlets=[OHLCV])
     def ingest(market: str, **context: object) -> dict:
-        from cryptobots_hooks import ExchangeHook
+        from cryptobots_hooks import ExchangeHook, final_refusals
 
         from pipeline.settings import Market
         from pipeline.tasks.market_data import ingest_market
 
         settings = load_settings()
         exchange = Market.model_validate(market).exchange
-        return ingest_market(
-            settings,
-            market,
-            int(context["data_interval_start"].timestamp() * 1000),  # type: ignore[attr-defined]
-            int(context["data_interval_end"].timestamp() * 1000),  # type: ignore[attr-defined]
-            credentials=ExchangeHook(exchange).get_credentials(),
-            run_id=str(context["run_id"]),
-        )
+        with final_refusals():
+            return ingest_market(
+                settings,
+                market,
+                int(context["data_interval_start"].timestamp() * 1000),  # type: ignore[attr-defined]
+                int(context["data_interval_end"].timestamp() * 1000),  # type: ignore[attr-defined]
+                credentials=ExchangeHook(exchange).get_credentials(),
+                run_id=str(context["run_id"]),
+            )
 
     for exchange, markets in exchanges_of(SETTINGS).items():
         ingest.override(task_id=f"ingest_{exchange}", pool=pool_name(exchange)).expand(

@@ -1,14 +1,30 @@
 """Airflow hook for exchanges: credentials come from the `exchange_<name>` Connection.
 
 Thin and stateless: it only turns a Connection into credentials; everything else
-lives in pipeline/. A missing Connection means no keys (public market data).
+lives in pipeline/. A missing Connection means no keys (public market data). Beside it,
+`final_refusals`: the errors asking again cannot fix fail a task without its retries.
 """
 
 from __future__ import annotations
 
-from airflow.sdk import BaseHook
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowFailException
+
+from pipeline.errors import ConfigurationError, HistoryOutOfReach
 from pipeline.exchanges.factory import Credentials
+
+
+@contextmanager
+def final_refusals() -> Iterator[None]:
+    """Fail the task at once, without its retries, on an error another try would meet
+    again (history beyond the exchange's reach, a bad setting), its message unchanged."""
+    try:
+        yield
+    except (HistoryOutOfReach, ConfigurationError) as error:
+        raise AirflowFailException(str(error)) from error
 
 
 class ExchangeHook(BaseHook):

@@ -127,7 +127,8 @@ def backfill_many(
 
     The exchange's request budget is the bottleneck, so the next chunks are fetched (in
     a second thread, the only one using the client; at most LOOKAHEAD ahead) while this
-    one is validated and stored.
+    one is validated and stored. The exchange's clock is read once, before the first
+    fetch: which candles are closed is decided by it for every chunk.
     """
     summaries = {str(market): BackfillSummary(str(market)) for market, _, _ in ranges}
     jobs: list[tuple[Market, int, int, int]] = []
@@ -144,15 +145,17 @@ def backfill_many(
                     progress(slots)
             else:
                 jobs.append((market, a, b, slots))
+    now = exchange.server_time() if jobs else 0  # once: every request counts on the limit
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch") as fetcher:
         pending = [
-            fetcher.submit(fetch_interval, exchange, m, a, b) for m, a, b, _ in jobs[:LOOKAHEAD]
+            fetcher.submit(fetch_interval, exchange, m, a, b, now)
+            for m, a, b, _ in jobs[:LOOKAHEAD]
         ]
         for i, (market, _, _, slots) in enumerate(jobs):
             fetched = pending[i].result()
             if i + LOOKAHEAD < len(jobs):
                 m, a, b, _ = jobs[i + LOOKAHEAD]
-                pending.append(fetcher.submit(fetch_interval, exchange, m, a, b))
+                pending.append(fetcher.submit(fetch_interval, exchange, m, a, b, now))
             summaries[str(market)].summaries.append(
                 store_interval(engine, fetched, policy=policy, report_dir=report_dir)
             )

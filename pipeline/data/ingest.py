@@ -85,11 +85,15 @@ def ingest(
     return store_interval(engine, fetched, policy=policy, report_dir=report_dir, run_id=run_id)
 
 
-def fetch_interval(exchange: ExchangeClient, market: Market, start: int, end: int) -> Fetched:
-    """The closed candles of [start, end), missing ones re-requested once, gaps named."""
+def fetch_interval(
+    exchange: ExchangeClient, market: Market, start: int, end: int, now: int | None = None
+) -> Fetched:
+    """The closed candles of [start, end), missing ones re-requested once, gaps named.
+    Closed by the exchange's clock: `now` when the caller read it already (a candle that
+    closed since is left for the next run), else read here."""
     exchange.market(market.symbol)
     tf = market.timeframe_ms
-    closed_end = min(end, exchange.server_time() // tf * tf)
+    closed_end = min(end, (exchange.server_time() if now is None else now) // tf * tf)
     if closed_end <= start:
         return Fetched(market, start, max(start, closed_end), [], [])
     retries_before = exchange.retries

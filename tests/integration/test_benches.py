@@ -71,6 +71,24 @@ def test_upsert_bench_stores_every_row_and_reports_the_ratios() -> None:
 @needs_data
 @pytest.mark.postgres
 @pytest.mark.usefixtures("postgres")
+def test_backfill_dialects_bench_backfills_both_dialects_within_the_stated_limit() -> None:
+    from bench import backfill_dialects
+
+    assert DATA is not None
+    runs = [backfill_dialects.one_run(d, DATA, 20.0, 300) for d in ("binance", "kraken")]
+    binance, kraken = runs
+    assert binance["markets"] == kraken["markets"] >= 3
+    assert 0 < binance["fetched"] <= 300 * binance["markets"]
+    assert 0 < kraken["fetched"] <= 719 * kraken["markets"]
+    for run in runs:
+        assert all(positive(run[figure]) for figure in ("rate", "ceiling", "share"))
+        assert run["requests"]["klines"] >= run["markets"]
+    assert backfill_dialects.report(runs, 20.0).failed == []
+
+
+@needs_data
+@pytest.mark.postgres
+@pytest.mark.usefixtures("postgres")
 def test_backfill_bench_fetches_every_series_on_both_runs() -> None:
     from bench import backfill
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -178,6 +179,50 @@ def test_market_data_dag_ingests_one_interval_for_every_market(
         ("ETH/BTC", interval_start),
         ("ETH/USDT", interval_start),
     ]
+
+
+@pytest.mark.postgres
+def test_the_market_data_dags_ingest_a_kraken_market_through_krakens_own_api(
+    airflow_env: dict, simulator, fresh_pg
+) -> None:
+    engine = fresh_pg()
+    code = """
+        import json, sys, pendulum
+        from airflow.dag_processing.dagbag import DagBag
+        dags = DagBag(dag_folder="dags").dags
+        hour = pendulum.now("UTC").start_of("hour")
+        if sys.argv[1] == "market_data":
+            run = dags["market_data"].test(logical_date=hour)
+        else:
+            run = dags["backfill_history"].test(run_conf={"days": 1, "end": hour.isoformat()})
+        print(json.dumps({"state": str(run.state), "hour": int(hour.timestamp() * 1000)}))
+        """
+    with simulator(exchange="kraken", dialect="kraken", shift_to_now=True) as sim:
+        env = airflow_env | {
+            "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
+            "CRYPTOBOTS_MARKETS": '["kraken:BTC/USDC:1m"]',
+            "CRYPTOBOTS_EXCHANGES__KRAKEN__URL": sim.url,
+            "CRYPTOBOTS_EXCHANGES__KRAKEN__CCXT_ID": "kraken",
+            "CRYPTOBOTS_VAR_DIR": str(Path(airflow_env["AIRFLOW_HOME"]) / "var"),
+        }
+        hourly = run_python(code.replace("sys.argv[1]", '"market_data"'), env)
+        deeper = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code), "backfill_history"],
+            env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    assert hourly["state"] == "success"
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT exchange, symbol, ts FROM ohlcv ORDER BY ts")).all()
+        gaps = conn.execute(sa.text("SELECT coalesce(sum(missing), 0) FROM ohlcv_gaps")).scalar()
+    assert {(exchange, symbol) for exchange, symbol, _ in stored} == {("kraken", "BTC/USDC")}
+    assert all(hourly["hour"] - 3_600_000 <= ts < hourly["hour"] for *_, ts in stored)
+    assert len(stored) + gaps == 60, "every minute of the hour stored or a gap Kraken has"
+    output = deeper.stdout + deeper.stderr
+    assert '"state": "failed"' in output, output[-3000:]
+    assert "720 most recent candles" in output, output[-3000:]
+    assert "up_for_retry" not in output, "asking again would meet the same refusal"
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM ohlcv")).scalar() == len(stored)
 
 
 @pytest.mark.postgres

@@ -38,6 +38,7 @@ class ControlRoutes:
             "answered": {str(k): v for k, v in exchange.limiter.answered.items()},
             "injected": dict(exchange.faults.injected),
             "leg_faults": dict(exchange.leg_faults.consumed),
+            "kraken_refused": exchange.counter.refused if exchange.counter else 0,
             "clock_ms": exchange.clock.now_ms(),
         }
 
