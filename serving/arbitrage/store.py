@@ -10,19 +10,16 @@ holds, in the same transaction: a trader whose lease was taken over sends nothin
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline.db.schema import arb_balances, arb_fills, arb_legs, arb_opportunities
 from serving.kernel.execution import Execution, fill_rows
-from serving.kernel.lease import lease_lost, require_lease
+from serving.kernel.lease import require_lease
 
 Fence = tuple[str, str, dict[str, int]]  # (lease account, holder, token per market)
 
@@ -57,85 +54,15 @@ def open_opportunity(
 
     `durable=False` (paper) lets Postgres acknowledge the commit before its WAL reaches
     the disk: a crash of the trader loses nothing, a crash of the database server may
-    lose the last fraction of a second of paper cycles. Live writes always wait.
-
-    On Postgres the lease check and both inserts are one statement (write_ahead), so a
-    live write costs one round trip and one WAL flush before the legs can be sent."""
-    legs = [{**leg, "status": "pending"} for leg in (first_leg, *more_legs)]
-    if engine.dialect.name == "postgresql":
-        _open_in_one_statement(engine, dict(opportunity), legs, durable, fence)
-        return
+    lose the last fraction of a second of paper cycles. Live writes always wait."""
     with engine.begin() as conn:
+        if not durable and conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
         if fence is not None:
             require_lease(conn, *fence)
         conn.execute(sa.insert(arb_opportunities), [dict(opportunity)])
+        legs = [{**leg, "status": "pending"} for leg in (first_leg, *more_legs)]
         conn.execute(sa.insert(arb_legs), legs)
-
-
-def _open_in_one_statement(
-    engine: Engine,
-    opportunity: dict[str, Any],
-    legs: list[dict[str, Any]],
-    durable: bool,
-    fence: Fence | None,
-) -> None:
-    """open_opportunity as one statement: the opportunity is inserted only while `fence`
-    holds (its lease rows locked shared until the statement commits), the legs only with
-    it. Durable: autocommit, the statement its own transaction."""
-    markets = sorted(fence[2]) if fence else []
-    statement = write_ahead(tuple(opportunity), tuple(legs[0]), len(legs), len(markets))
-    params = {f"o_{k}": v for k, v in opportunity.items()}
-    params["o_cycle"] = json.dumps(opportunity["cycle"])
-    for i, leg in enumerate(legs):
-        params |= {f"l{i}_{k}": v for k, v in leg.items()}
-    if fence:
-        params |= {"lease_account": fence[0], "lease_holder": fence[1]}
-        for i, market in enumerate(markets):
-            params |= {f"m{i}": market, f"t{i}": fence[2][market]}
-    with engine.connect() as conn:
-        if durable:
-            written = conn.execution_options(isolation_level="AUTOCOMMIT").scalar(statement, params)
-        else:
-            with conn.begin():
-                conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
-                written = conn.scalar(statement, params)
-    if written != len(legs):
-        assert fence is not None, "only a lost lease writes nothing"
-        raise lease_lost(fence[0], fence[2])
-
-
-@functools.cache
-def write_ahead(
-    opportunity: tuple[str, ...], leg: tuple[str, ...], legs: int, markets: int
-) -> sa.TextClause:
-    """The Postgres statement of open_opportunity for these columns, this many legs and
-    lease markets (0: no fence): the opportunity inserted only while every market's lease
-    row holds the token (locked shared), each leg only with the opportunity; it returns
-    how many legs it wrote."""
-    dialect = postgresql.dialect()
-
-    def typed(table: sa.Table, prefix: str, columns: tuple[str, ...]) -> str:
-        return ", ".join(
-            f"CAST(:{prefix}{c} AS {table.c[c].type.compile(dialect=dialect)})" for c in columns
-        )
-
-    held = ", ".join(f"(:m{i}, :t{i})" for i in range(markets))
-    fenced = (
-        "WITH held AS (SELECT market FROM trader_leases WHERE account = :lease_account "
-        f"AND holder = :lease_holder AND (market, token) IN ({held}) FOR SHARE), "
-        if markets
-        else "WITH "
-    )
-    condition = f" WHERE (SELECT count(*) FROM held) = {markets}" if markets else ""
-    rows = " UNION ALL ".join(
-        f"SELECT {typed(arb_legs, f'l{i}_', leg)} FROM opened" for i in range(legs)
-    )
-    return sa.text(
-        f"{fenced}opened AS (INSERT INTO arb_opportunities ({', '.join(opportunity)}) "
-        f"SELECT {typed(arb_opportunities, 'o_', opportunity)}{condition} RETURNING id), "
-        f"written AS (INSERT INTO arb_legs ({', '.join(leg)}) {rows} RETURNING seq) "
-        "SELECT count(*) FROM written"
-    )
 
 
 def add_leg(engine: Engine, leg: Mapping[str, Any], fence: Fence | None = None) -> None:

@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -233,15 +233,10 @@ def require_lease(conn: Connection, account: str, holder: str, tokens: dict[str,
     ).all()
     if {market: int(token) for market, token in held} != tokens:
         lost = sorted(set(tokens) - {m for m, t in held if tokens.get(m) == int(t)})
-        raise lease_lost(account, lost)
-
-
-def lease_lost(account: str, markets: Iterable[str]) -> LeaseLost:
-    """The refusal of a write whose lease on `markets` was taken over."""
-    return LeaseLost(
-        f"{', '.join(sorted(markets))} ({account}): this trader's lease was taken over by "
-        "another trader: nothing written, nothing sent"
-    )
+        raise LeaseLost(
+            f"{', '.join(lost)} ({account}): this trader's lease was taken over by another "
+            "trader: nothing written, nothing sent"
+        )
 
 
 def _ensure_row(conn: Connection, account: str, market: str) -> None:
