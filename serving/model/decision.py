@@ -164,8 +164,13 @@ class Deciding(Watchdog):
         if state.handled is not None and last <= state.handled:
             return None  # the exchange has not published the closed candle yet
         if not self.risk.data_fresh(key, last, tf, now):
-            self.metrics.stale.labels(key).inc()
-            log.warning("%s: newest closed candle %d is stale at %d: no trade", key, last, now)
+            if state.stale_warned != last:  # once a candle, not on every poll
+                state.stale_warned = last
+                self.metrics.stale.labels(key).inc()
+                log.warning(
+                    "%s: newest closed candle %d is stale at %d: no trade until a newer one",
+                    key, last, now,
+                )  # fmt: skip
             return None
         self.risk.on_candle(key, last, float(candles.open[-1]), float(candles.close[-1]), tf, now)
         broker = self.brokers[market.exchange]

@@ -65,5 +65,5 @@ class Metrics:
             "cryptobots_watch_breaches", "champion watch breaches", ["market"], registry=r
         )
         self.stale = Counter(
-            "cryptobots_stale_candles", "decisions skipped on stale data", ["market"], registry=r
+            "cryptobots_stale_candles", "candles too stale to decide on", ["market"], registry=r
         )

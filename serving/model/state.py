@@ -36,6 +36,7 @@ class MarketState:
     model: str
     handled: int | None = None  # open time of the newest candle dealt with
     last_closed: int | None = None
+    stale_warned: int | None = None  # the stale candle last warned about (once a candle)
     last_decision_ms: float | None = None  # latency of the last decision
     last_price: float | None = None
     timings: dict[str, float] = field(default_factory=dict)  # ms per stage, last decision

@@ -175,6 +175,22 @@ def test_readiness_reports_stale_data(
                        f"{state.last_closed + 10 * 3_600_000}"]  # fmt: skip
 
 
+def test_a_stale_candle_is_warned_about_once_not_on_every_poll(
+    registry: tuple[Engine, str, list[int]], clock_sim: Running, tmp_path: Path, caplog
+) -> None:
+    engine, _, _ = registry
+    risk = {"stale_after_timeframes": 1e-9}  # every closed candle is stale at once
+    trader = paper_trader(settings_for(engine, clock_sim, tmp_path, risk=risk), engine, clock_sim)
+    with caplog.at_level(logging.WARNING, logger="serving.trader"):
+        for _ in range(20):
+            trader.step()
+    warned = [r.getMessage() for r in caplog.records if "is stale" in r.getMessage()]
+    candles = {int(message.split()[4]) for message in warned}
+    assert 1 <= len(warned) == len(candles) < 20
+    stale = trader.metrics.stale.labels(MARKET)._value.get()
+    assert stale == len(warned)
+
+
 def test_a_corrupt_champion_is_refused_and_the_running_model_keeps_trading(
     registry: tuple[Engine, str, list[int]], clock_sim: Running, tmp_path: Path
 ) -> None:
