@@ -143,12 +143,12 @@ def export_onnx(model: Any, lineage: Lineage, path: Path | str) -> Path:
         output_names=[frozen.outputs[0].name],
         opset=OPSET,
     )
-    _rename(proto, frozen.inputs[0].name, INPUT_NAME)
-    _rename(proto, frozen.outputs[0].name, output_name)
+    rename_value(proto, frozen.inputs[0].name, INPUT_NAME)
+    rename_value(proto, frozen.outputs[0].name, output_name)
     onnx.helper.set_metadata_props(proto, lineage.props())
     proto.producer_name = "cryptobots"
     onnx.checker.check_model(proto, full_check=True)
-    return _write_atomically(proto.SerializeToString(), Path(path))
+    return write_atomically(proto.SerializeToString(), Path(path))
 
 
 def parity_observations(
@@ -218,7 +218,8 @@ def read_lineage(onnx_path: Path | str) -> Lineage:
     return Lineage.from_props({p.key: p.value for p in proto.metadata_props}, str(onnx_path))
 
 
-def _rename(proto: Any, old: str, new: str) -> None:
+def rename_value(proto: Any, old: str, new: str) -> None:
+    """Rename a graph input or output and every use of it."""
     for value in (*proto.graph.input, *proto.graph.output):
         if value.name == old:
             value.name = new
@@ -227,7 +228,8 @@ def _rename(proto: Any, old: str, new: str) -> None:
         node.output[:] = [new if name == old else name for name in node.output]
 
 
-def _write_atomically(payload: bytes, path: Path) -> Path:
+def write_atomically(payload: bytes, path: Path) -> Path:
+    """Write `payload` to `path` whole or not at all (a temporary file renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
