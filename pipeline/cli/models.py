@@ -1,4 +1,4 @@
-"""`models`: the model registry: list, show, promote, rollback."""
+"""`models`: the model registry: list, show, promote, rollback, register."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from pipeline.settings import Settings
 
 
 def add_models(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`models [--name N] list|show|promote|rollback`."""
-    models = commands.add_parser("models", help="the model registry: list, show, promote, rollback")
+    """`models [--name N] list|show|promote|rollback|register`."""
+    models = commands.add_parser(
+        "models", help="the model registry: list, show, promote, rollback, register"
+    )
     models.add_argument(
         "--name", help="model name (default: the first market's, e.g. binance-btc-usdt-1h)"
     )
@@ -29,9 +31,52 @@ def add_models(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--end", type=arg.iso_time, help="end of the evaluation window (default: latest candle)"
     )
     promote.set_defaults(handler=_models_promote)
+    bring = model_commands.add_parser(
+        "register", help="a policy trained elsewhere (ONNX file or URL) as a candidate"
+    )
+    bring.add_argument("source", help="the .onnx file: a path or any fsspec URL")
+    bring.add_argument("--market", type=arg.market, required=True, help="what it trades")
+    bring.add_argument(
+        "--features", type=_names, required=True,
+        help="the features it reads, in its input's order (comma-separated; raw values: "
+        "normalization is inside the graph); its last input is the position",
+    )  # fmt: skip
+    bring.add_argument(
+        "--action-map", type=_positions, required=True,
+        help="the position each output stands for, comma-separated (e.g. 0,1 or -1,0,1)",
+    )  # fmt: skip
+    bring.add_argument("--position-rule", default="argmax", help="argmax (default) or expected")
+    bring.set_defaults(handler=_models_register)
     back = model_commands.add_parser("rollback", help="champion back to the previous one")
     back.add_argument("--reason")
     back.set_defaults(handler=_models_rollback)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give one feature name or more, comma-separated")
+    return names
+
+
+def _positions(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(arg.finite_float(value) for value in text.split(","))
+    except (argparse.ArgumentTypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give positions as comma-separated numbers, e.g. 0,1 ({error})"
+        ) from None
+
+
+def _models_register(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.tasks.models import register_external
+
+    result = register_external(
+        settings, args.source, str(args.market), features=args.features,
+        action_map=args.action_map, registered_by=_who(), position_rule=args.position_rule,
+    )  # fmt: skip
+    print(json.dumps(result, indent=2))
+    return 0
 
 
 def _model_name(settings: Settings, args: argparse.Namespace) -> str:

@@ -1,0 +1,110 @@
+"""`models register`: a policy trained outside the pipeline brought in as a candidate
+version, after the checks of `pipeline.models.external` and a run on real observations
+of its market. Opens the database, returns plain values."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.settings import Settings
+
+OBSERVATIONS = 1_000  # real observations the model must score finitely before it is stored
+
+
+def register_external(
+    settings: Settings,
+    source: str,
+    market: str,
+    *,
+    features: Sequence[str],
+    action_map: Sequence[float],
+    registered_by: str,
+    sizing: Mapping[str, Any] | None = None,
+    position_rule: str = "argmax",
+) -> dict[str, Any]:
+    """Fetch `source` (a path or any fsspec URL), adopt it under the model contract, run
+    it on the market's stored candles, and register it as a candidate of the market's
+    model; nothing is stored unless every check passes."""
+    import tempfile
+
+    from pipeline.db.engine import opened
+    from pipeline.models.external import adopt, check_finite
+    from pipeline.models.registry import model_name, register
+    from pipeline.settings import Market
+
+    parsed = Market.model_validate(market)
+    with tempfile.TemporaryDirectory() as folder:
+        local = fetch_source(source, Path(folder))
+        adopted = Path(folder) / "adopted.onnx"
+        lineage = adopt(
+            local, adopted, features=features, action_map=action_map, origin=source,
+            registered_by=registered_by, sizing=sizing, position_rule=position_rule,
+        )  # fmt: skip
+        with opened(settings.db_url) as engine:
+            observations = real_observations(engine, parsed, lineage.feature_spec, action_map)
+            check_finite(adopted, observations, f"external model {source}")
+            name = model_name(market)
+            version = register(
+                engine, settings.artifact_root, adopted, name,
+                metrics={"external": dict(lineage.data_window)},
+            )  # fmt: skip
+    return {
+        "name": name,
+        "version": version,
+        "algorithm": lineage.algorithm,
+        "sha256": lineage.data_window["sha256"],
+        "origin": source,
+        "observations": len(observations),
+    }
+
+
+def fetch_source(source: str, folder: Path) -> Path:
+    """A local copy of `source`: a path as it is, a URL through fsspec; ModelRejected
+    naming it when it cannot be read."""
+    import fsspec
+
+    from pipeline.errors import ModelRejected
+
+    if "://" not in source:
+        return Path(source)
+    local = folder / "source.onnx"
+    try:
+        with fsspec.open(source, "rb") as remote, local.open("wb") as out:
+            out.write(remote.read())
+    except Exception as error:  # fsspec backends raise their own types
+        raise ModelRejected(
+            f"external model {source}: could not be read ({type(error).__name__}: {error}); "
+            "check the URL and its credentials, or download the file and give its path"
+        ) from error
+    return local
+
+
+def real_observations(engine: Any, market: Any, spec: Any, action_map: Sequence[float]) -> Any:
+    """Feature rows of the market's most recent stored candles, each with every position
+    of `action_map`, at least OBSERVATIONS of them; ModelRejected naming the market when
+    too few candles are stored."""
+    from pipeline.errors import ModelRejected
+    from pipeline.learn.export import parity_observations
+    from pipeline.learn.features.candles import fill_gaps
+    from pipeline.learn.features.compute import compute_features
+    from pipeline.learn.snapshot import latest_candle_end, load_candles
+
+    rows = -(-OBSERVATIONS // len(action_map)) + spec.window
+    end = latest_candle_end(engine, market)
+    if end is None:
+        raise ModelRejected(
+            f"{market}: no stored candles to check the model on: backfill it first "
+            f"(python -m pipeline backfill --market {market} ...)"
+        )
+    tf = market.timeframe_ms
+    candles, _ = fill_gaps(load_candles(engine, market, end - rows * 2 * tf, end), tf)
+    features = compute_features(candles, spec)
+    try:
+        return parity_observations(features, action_map, minimum=OBSERVATIONS)
+    except ModelRejected as error:
+        raise ModelRejected(
+            f"{market}: too few stored candles to check the model on {OBSERVATIONS} real "
+            f"observations ({error}): backfill more history"
+        ) from error

@@ -1,0 +1,97 @@
+"""`python -m pipeline models register`: a policy trained elsewhere becomes a candidate
+version of its market's model after running finitely on 1,000 real observations of the
+stored candles; a refused one leaves the registry as it was."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import sqlalchemy as sa
+from onnx import TensorProto, helper, numpy_helper
+from sqlalchemy.engine import Engine
+
+from pipeline.db.upsert import upsert_ohlcv
+from pipeline.models.registry import list_versions, load_verified
+from tests.support.candles import HOUR, T0, candle
+from tests.support.paths import REPO
+
+pytestmark = pytest.mark.postgres
+
+MARKET = "binance:BTC/USDT:1h"
+NAME = "binance-btc-usdt-1h"
+FEATURES = "ret_1,ret_4,ret_24,rsi_14"
+
+
+def foreign_model(path: Path, op: str = "MatMul") -> Path:
+    """A 5-input, 2-score ONNX policy with another library's names; `Log` makes it NaN on
+    negative returns."""
+    weights = numpy_helper.from_array(np.full((5, 2), 0.5, np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["state", "w"], ["out" if op == "MatMul" else "lin"])]
+    if op == "Log":
+        nodes.append(helper.make_node("Log", ["lin"], ["out"]))
+    graph = helper.make_graph(
+        nodes, "foreign",
+        [helper.make_tensor_value_info("state", TensorProto.FLOAT, ["n", 5])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 2])],
+        [weights],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture
+def engine(fresh_pg) -> Engine:
+    """A database with 1,200 hours of a random-walk BTC/USDT."""
+    engine = fresh_pg()
+    closes = 100 * np.exp(np.cumsum(np.random.default_rng(1).normal(0, 0.01, 1200)))
+    upsert_ohlcv(engine, [candle(T0 + i * HOUR, float(c)) for i, c in enumerate(closes)])
+    return engine
+
+
+def register(engine: Engine, tmp_path: Path, source: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
+    env |= {
+        "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
+        "CRYPTOBOTS_VAR_DIR": str(tmp_path / "var"),
+        "CRYPTOBOTS_ARTIFACT_ROOT": f"file://{tmp_path / 'artifacts'}",
+    }
+    command = [
+        sys.executable, "-m", "pipeline", "models", "register", str(source),
+        "--market", MARKET, "--features", FEATURES, "--action-map", "0,1",
+    ]  # fmt: skip
+    return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+
+
+def test_a_foreign_policy_is_registered_as_a_candidate_with_an_external_lineage(
+    engine: Engine, tmp_path: Path
+) -> None:
+    done = register(engine, tmp_path, foreign_model(tmp_path / "policy.onnx"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    [version] = list_versions(engine, NAME)
+    assert (version["algorithm"], version["status"]) == ("external", "candidate")
+    assert version["training_run"].startswith("external:")
+    assert version["metrics"]["external"]["origin"] == str(tmp_path / "policy.onnx")
+    verified = load_verified(engine, NAME, version["version"], tmp_path / "check")
+    assert verified.lineage.feature_spec.features == tuple(FEATURES.split(","))
+    assert json.loads(done.stdout)["observations"] >= 1000
+
+
+def test_a_policy_with_nan_scores_on_real_candles_is_refused_and_nothing_stored(
+    engine: Engine, tmp_path: Path
+) -> None:
+    done = register(engine, tmp_path, foreign_model(tmp_path / "policy.onnx", op="Log"))
+    assert done.returncode != 0
+    assert "non-finite scores" in done.stderr, done.stderr[-3000:]
+    assert "policy.onnx" in done.stderr
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM model_versions")).scalar() == 0
+    assert not (tmp_path / "artifacts").exists() or not any((tmp_path / "artifacts").rglob("*"))
