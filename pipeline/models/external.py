@@ -33,6 +33,7 @@ def adopt(
     source: Path,
     target: Path,
     *,
+    market: str,
     features: Sequence[str],
     action_map: Sequence[float],
     origin: str,
@@ -40,7 +41,8 @@ def adopt(
     sizing: Mapping[str, Any] | None = None,
     position_rule: str = "argmax",
 ) -> Lineage:
-    """Write `target`: the ONNX file at `source` under the model contract, with its lineage;
+    """Write `target`: the ONNX file at `source` under the model contract, with its lineage
+    (`market`: what it trades, as a market string);
     ModelRejected (nothing written) when it is not ONNX or does not match what is declared."""
     import onnx
 
@@ -89,6 +91,7 @@ def adopt(
         action_map=tuple(float(a) for a in action_map),
         training_run=f"external:{digest[:16]}",
         data_window={
+            "market": market,
             "decision_every": 1,
             "origin": origin,
             "registered_by": registered_by,

@@ -167,12 +167,15 @@ def evaluate_pair(
 def gate_pair(
     settings: Settings, engine: Engine, name: str, version: int, pair: dict[str, Any]
 ) -> dict[str, Any]:
-    """The gates of an evaluated pair (see `gates`)."""
+    """The gates of an evaluated pair (see `gates`). A model registered from outside is
+    the ONNX file that was evaluated and will trade: nothing was converted, its parity is
+    exact."""
     metrics = get_version(engine, name, version)["metrics"] or {}
+    parity = metrics.get("parity_max_abs_diff", 0.0 if "external" in metrics else None)
     return gates(
         pair["candidate"],
         pair["champion"],
-        metrics.get("parity_max_abs_diff"),
+        parity,
         settings.promotion,
         metrics.get("walk_forward"),
     )

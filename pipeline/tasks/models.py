@@ -39,7 +39,8 @@ def register_external(
         local = fetch_source(source, Path(folder))
         adopted = Path(folder) / "adopted.onnx"
         lineage = adopt(
-            local, adopted, features=features, action_map=action_map, origin=source,
+            local, adopted, market=market, features=features, action_map=action_map,
+            origin=source,
             registered_by=registered_by, sizing=sizing, position_rule=position_rule,
         )  # fmt: skip
         with opened(settings.db_url) as engine:

@@ -50,25 +50,29 @@ def foreign_model(path: Path, op: str = "MatMul") -> Path:
 
 @pytest.fixture
 def engine(fresh_pg) -> Engine:
-    """A database with 1,200 hours of a random-walk BTC/USDT."""
+    """A database with 2,500 hours of a random-walk BTC/USDT (the promotion window: 90 days)."""
     engine = fresh_pg()
-    closes = 100 * np.exp(np.cumsum(np.random.default_rng(1).normal(0, 0.01, 1200)))
+    closes = 100 * np.exp(np.cumsum(np.random.default_rng(1).normal(0, 0.01, 2500)))
     upsert_ohlcv(engine, [candle(T0 + i * HOUR, float(c)) for i, c in enumerate(closes)])
     return engine
 
 
-def register(engine: Engine, tmp_path: Path, source: Path) -> subprocess.CompletedProcess:
+def models(engine: Engine, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m pipeline models ARGS` on `engine`'s database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
     env |= {
         "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
         "CRYPTOBOTS_VAR_DIR": str(tmp_path / "var"),
         "CRYPTOBOTS_ARTIFACT_ROOT": f"file://{tmp_path / 'artifacts'}",
+        "CRYPTOBOTS_MARKETS": f'["{MARKET}"]',
     }
-    command = [
-        sys.executable, "-m", "pipeline", "models", "register", str(source),
-        "--market", MARKET, "--features", FEATURES, "--action-map", "0,1",
-    ]  # fmt: skip
+    command = [sys.executable, "-m", "pipeline", "models", *args]
     return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+
+
+def register(engine: Engine, tmp_path: Path, source: Path) -> subprocess.CompletedProcess:
+    declared = ["--market", MARKET, "--features", FEATURES, "--action-map", "0,1"]
+    return models(engine, tmp_path, "register", str(source), *declared)
 
 
 def test_a_foreign_policy_is_registered_as_a_candidate_with_an_external_lineage(
@@ -95,3 +99,21 @@ def test_a_policy_with_nan_scores_on_real_candles_is_refused_and_nothing_stored(
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM model_versions")).scalar() == 0
     assert not (tmp_path / "artifacts").exists() or not any((tmp_path / "artifacts").rglob("*"))
+
+
+def test_a_registered_foreign_policy_is_gated_like_any_candidate_and_can_be_champion(
+    engine: Engine, tmp_path: Path
+) -> None:
+    assert register(engine, tmp_path, foreign_model(tmp_path / "policy.onnx")).returncode == 0
+    gated = models(engine, tmp_path, "promote", "1")
+    forced = models(engine, tmp_path, "promote", "1", "--force", "--reason", "desk's rule")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert gated.returncode != 0
+    assert "fails the promotion gates ['evidence']" in gated.stderr, gated.stderr[-3000:]
+    assert "'parity': {'passed': True" in gated.stderr, "the file that runs is the file judged"
+    with engine.connect() as conn:
+        champion = conn.execute(
+            sa.text("SELECT version FROM model_aliases WHERE name = :n AND alias = 'champion'"),
+            {"n": NAME},
+        ).scalar()
+    assert champion == 1

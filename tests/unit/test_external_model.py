@@ -43,8 +43,9 @@ def foreign_model(folder: Path, width: int = 5, scores: int = 2, op: str = "MatM
     return path
 
 
-def adopt_into(source: Path, target: Path, **declared) -> None:
-    declared = {"features": FEATURES, "action_map": (0.0, 1.0)} | declared
+def adopt_into(source: Path, target: Path, **overrides) -> None:
+    declared = {"market": "binance:BTC/USDT:1h", "features": FEATURES, "action_map": (0.0, 1.0)}
+    declared |= overrides
     adopt(source, target, origin=str(source), registered_by="desk", **declared)
 
 
