@@ -25,12 +25,14 @@ def register_external(
     position_rule: str = "argmax",
 ) -> dict[str, Any]:
     """Fetch `source` (a path or any fsspec URL), adopt it under the model contract, run
-    it on the market's stored candles, and register it as a candidate of the market's
-    model; nothing is stored unless every check passes."""
+    it on the market's stored candles, judge it on the nightly's walk-forward folds, and
+    register it as a candidate of the market's model with that evidence; nothing is
+    stored unless every check passes (too little history for the folds included)."""
     import tempfile
 
     from pipeline.db.engine import opened
     from pipeline.models.external import adopt, check_finite
+    from pipeline.models.external_evidence import external_evidence, trial_sharpes
     from pipeline.models.registry import model_name, register
     from pipeline.settings import Market
 
@@ -45,12 +47,16 @@ def register_external(
         )  # fmt: skip
         with opened(settings.db_url) as engine:
             observations = real_observations(engine, parsed, lineage.feature_spec, action_map)
-            check_finite(adopted, observations, f"external model {source}")
+            what = f"external model {source}"
+            check_finite(adopted, observations, what)
             name = model_name(market)
+            trials = trial_sharpes(engine, name)
+            judged = external_evidence(settings, engine, adopted, lineage, trials, what)
             version = register(
                 engine, settings.artifact_root, adopted, name,
-                metrics={"external": dict(lineage.data_window)},
+                metrics={"external": dict(lineage.data_window), **judged},
             )  # fmt: skip
+    evidence = judged["walk_forward"]
     return {
         "name": name,
         "version": version,
@@ -58,6 +64,12 @@ def register_external(
         "sha256": lineage.data_window["sha256"],
         "origin": source,
         "observations": len(observations),
+        "folds": len(evidence["folds"]),
+        "median_fold_sharpe": evidence["median_sharpe"],
+        "worst_fold_drawdown": evidence["worst_drawdown"],
+        "psr": evidence["confidence"]["psr"],
+        "dsr": evidence["confidence"]["dsr"],
+        "trials": evidence["confidence"]["n_trials"],
     }
 
 

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.postgres
 MARKET = "binance:BTC/USDT:1h"
 NAME = "binance-btc-usdt-1h"
 FEATURES = "ret_1,ret_4,ret_24,rsi_14"
+DAY = 86_400_000
 
 
 def foreign_model(path: Path, op: str = "MatMul") -> Path:
@@ -57,22 +58,28 @@ def engine(fresh_pg) -> Engine:
     return engine
 
 
-def models(engine: Engine, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    """`python -m pipeline models ARGS` on `engine`'s database."""
+def models(
+    engine: Engine, tmp_path: Path, *args: str, valid_days: int = 20
+) -> subprocess.CompletedProcess:
+    """`python -m pipeline models ARGS` on `engine`'s database, 3 folds of `valid_days`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
     env |= {
         "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
         "CRYPTOBOTS_VAR_DIR": str(tmp_path / "var"),
         "CRYPTOBOTS_ARTIFACT_ROOT": f"file://{tmp_path / 'artifacts'}",
         "CRYPTOBOTS_MARKETS": f'["{MARKET}"]',
+        "CRYPTOBOTS_TRAINING__FOLDS": "3",
+        "CRYPTOBOTS_TRAINING__VALID_DAYS": str(valid_days),
     }
     command = [sys.executable, "-m", "pipeline", "models", *args]
     return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
 
 
-def register(engine: Engine, tmp_path: Path, source: Path) -> subprocess.CompletedProcess:
+def register(
+    engine: Engine, tmp_path: Path, source: Path, valid_days: int = 20
+) -> subprocess.CompletedProcess:
     declared = ["--market", MARKET, "--features", FEATURES, "--action-map", "0,1"]
-    return models(engine, tmp_path, "register", str(source), *declared)
+    return models(engine, tmp_path, "register", str(source), *declared, valid_days=valid_days)
 
 
 def test_a_foreign_policy_is_registered_as_a_candidate_with_an_external_lineage(
@@ -87,6 +94,22 @@ def test_a_foreign_policy_is_registered_as_a_candidate_with_an_external_lineage(
     verified = load_verified(engine, NAME, version["version"], tmp_path / "check")
     assert verified.lineage.feature_spec.features == tuple(FEATURES.split(","))
     assert json.loads(done.stdout)["observations"] >= 1000
+    evidence = version["metrics"]["walk_forward"]
+    assert [fold["valid"][1] - fold["valid"][0] for fold in evidence["folds"]] == [20 * DAY] * 3
+    assert evidence["confidence"]["n_trials"] == 1, "the first model of the market: one trial"
+    expectations = version["metrics"]["expectations"]  # what the champion watch reads
+    assert expectations["source"] == "3 walk-forward folds"
+    assert 3 * 470 <= expectations["steps"] < 3 * 480, "the hours of the three folds"
+
+
+def test_a_policy_without_history_for_its_folds_is_refused_and_nothing_stored(
+    engine: Engine, tmp_path: Path
+) -> None:
+    done = register(engine, tmp_path, foreign_model(tmp_path / "policy.onnx"), valid_days=60)
+    assert done.returncode != 0
+    assert "not enough history for its 3 walk-forward folds" in done.stderr, done.stderr[-3000:]
+    assert "backfill" in done.stderr
+    assert list_versions(engine, NAME) == []
 
 
 def test_a_policy_with_nan_scores_on_real_candles_is_refused_and_nothing_stored(
