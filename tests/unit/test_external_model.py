@@ -110,3 +110,19 @@ def test_a_model_with_non_finite_scores_on_real_observations_is_refused(tmp_path
         check_finite(target, observations, "external model policy.onnx")
     assert "policy.onnx" in str(refused.value)
     check_finite(target, np.abs(observations) + 0.1, "the same model on positive inputs")
+
+
+def test_the_momentum_rule_goes_long_exactly_when_its_return_is_positive(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from pipeline.models.rules import momentum_rule
+
+    source, feature = momentum_rule(tmp_path / "momentum.onnx")
+    assert feature == "ret_168"
+    target = tmp_path / "adopted.onnx"
+    adopt_into(source, target, features=(feature,))
+    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    returns = np.array([-0.05, -1e-6, 0.0, 1e-6, 0.08], np.float32)
+    obs = np.column_stack([returns, np.ones_like(returns)]).astype(np.float32)
+    greedy = session.run(None, {INPUT_NAME: obs})[0].argmax(axis=1)
+    assert greedy.tolist() == [0, 0, 0, 1, 1], "flat unless the 168 h return is above 0"
