@@ -140,3 +140,18 @@ def test_a_registered_foreign_policy_is_gated_like_any_candidate_and_can_be_cham
             {"n": NAME},
         ).scalar()
     assert champion == 1
+
+
+def test_the_momentum_rule_is_registered_and_judged_on_its_own_return(
+    engine: Engine, tmp_path: Path
+) -> None:
+    from pipeline.models.rules import momentum_rule
+
+    source, feature = momentum_rule(tmp_path / "momentum.onnx")
+    declared = ["--market", MARKET, "--features", feature, "--action-map", "0,1"]
+    done = models(engine, tmp_path, "register", str(source), *declared)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [version] = list_versions(engine, NAME)
+    folds = version["metrics"]["walk_forward"]["folds"]
+    assert len(folds) == 3
+    assert 0 < max(fold["exposure"] for fold in folds) <= 1, "long in rising weeks only"
