@@ -6,9 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    import numpy as np
+    from sqlalchemy.engine import Engine
+
+    from pipeline.learn.features.spec import FeatureSpec
+    from pipeline.settings import Market
 
 OBSERVATIONS = 1_000  # real observations the model must score finitely before it is stored
 
@@ -42,8 +49,8 @@ def register_external(
         adopted = Path(folder) / "adopted.onnx"
         lineage = adopt(
             local, adopted, market=market, features=features, action_map=action_map,
-            origin=source,
-            registered_by=registered_by, sizing=sizing, position_rule=position_rule,
+            origin=source, registered_by=registered_by, sizing=sizing,
+            position_rule=position_rule,
         )  # fmt: skip
         with opened(settings.db_url) as engine:
             observations = real_observations(engine, parsed, lineage.feature_spec, action_map)
@@ -74,27 +81,23 @@ def register_external(
 
 
 def fetch_source(source: str, folder: Path) -> Path:
-    """A local copy of `source`: a path as it is, a URL through fsspec; ModelRejected
-    naming it when it cannot be read."""
-    import fsspec
-
+    """A local copy of `source` (a path, or any fsspec URL: the registry's own download);
+    ModelRejected naming it when it cannot be read."""
     from pipeline.errors import ModelRejected
+    from pipeline.models.registry.artifacts import fetch_artifact
 
-    if "://" not in source:
-        return Path(source)
-    local = folder / "source.onnx"
     try:
-        with fsspec.open(source, "rb") as remote, local.open("wb") as out:
-            out.write(remote.read())
+        return fetch_artifact(source, folder)
     except Exception as error:  # fsspec backends raise their own types
         raise ModelRejected(
             f"external model {source}: could not be read ({type(error).__name__}: {error}); "
             "check the URL and its credentials, or download the file and give its path"
         ) from error
-    return local
 
 
-def real_observations(engine: Any, market: Any, spec: Any, action_map: Sequence[float]) -> Any:
+def real_observations(
+    engine: Engine, market: Market, spec: FeatureSpec, action_map: Sequence[float]
+) -> np.ndarray:
     """Feature rows of the market's most recent stored candles, each with every position
     of `action_map`, at least OBSERVATIONS of them; ModelRejected naming the market when
     too few candles are stored."""
