@@ -46,6 +46,12 @@ def add_models(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the position each output stands for, comma-separated (e.g. 0,1 or -1,0,1)",
     )  # fmt: skip
     bring.add_argument("--position-rule", default="argmax", help="argmax (default) or expected")
+    bring.add_argument(
+        "--sizing", choices=("none", "target"), default="none",
+        help="none (default): the action map's positions; target: sized by the volatility "
+        "target as the learned policies are (training.target_volatility, read from the "
+        "features training.volatility_features, which --features must name)",
+    )  # fmt: skip
     bring.set_defaults(handler=_models_register)
     back = model_commands.add_parser("rollback", help="champion back to the previous one")
     back.add_argument("--reason")
@@ -74,6 +80,7 @@ def _models_register(settings: Settings, args: argparse.Namespace) -> int:
     result = register_external(
         settings, args.source, str(args.market), features=args.features,
         action_map=args.action_map, registered_by=_who(), position_rule=args.position_rule,
+        sizing=args.sizing,
     )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0

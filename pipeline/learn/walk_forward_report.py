@@ -11,7 +11,8 @@ outer fold's champion is chosen only from what was known at its start:
   model trades the outer fold;
 - old procedure (before issue 15): one seed per algorithm, trained before the
   previous window and chosen by its Sharpe on that one window;
-- baselines on the same candles and costs: buy-and-hold, flat, 24h and 168h momentum.
+- baselines on the same candles and costs (`rule_baselines`): buy-and-hold, flat, 24h
+  and 168h momentum, sized by the volatility target too.
 
 Per seed it prints every outer fold, then chains the folds into one out-of-sample
 equity curve (Sharpe, drawdown, worst fold, PSR and DSR), and across seeds how far
@@ -34,14 +35,12 @@ from pipeline.learn.evaluate import (
     Backtest,
     CostModel,
     VolatilityTarget,
-    backtest_positions,
-    baseline_positions,
     compute_metrics,
 )
 from pipeline.learn.evidence import confidence
 from pipeline.learn.features import FeatureSpec
 from pipeline.learn.onnx_evaluation import backtest_onnx, evaluate_run
-from pipeline.learn.prepare import window_steps
+from pipeline.learn.rule_baselines import baselines
 from pipeline.learn.run_files import local_copy
 from pipeline.learn.snapshot import earliest_training_start, snapshot_window
 from pipeline.learn.tables import text_table
@@ -51,9 +50,8 @@ from pipeline.learn.training_runs import get_run, ms_of
 from pipeline.learn.walk_forward import select
 from pipeline.learn.windows import Window, walk_forward_folds
 from pipeline.settings import Market, Settings
-from pipeline.timeutil import HOUR_MS, YEAR_MS
+from pipeline.timeutil import YEAR_MS
 
-MOMENTUM_HOURS = (24, 168)
 STABLE_POINTS = 0.10
 
 
@@ -179,41 +177,6 @@ def replay_seed(
             )
         )
     return outcomes
-
-
-def baselines(
-    settings: Settings, engine: Engine, market: Market, windows: Sequence[Window], every: int
-) -> dict[str, list[Backtest]]:
-    """Buy-and-hold, flat and 24h/168h momentum on each outer window (same costs); with a
-    volatility target, buy-and-hold sized by it too (`sized_hold`: what a policy that is
-    always long would earn under the models' own sizing)."""
-    t = settings.training
-    step_ms = market.timeframe_ms * every
-    cost = CostModel.per_step(t.fee_bps, t.slippage_bps, t.borrow_bps_per_hour, step_ms)
-    rules = {"buy_and_hold": ("buy_and_hold", 1), "flat": ("flat", 1)}
-    for hours in MOMENTUM_HOURS:
-        rules[f"momentum_{hours}h"] = ("momentum", max(1, round(hours * HOUR_MS / step_ms)))
-    sizing = (
-        VolatilityTarget(t.target_volatility, tuple(t.volatility_features))
-        if t.target_volatility is not None
-        else None
-    )
-    result: dict[str, list[Backtest]] = {name: [] for name in rules}
-    if sizing is not None:
-        result["sized_hold"] = []
-    for window in windows:
-        ts, opens, closes, rows = window_steps(engine, market, window, t.features, every)
-        for name, (rule, lookback) in rules.items():
-            positions = baseline_positions(rule, closes, (0.0, 1.0), lookback)[:-1]
-            result[name].append(
-                backtest_positions(name, ts, opens, closes, positions, step_ms, cost)
-            )
-        if sizing is not None:
-            scale = sizing.scale(rows[:-1], t.features, market.timeframe_ms)
-            result["sized_hold"].append(
-                backtest_positions("sized_hold", ts, opens, closes, scale, step_ms, cost)
-            )
-    return result
 
 
 def chained(backtests: Sequence[Backtest], step_ms: int, n_trials: int = 1) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ModelRejected
+from pipeline.errors import ConfigurationError, ModelRejected
 from pipeline.learn.evaluate.positions import POSITION_RULES
 from pipeline.learn.export import INPUT_NAME, Lineage, rename_value, write_atomically
 from pipeline.learn.features.spec import FeatureSpec, FeatureSpecError
@@ -27,6 +27,30 @@ from pipeline.models.registry.artifacts import sha256_of, verify_artifact
 
 ALGORITHM = "external"
 OUTPUT_NAME = "logits"  # scores per action, read by the position rule
+SIZINGS = ("none", "target")
+
+
+def declared_sizing(
+    name: str, target_volatility: float | None, volatility_features: Sequence[str]
+) -> dict[str, Any] | None:
+    """The sizing a registered model trades with, from `--sizing`: `none` (the positions
+    of its action map) or `target` (the training settings' volatility target, as the
+    learned policies are sized)."""
+    from pipeline.learn.evaluate import VolatilityTarget
+
+    if name == "none":
+        return None
+    if name != "target":
+        raise ConfigurationError(
+            f"sizing {name!r} is unknown: --sizing takes {' or '.join(SIZINGS)}"
+        )
+    if target_volatility is None:
+        raise ConfigurationError(
+            "--sizing target sizes positions by training.target_volatility, which is null: "
+            "set it (e.g. CRYPTOBOTS_TRAINING__TARGET_VOLATILITY=0.2) or register with "
+            "--sizing none"
+        )
+    return VolatilityTarget(target_volatility, tuple(volatility_features)).to_dict()
 
 
 def adopt(
@@ -53,6 +77,13 @@ def adopt(
         raise ModelRejected(
             f"{label}: position rule {position_rule!r} is unknown; --position-rule takes "
             f"{' or '.join(POSITION_RULES)}"
+        )
+    unread = [f for f in (sizing or {}).get("features", ()) if f not in spec.features]
+    if unread:
+        raise ModelRejected(
+            f"{label}: its sizing reads the volatilities {unread}, which its declared "
+            f"features {list(spec.features)} lack: add them to --features (and to the "
+            "model's input, which may ignore them) or register with --sizing none"
         )
     if len(action_map) < 2:
         raise ModelRejected(

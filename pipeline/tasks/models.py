@@ -4,7 +4,7 @@ of its market. Opens the database, returns plain values."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,28 +28,31 @@ def register_external(
     features: Sequence[str],
     action_map: Sequence[float],
     registered_by: str,
-    sizing: Mapping[str, Any] | None = None,
+    sizing: str = "none",
     position_rule: str = "argmax",
 ) -> dict[str, Any]:
     """Fetch `source` (a path or any fsspec URL), adopt it under the model contract, run
     it on the market's stored candles, judge it on the nightly's walk-forward folds, and
     register it as a candidate of the market's model with that evidence; nothing is
-    stored unless every check passes (too little history for the folds included)."""
+    stored unless every check passes (too little history for the folds included).
+    `sizing`: none, or target (the training settings' volatility target)."""
     import tempfile
 
     from pipeline.db.engine import opened
-    from pipeline.models.external import adopt, check_finite
+    from pipeline.models.external import adopt, check_finite, declared_sizing
     from pipeline.models.external_evidence import external_evidence, trial_sharpes
     from pipeline.models.registry import model_name, register
     from pipeline.settings import Market
 
     parsed = Market.model_validate(market)
+    t = settings.training
+    sizes = declared_sizing(sizing, t.target_volatility, t.volatility_features)
     with tempfile.TemporaryDirectory() as folder:
         local = fetch_source(source, Path(folder))
         adopted = Path(folder) / "adopted.onnx"
         lineage = adopt(
             local, adopted, market=market, features=features, action_map=action_map,
-            origin=source, registered_by=registered_by, sizing=sizing,
+            origin=source, registered_by=registered_by, sizing=sizes,
             position_rule=position_rule,
         )  # fmt: skip
         with opened(settings.db_url) as engine:
@@ -68,6 +71,7 @@ def register_external(
         "name": name,
         "version": version,
         "algorithm": lineage.algorithm,
+        "sizing": sizes,
         "sha256": lineage.data_window["sha256"],
         "origin": source,
         "observations": len(observations),

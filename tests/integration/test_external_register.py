@@ -147,11 +147,37 @@ def test_the_momentum_rule_is_registered_and_judged_on_its_own_return(
 ) -> None:
     from pipeline.models.rules import momentum_rule
 
-    source, feature = momentum_rule(tmp_path / "momentum.onnx")
-    declared = ["--market", MARKET, "--features", feature, "--action-map", "0,1"]
+    source, features = momentum_rule(tmp_path / "momentum.onnx")
+    declared = ["--market", MARKET, "--features", ",".join(features), "--action-map", "0,1"]
     done = models(engine, tmp_path, "register", str(source), *declared)
     assert done.returncode == 0, done.stderr[-3000:]
     [version] = list_versions(engine, NAME)
     folds = version["metrics"]["walk_forward"]["folds"]
     assert len(folds) == 3
     assert 0 < max(fold["exposure"] for fold in folds) <= 1, "long in rising weeks only"
+
+
+@pytest.mark.parametrize(
+    ("sizing", "baseline"), [("none", "momentum_168h"), ("target", "sized_momentum_168h")]
+)
+def test_the_registered_momentum_rule_earns_what_the_walk_forward_report_says_per_fold(
+    engine: Engine, tmp_path: Path, sizing: str, baseline: str
+) -> None:
+    from pipeline.learn.rule_baselines import baselines
+    from pipeline.learn.windows import Window
+    from pipeline.models.rules import momentum_rule
+    from pipeline.settings import Market, Settings
+
+    source, features = momentum_rule(tmp_path / "momentum.onnx", reads=("vol_168",))
+    declared = ["--features", ",".join(features), "--action-map", "0,1", "--sizing", sizing]
+    done = models(engine, tmp_path, "register", str(source), "--market", MARKET, *declared)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [version] = list_versions(engine, NAME)
+    folds = version["metrics"]["walk_forward"]["folds"]
+    settings = Settings(markets=[MARKET], training={"folds": 3, "valid_days": 20})
+    windows = [Window(*fold["valid"]) for fold in folds]
+    report = baselines(settings, engine, Market.model_validate(MARKET), windows, every=1)
+    for fold, rule in zip(folds, report[baseline], strict=True):
+        assert fold["total_return"] == pytest.approx(rule.metrics["total_return"], abs=1e-9)
+        assert fold["max_drawdown"] == pytest.approx(rule.metrics["max_drawdown"], abs=1e-9)
+    assert max(f["exposure"] for f in folds) > 0.5, "the look-back: long from the first hour"

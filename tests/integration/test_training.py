@@ -298,7 +298,8 @@ def test_walk_forward_report_replays_both_procedures_beside_the_baselines(
         "buy_and_hold",
         "momentum_24h",
         "momentum_168h",
-        "sized_hold",  # buy-and-hold under the default volatility target
+        "sized_hold",  # buy-and-hold and momentum under the default volatility target
+        "sized_momentum_168h",
     }
     sized, held = summary["baselines"]["sized_hold"], summary["baselines"]["buy_and_hold"]
     assert abs(sized["total_return"]) < abs(held["total_return"])

@@ -12,9 +12,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.errors import ModelRejected
+from pipeline.errors import ConfigurationError, ModelRejected
 from pipeline.learn.export import INPUT_NAME, read_lineage
-from pipeline.models.external import adopt, check_finite
+from pipeline.models.external import adopt, check_finite, declared_sizing
 from pipeline.models.registry.artifacts import sha256_of, verify_artifact
 
 FEATURES = ("ret_1", "ret_4", "ret_24", "rsi_14")
@@ -117,12 +117,30 @@ def test_the_momentum_rule_goes_long_exactly_when_its_return_is_positive(tmp_pat
 
     from pipeline.models.rules import momentum_rule
 
-    source, feature = momentum_rule(tmp_path / "momentum.onnx")
-    assert feature == "ret_168"
+    source, features = momentum_rule(tmp_path / "momentum.onnx", reads=("vol_168",))
+    assert features == ("ret_168", "vol_168")
     target = tmp_path / "adopted.onnx"
-    adopt_into(source, target, features=(feature,))
+    adopt_into(source, target, features=features)
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     returns = np.array([-0.05, -1e-6, 0.0, 1e-6, 0.08], np.float32)
-    obs = np.column_stack([returns, np.ones_like(returns)]).astype(np.float32)
+    volatility = np.array([0.5, 0.0, 9.0, 0.01, 0.02], np.float32)
+    obs = np.column_stack([returns, volatility, np.ones_like(returns)]).astype(np.float32)
     greedy = session.run(None, {INPUT_NAME: obs})[0].argmax(axis=1)
     assert greedy.tolist() == [0, 0, 0, 1, 1], "flat unless the 168 h return is above 0"
+
+
+def test_a_sizing_reading_a_volatility_the_model_is_not_given_is_refused(tmp_path: Path) -> None:
+    sizing = declared_sizing("target", 0.2, ("vol_168",))
+    with pytest.raises(ModelRejected, match=r"sizing reads the volatilities \['vol_168'\]") as no:
+        adopt_into(foreign_model(tmp_path), tmp_path / "adopted.onnx", sizing=sizing)
+    assert "--features" in str(no.value)
+    assert not (tmp_path / "adopted.onnx").exists()
+
+
+def test_an_unknown_or_unset_sizing_is_a_configuration_error_naming_the_flag() -> None:
+    with pytest.raises(ConfigurationError, match="--sizing takes none or target"):
+        declared_sizing("kelly", 0.2, ("vol_168",))
+    with pytest.raises(ConfigurationError, match=r"training\.target_volatility, which is null"):
+        declared_sizing("target", None, ("vol_168",))
+    assert declared_sizing("none", 0.2, ("vol_168",)) is None
+    assert declared_sizing("target", 0.2, ("vol_168",))["features"] == ["vol_168"]
