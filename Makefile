@@ -13,7 +13,7 @@ SETUP_VERSION := bytecode-1
 # are never imported), so compileall's exit status is ignored
 SETUP_STAMP := $(VENV)/.cryptobots-setup
 
-.PHONY: help setup browser run test test-unit test-integration test-e2e lint bench gpu-check lock clean
+.PHONY: help setup bench-deps browser run test test-unit test-integration test-e2e lint bench gpu-check lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -33,6 +33,12 @@ setup: ## create .venv with the pinned requirements and the project (quick when 
 		>/dev/null || true; \
 	echo "$$want" > $(SETUP_STAMP); \
 	echo "setup: $(VENV) ready"
+
+bench-deps: setup ## Stable-Baselines3 and a CPU torch (requirements-bench.txt): the SB3 example, its test, the SB3 benches
+	@# pip, not uv: pip takes the CPU wheel from PIP_FIND_LINKS; uv would fetch a CUDA torch build
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	@if $(PY) -m pip list 2>/dev/null | grep -qi '^nvidia-'; then \
+		echo "bench-deps: a CUDA torch was installed (nvidia-* packages): point PIP_FIND_LINKS at a CPU wheel of torch"; fi
 
 browser: ## install Debian's chromium and chromium-driver for the browser tests (root or sudo)
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \

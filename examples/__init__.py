@@ -1,0 +1,1 @@
+"""Worked examples that use libraries the pipeline does not depend on (see each module)."""

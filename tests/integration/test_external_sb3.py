@@ -1,0 +1,120 @@
+"""A Stable-Baselines3 PPO policy, trained outside the pipeline by `examples/sb3_ppo.py`,
+goes from `models register` to a paper trader's decisions with no code change: history
+backfilled from the exchange simulator through ccxt, the example trains on it and
+exports the contract-wrapped ONNX file, `models register` judges and stores it,
+`models promote --force` makes it champion and `python -m serving` trades it on paper."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from pipeline.exchanges.simulator.app import Running
+from pipeline.models.registry import list_versions
+from tests.support.paths import REPO
+from tests.support.trading import SPEED, rows
+
+pytestmark = pytest.mark.postgres
+
+MARKET = "binance:BTC/USDT:1h"
+NAME = "binance-btc-usdt-1h"
+FEATURES = "ret_1,ret_24,ret_168,rsi_14,vol_168"  # examples.sb3_ppo.FEATURES
+
+
+@pytest.fixture
+def sb3() -> None:
+    try:
+        import stable_baselines3  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        message = "Stable-Baselines3 and torch are not installed: `make bench-deps` installs them"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+
+
+def command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, "-m", *args], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, f"{' '.join(args)}\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
+    return done
+
+
+def test_an_sb3_ppo_policy_goes_from_register_to_a_paper_traders_decisions(
+    sb3: None,
+    fresh_pg: Callable[[], Engine],
+    simulator: Callable[..., AbstractContextManager[Running]],
+    tmp_path: Path,
+) -> None:
+    engine = fresh_pg()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
+    env |= {
+        "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
+        "CRYPTOBOTS_VAR_DIR": str(tmp_path / "var"),
+        "CRYPTOBOTS_ARTIFACT_ROOT": f"file://{tmp_path / 'artifacts'}",
+        "CRYPTOBOTS_MARKETS": f'["{MARKET}"]',
+        "CRYPTOBOTS_TRAINING__FOLDS": "2",
+        "CRYPTOBOTS_TRAINING__VALID_DAYS": "20",
+        "CRYPTOBOTS_SERVING__PORT": "0",
+        "CRYPTOBOTS_SERVING__LOOP_SECONDS": "0.1",
+    }
+    with simulator(shift_to_now=True, speed=SPEED) as sim:
+        env["CRYPTOBOTS_EXCHANGES__BINANCE__URL"] = sim.url
+        end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        span = ["--start", (end - timedelta(days=110)).isoformat(), "--end", end.isoformat()]
+        command(env, "pipeline", "backfill", "--market", MARKET, *span)
+        trained = command(
+            env, "examples.sb3_ppo", "--out", str(tmp_path / "ppo.onnx"),
+            "--steps", "2048", "--days", "60",
+        )  # fmt: skip
+        assert f"--features {FEATURES} --action-map 0,1" in trained.stdout
+        declared = ["--market", MARKET, "--features", FEATURES, "--action-map", "0,1"]
+        command(env, "pipeline", "models", "register", str(tmp_path / "ppo.onnx"), *declared)
+        [version] = list_versions(engine, NAME)
+        assert version["algorithm"] == "external"
+        assert len(version["metrics"]["walk_forward"]["folds"]) == 2
+        reason = ["--force", "--reason", "the SB3 example"]
+        command(env, "pipeline", "models", "promote", str(version["version"]), *reason)
+
+        log = tmp_path / "trader.log"
+        with log.open("w") as handle:
+            trader = subprocess.Popen(
+                [sys.executable, "-m", "serving", "--log-format", "text"],
+                env=env, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while len(decisions(engine)) < 3:
+                assert trader.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+            trader.send_signal(signal.SIGTERM)
+            assert trader.wait(timeout=30) == 0, log.read_text()[-3000:]
+        finally:
+            if trader.poll() is None:
+                trader.kill()
+                trader.wait()
+    output = log.read_text()
+    assert re.search(
+        rf"model swapped: no model -> {NAME} v1 \(external, CPUExecutionProvider\)", output
+    )
+    made = decisions(engine)
+    assert {version for version, _ in made} == {1}, "every decision by the SB3 policy"
+    assert {outcome for _, outcome in made} <= {"order", "hold"}, made
+    assert rows(engine, "SELECT count(*) FROM positions WHERE account = 'paper'")[0][0] == 1
+
+
+def decisions(engine: Engine) -> list[tuple[int, str]]:
+    return [tuple(r) for r in rows(engine, "SELECT model_version, outcome FROM decisions")]
