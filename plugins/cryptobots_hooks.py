@@ -13,17 +13,18 @@ from contextlib import contextmanager
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowFailException
 
-from pipeline.errors import ConfigurationError, HistoryOutOfReach
+from pipeline.errors import ConfigurationError, HistoryOutOfReach, ModelRejected
 from pipeline.exchanges.factory import Credentials
 
 
 @contextmanager
 def final_refusals() -> Iterator[None]:
     """Fail the task at once, without its retries, on an error another try would meet
-    again (history beyond the exchange's reach, a bad setting), its message unchanged."""
+    again (history beyond the exchange's reach, a bad setting, a refused model), its
+    message unchanged."""
     try:
         yield
-    except (HistoryOutOfReach, ConfigurationError) as error:
+    except (HistoryOutOfReach, ConfigurationError, ModelRejected) as error:
         raise AirflowFailException(str(error)) from error
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from pipeline import arguments as arg
+from pipeline.errors import ConfigurationError
 from pipeline.settings import Settings
 
 
@@ -52,6 +53,7 @@ def add_models(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "target as the learned policies are (training.target_volatility, read from the "
         "features training.volatility_features, which --features must name)",
     )  # fmt: skip
+    bring.add_argument("--reason", help="why it is registered (kept in its lineage)")
     bring.set_defaults(handler=_models_register)
     back = model_commands.add_parser("rollback", help="champion back to the previous one")
     back.add_argument("--reason")
@@ -59,19 +61,21 @@ def add_models(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _names(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    if not names:
-        raise argparse.ArgumentTypeError("give one feature name or more, comma-separated")
-    return names
+    from pipeline.models.external import feature_names
+
+    try:
+        return feature_names(text)
+    except ConfigurationError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _positions(text: str) -> tuple[float, ...]:
+    from pipeline.models.external import action_positions
+
     try:
-        return tuple(arg.finite_float(value) for value in text.split(","))
-    except (argparse.ArgumentTypeError, ValueError) as error:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give positions as comma-separated numbers, e.g. 0,1 ({error})"
-        ) from None
+        return action_positions(text)
+    except ConfigurationError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _models_register(settings: Settings, args: argparse.Namespace) -> int:
@@ -80,7 +84,7 @@ def _models_register(settings: Settings, args: argparse.Namespace) -> int:
     result = register_external(
         settings, args.source, str(args.market), features=args.features,
         action_map=args.action_map, registered_by=_who(), position_rule=args.position_rule,
-        sizing=args.sizing,
+        sizing=args.sizing, reason=args.reason,
     )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0

@@ -13,6 +13,7 @@ observations. Every refusal names the file, the check and the fix; nothing is wr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,31 @@ from pipeline.models.registry.artifacts import sha256_of, verify_artifact
 ALGORITHM = "external"
 OUTPUT_NAME = "logits"  # scores per action, read by the position rule
 SIZINGS = ("none", "target")
+
+
+def feature_names(text: str) -> tuple[str, ...]:
+    """`--features` / the `features` param: comma-separated names, in the input's order."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise ConfigurationError(
+            f"features {text!r}: give the features the model reads, comma-separated, in its "
+            "input's order (e.g. ret_1,ret_24,rsi_14)"
+        )
+    return names
+
+
+def action_positions(text: str) -> tuple[float, ...]:
+    """`--action-map` / the `action_map` param: the position of each output, comma-separated."""
+    try:
+        positions = tuple(float(value) for value in text.split(","))
+    except ValueError:
+        positions = ()
+    if not positions or not all(math.isfinite(p) for p in positions):
+        raise ConfigurationError(
+            f"action map {text!r}: give the position each output stands for as "
+            "comma-separated numbers (e.g. 0,1 or -1,0,1)"
+        )
+    return positions
 
 
 def declared_sizing(
@@ -64,6 +90,7 @@ def adopt(
     registered_by: str,
     sizing: Mapping[str, Any] | None = None,
     position_rule: str = "argmax",
+    reason: str | None = None,
 ) -> Lineage:
     """Write `target`: the ONNX file at `source` under the model contract, with its lineage
     (`market`: what it trades, as a market string);
@@ -127,6 +154,7 @@ def adopt(
             "origin": origin,
             "registered_by": registered_by,
             "sha256": digest,
+            **({"reason": reason} if reason else {}),
         },
         code_version="external",
         sizing=dict(sizing) if sizing else None,

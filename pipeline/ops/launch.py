@@ -44,7 +44,7 @@ from pipeline.ops.deployment import (
 from pipeline.ops.run_state import load_state, save_state
 from pipeline.settings import PROJECT_ROOT, Settings, mask_url
 
-DAGS = ("market_data", "backfill_history", "train", "promote")
+DAGS = ("market_data", "backfill_history", "train", "promote", "register_model")
 
 
 class Stopped(Exception):

@@ -30,6 +30,7 @@ def register_external(
     registered_by: str,
     sizing: str = "none",
     position_rule: str = "argmax",
+    reason: str | None = None,
 ) -> dict[str, Any]:
     """Fetch `source` (a path or any fsspec URL), adopt it under the model contract, run
     it on the market's stored candles, judge it on the nightly's walk-forward folds, and
@@ -53,7 +54,7 @@ def register_external(
         lineage = adopt(
             local, adopted, market=market, features=features, action_map=action_map,
             origin=source, registered_by=registered_by, sizing=sizes,
-            position_rule=position_rule,
+            position_rule=position_rule, reason=reason,
         )  # fmt: skip
         with opened(settings.db_url) as engine:
             observations = real_observations(engine, parsed, lineage.feature_spec, action_map)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -259,6 +260,62 @@ def test_backfill_history_dag_stores_the_days_asked_and_a_second_run_fetches_not
     ]  # fmt: skip
     assert all(r["inserted"] == 120 for r in first["results"])
     assert all(r["skipped"] == r["chunks"] and r["inserted"] == 0 for r in second["results"])
+
+
+@pytest.mark.postgres
+def test_register_model_dag_registers_a_foreign_policy_and_refuses_a_bad_one_without_retrying(
+    airflow_env: dict, fresh_pg, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from pipeline.db.upsert import upsert_ohlcv
+    from pipeline.models.registry import list_versions
+    from tests.support.candles import HOUR, T0, candle
+    from tests.support.policies import foreign_model
+
+    engine = fresh_pg()
+    closes = 100 * np.exp(np.cumsum(np.random.default_rng(1).normal(0, 0.01, 2500)))
+    upsert_ohlcv(engine, [candle(T0 + i * HOUR, float(c)) for i, c in enumerate(closes)])
+    policy = str(foreign_model(tmp_path / "policy.onnx"))
+    form = {"source": policy, "market": "binance:BTC/USDT:1h", "action_map": "0,1"}
+    confs = {
+        "good": form | {"features": "ret_1,ret_4,ret_24,rsi_14", "reason": "the desk's model"},
+        "wrong_width": form | {"features": "ret_1,ret_4,rsi_14"},
+    }
+    code = f"""
+        import json
+        from airflow.dag_processing.dagbag import DagBag
+        dag = DagBag(dag_folder="dags").dags["register_model"]
+        runs = {{}}
+        for label, conf in {confs!r}.items():
+            run = dag.test(run_conf=conf)
+            [ti] = run.get_task_instances()
+            runs[label] = {{"state": str(run.state), "tries": ti.try_number,
+                           "result": ti.xcom_pull(task_ids="register")}}
+        print(json.dumps(runs))
+        """
+    env = airflow_env | {
+        "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
+        "CRYPTOBOTS_VAR_DIR": str(tmp_path / "var"),
+        "CRYPTOBOTS_ARTIFACT_ROOT": f"file://{tmp_path / 'artifacts'}",
+        "CRYPTOBOTS_TRAINING__FOLDS": "3",
+        "CRYPTOBOTS_TRAINING__VALID_DAYS": "20",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert runs["good"]["state"] == "success"
+    assert runs["good"]["result"]["version"] == 1
+    assert runs["wrong_width"]["state"] == "failed"
+    assert runs["wrong_width"]["tries"] == 1, "a refused model is not retried"
+    assert "the 3 declared features and the position make 4" in done.stdout + done.stderr
+    [version] = list_versions(engine, "binance-btc-usdt-1h")
+    lineage = version["metrics"]["external"]
+    assert lineage["registered_by"] == "dag_test (airflow)"
+    assert lineage["reason"] == "the desk's model"
 
 
 def test_each_exchange_gets_its_pool_and_a_second_run_changes_nothing(airflow_env: dict) -> None:

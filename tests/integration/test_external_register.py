@@ -11,16 +11,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import sqlalchemy as sa
-from onnx import TensorProto, helper, numpy_helper
 from sqlalchemy.engine import Engine
 
 from pipeline.db.upsert import upsert_ohlcv
 from pipeline.models.registry import list_versions, load_verified
 from tests.support.candles import HOUR, T0, candle
 from tests.support.paths import REPO
+from tests.support.policies import foreign_model
 
 pytestmark = pytest.mark.postgres
 
@@ -28,25 +27,6 @@ MARKET = "binance:BTC/USDT:1h"
 NAME = "binance-btc-usdt-1h"
 FEATURES = "ret_1,ret_4,ret_24,rsi_14"
 DAY = 86_400_000
-
-
-def foreign_model(path: Path, op: str = "MatMul") -> Path:
-    """A 5-input, 2-score ONNX policy with another library's names; `Log` makes it NaN on
-    negative returns."""
-    weights = numpy_helper.from_array(np.full((5, 2), 0.5, np.float32), "w")
-    nodes = [helper.make_node("MatMul", ["state", "w"], ["out" if op == "MatMul" else "lin"])]
-    if op == "Log":
-        nodes.append(helper.make_node("Log", ["lin"], ["out"]))
-    graph = helper.make_graph(
-        nodes, "foreign",
-        [helper.make_tensor_value_info("state", TensorProto.FLOAT, ["n", 5])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 2])],
-        [weights],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
 
 
 @pytest.fixture
