@@ -119,17 +119,18 @@ def train_ppo(
     }
 
 
-def export_contract(policy: Any, mean: Any, std: Any, out: Path) -> Path:
-    """`torch.onnx.export` of the SB3 policy behind the features' normalization: input
-    `obs` [batch, features + 1] raw, output `logits` [batch, actions]."""
+def contract_policy(policy: Any, mean: Any, std: Any) -> Any:
+    """The SB3 policy as the model contract's function (a torch module): raw features and
+    the position in, the features normalized by `mean`/`std` (the position passes with
+    mean 0, std 1), the policy's action logits out."""
     import torch
 
     class ContractPolicy(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.policy = policy
-            self.register_buffer("mean", mean)
-            self.register_buffer("std", std)
+            self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+            self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
 
         def forward(self, obs: torch.Tensor) -> torch.Tensor:
             normalized = (obs - self.mean) / self.std
@@ -138,7 +139,15 @@ def export_contract(policy: Any, mean: Any, std: Any, out: Path) -> Path:
             )
             return self.policy.action_net(latent)
 
-    wrapped = ContractPolicy().eval()
+    return ContractPolicy().eval()
+
+
+def export_contract(policy: Any, mean: Any, std: Any, out: Path) -> Path:
+    """`torch.onnx.export` of `contract_policy`: input `obs` [batch, features + 1] raw,
+    output `logits` [batch, actions]."""
+    import torch
+
+    wrapped = contract_policy(policy, mean, std)
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
         # the TorchScript exporter on purpose: torch's newer one needs onnxscript as well

@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     artifact_root: str = Field(
         default="", description="model artifact root: a folder or any fsspec URL (s3://...)"
     )
+    mlflow_tracking_uri: str = Field(
+        default="",
+        description="MLflow tracking server that resolves models:/ and runs:/ sources of "
+        "`models register` (MLflow installed); empty = MLflow's own default",
+    )
     data_dir: Path | None = Field(
         default_factory=default_data_dir,
         description="recorded market data served by the exchange simulator",

@@ -32,10 +32,11 @@ def register_external(
     position_rule: str = "argmax",
     reason: str | None = None,
 ) -> dict[str, Any]:
-    """Fetch `source` (a path or any fsspec URL), adopt it under the model contract, run
-    it on the market's stored candles, judge it on the nightly's walk-forward folds, and
-    register it as a candidate of the market's model with that evidence; nothing is
-    stored unless every check passes (too little history for the folds included).
+    """Fetch `source` (a path, any fsspec URL or an MLflow model URI), adopt it under the
+    model contract, run it on the market's stored candles, judge it on the nightly's
+    walk-forward folds, and register it as a candidate of the market's model with that
+    evidence; nothing is stored unless every check passes (too little history for the
+    folds included).
     `sizing`: none, or target (the training settings' volatility target)."""
     import tempfile
 
@@ -43,13 +44,14 @@ def register_external(
     from pipeline.models.external import adopt, check_finite, declared_sizing
     from pipeline.models.external_evidence import external_evidence, trial_sharpes
     from pipeline.models.registry import model_name, register
+    from pipeline.models.sources import fetch_source
     from pipeline.settings import Market
 
     parsed = Market.model_validate(market)
     t = settings.training
     sizes = declared_sizing(sizing, t.target_volatility, t.volatility_features)
     with tempfile.TemporaryDirectory() as folder:
-        local = fetch_source(source, Path(folder))
+        local = fetch_source(source, Path(folder), settings.mlflow_tracking_uri)
         adopted = Path(folder) / "adopted.onnx"
         lineage = adopt(
             local, adopted, market=market, features=features, action_map=action_map,
@@ -83,21 +85,6 @@ def register_external(
         "dsr": evidence["confidence"]["dsr"],
         "trials": evidence["confidence"]["n_trials"],
     }
-
-
-def fetch_source(source: str, folder: Path) -> Path:
-    """A local copy of `source` (a path, or any fsspec URL: the registry's own download);
-    ModelRejected naming it when it cannot be read."""
-    from pipeline.errors import ModelRejected
-    from pipeline.models.registry.artifacts import fetch_artifact
-
-    try:
-        return fetch_artifact(source, folder)
-    except Exception as error:  # fsspec backends raise their own types
-        raise ModelRejected(
-            f"external model {source}: could not be read ({type(error).__name__}: {error}); "
-            "check the URL and its credentials, or download the file and give its path"
-        ) from error
 
 
 def real_observations(

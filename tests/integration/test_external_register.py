@@ -20,6 +20,7 @@ from pipeline.models.registry import list_versions, load_verified
 from tests.support.candles import HOUR, T0, candle
 from tests.support.paths import REPO
 from tests.support.policies import foreign_model
+from tests.support.services import require_bench_deps
 
 pytestmark = pytest.mark.postgres
 
@@ -39,7 +40,7 @@ def engine(fresh_pg) -> Engine:
 
 
 def models(
-    engine: Engine, tmp_path: Path, *args: str, valid_days: int = 20
+    engine: Engine, tmp_path: Path, *args: str, valid_days: int = 20, **settings: str
 ) -> subprocess.CompletedProcess:
     """`python -m pipeline models ARGS` on `engine`'s database, 3 folds of `valid_days`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
@@ -50,6 +51,7 @@ def models(
         "CRYPTOBOTS_MARKETS": f'["{MARKET}"]',
         "CRYPTOBOTS_TRAINING__FOLDS": "3",
         "CRYPTOBOTS_TRAINING__VALID_DAYS": str(valid_days),
+        **{f"CRYPTOBOTS_{key.upper()}": value for key, value in settings.items()},
     }
     command = [sys.executable, "-m", "pipeline", "models", *args]
     return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
@@ -161,3 +163,41 @@ def test_the_registered_momentum_rule_earns_what_the_walk_forward_report_says_pe
         assert fold["total_return"] == pytest.approx(rule.metrics["total_return"], abs=1e-9)
         assert fold["max_drawdown"] == pytest.approx(rule.metrics["max_drawdown"], abs=1e-9)
     assert max(f["exposure"] for f in folds) > 0.5, "the look-back: long from the first hour"
+
+
+LOG_TO_MLFLOW = """
+import sys
+import mlflow, mlflow.onnx, onnx
+mlflow.set_tracking_uri(sys.argv[1])
+with mlflow.start_run():
+    mlflow.onnx.log_model(onnx.load(sys.argv[2]), name="policy", registered_model_name="desk")
+"""
+
+
+def test_a_policy_logged_to_mlflow_is_registered_from_its_model_uri(
+    engine: Engine, tmp_path: Path
+) -> None:
+    require_bench_deps("mlflow")
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    policy = str(foreign_model(tmp_path / "policy.onnx"))
+    logged = subprocess.run(
+        [sys.executable, "-c", LOG_TO_MLFLOW, tracking, policy],
+        cwd=tmp_path,  # MLflow keeps the artifacts beside the database: ./mlruns
+        capture_output=True,
+        text=True,
+    )
+    assert logged.returncode == 0, logged.stderr[-3000:]
+    declared = ["--market", MARKET, "--features", FEATURES, "--action-map", "0,1"]
+    done = models(
+        engine, tmp_path, "register", "models:/desk/1", *declared, mlflow_tracking_uri=tracking
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    [version] = list_versions(engine, NAME)
+    assert version["metrics"]["external"]["origin"] == "models:/desk/1"
+    missing = models(
+        engine, tmp_path, "register", "models:/desk/7", *declared, mlflow_tracking_uri=tracking
+    )
+    assert missing.returncode != 0
+    assert "models:/desk/7: MLflow could not fetch it" in missing.stderr, missing.stderr[-3000:]
+    assert "mlflow_tracking_uri" in missing.stderr
+    assert len(list_versions(engine, NAME)) == 1

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from pipeline.exchanges.simulator.app import Running
 from pipeline.models.registry import list_versions
 from tests.support.paths import REPO
+from tests.support.services import require_bench_deps
 from tests.support.trading import SPEED, rows
 
 pytestmark = pytest.mark.postgres
@@ -34,14 +35,7 @@ FEATURES = "ret_1,ret_24,ret_168,rsi_14,vol_168"  # examples.sb3_ppo.FEATURES
 
 @pytest.fixture
 def sb3() -> None:
-    try:
-        import stable_baselines3  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError:
-        message = "Stable-Baselines3 and torch are not installed: `make bench-deps` installs them"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    require_bench_deps("stable_baselines3", "torch")
 
 
 def command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
