@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from bench.common import Floors
 from pipeline.settings import default_data_dir
+from tests.support.services import require_bench_deps
 
 DATA = default_data_dir()
 needs_data = pytest.mark.skipif(DATA is None, reason="no recorded market data (../shared/data)")
@@ -245,6 +246,28 @@ def test_train_throughput_bench_times_our_agents_past_their_first_chunk() -> Non
     nightly = bench.nightly_runs(daily, training, repeats=1)
     assert [m.algorithm for m in nightly] == ["a2c", "dqn"]
     assert all(positive(m.seconds) and m.steps > 0 for m in nightly)
+
+
+@needs_data
+def test_time_to_quality_bench_scores_all_three_learners_on_the_same_folds() -> None:
+    require_bench_deps("stable_baselines3", "torch")
+    from bench import time_to_quality as bench
+    from pipeline.settings import Settings
+
+    assert DATA is not None
+    training = {"folds": 2, "train_days": 60, "valid_days": 20, "episode_length": 20}
+    training |= {"ensemble": 2, "a2c_envs": 4, "a2c_steps": 2048}
+    settings = Settings(training=training)
+    folds = bench.recorded_folds(settings, DATA, 2)
+    assert [len(fold.prepared.valid_features) for fold in folds] == [19, 19], "20 daily closes"
+    lines: list[str] = []
+    result = bench.compare(settings, folds, budget=2.0, say=lines.append)
+    assert set(result["curves"]) == {"SB3 PPO", "SB3 A2C", "our A2C x2"}
+    for curve in result["curves"].values():
+        assert math.isfinite(curve[-1][1]), "every fold scored by the end of the budget"
+    assert all(positive(seconds) for seconds in result["reached"].values())
+    assert all(positive(seconds) for seconds in result["held_from"].values())
+    assert sum("x SB3 PPO's" in line for line in lines) == 2, "the others against SB3 PPO"
 
 
 @needs_data
