@@ -66,7 +66,7 @@ lint: setup ## ruff
 	$(VENV)/bin/ruff format --check .
 
 bench: setup ## every benchmark in bench/ but the long or GPU-only ones (ALL=1: all), each with its ratios
-	@on_request=" celery_overhead gpu_check "; failed=""; skipped=""; \
+	@on_request=" celery_overhead gpu_check time_to_quality "; failed=""; skipped=""; \
 	for script in bench/[a-z]*.py; do \
 		name=$$(basename $$script .py); \
 		[ "$$name" = common ] && continue; \
