@@ -201,3 +201,17 @@ def test_a_policy_logged_to_mlflow_is_registered_from_its_model_uri(
     assert "models:/desk/7: MLflow could not fetch it" in missing.stderr, missing.stderr[-3000:]
     assert "mlflow_tracking_uri" in missing.stderr
     assert len(list_versions(engine, NAME)) == 1
+
+
+def test_a_url_that_does_not_answer_is_refused_naming_it_and_nothing_stored(
+    engine: Engine, tmp_path: Path
+) -> None:
+    from pipeline.ops.deployment import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/policy.onnx"  # nothing listens there
+    declared = ["--market", MARKET, "--features", FEATURES, "--action-map", "0,1"]
+    done = models(engine, tmp_path, "register", url, *declared)
+    assert done.returncode != 0
+    assert f"external model {url}: could not be read" in done.stderr, done.stderr[-3000:]
+    assert "check the URL and its credentials" in done.stderr
+    assert list_versions(engine, NAME) == []
