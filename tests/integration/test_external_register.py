@@ -5,7 +5,6 @@ stored candles; a refused one leaves the registry as it was."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from sqlalchemy.engine import Engine
 from pipeline.db.upsert import upsert_ohlcv
 from pipeline.models.registry import list_versions, load_verified
 from tests.support.candles import HOUR, T0, candle
+from tests.support.cli_env import pipeline_env
 from tests.support.paths import REPO
 from tests.support.policies import foreign_model
 from tests.support.services import require_bench_deps
@@ -43,16 +43,10 @@ def models(
     engine: Engine, tmp_path: Path, *args: str, valid_days: int = 20, **settings: str
 ) -> subprocess.CompletedProcess:
     """`python -m pipeline models ARGS` on `engine`'s database, 3 folds of `valid_days`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
-    env |= {
-        "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
-        "CRYPTOBOTS_VAR_DIR": str(tmp_path / "var"),
-        "CRYPTOBOTS_ARTIFACT_ROOT": f"file://{tmp_path / 'artifacts'}",
-        "CRYPTOBOTS_MARKETS": f'["{MARKET}"]',
-        "CRYPTOBOTS_TRAINING__FOLDS": "3",
-        "CRYPTOBOTS_TRAINING__VALID_DAYS": str(valid_days),
-        **{f"CRYPTOBOTS_{key.upper()}": value for key, value in settings.items()},
-    }
+    env = pipeline_env(
+        engine, tmp_path, MARKET, training__folds="3", training__valid_days=str(valid_days),
+        **settings,
+    )  # fmt: skip
     command = [sys.executable, "-m", "pipeline", "models", *args]
     return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
 

@@ -6,7 +6,6 @@ exports the contract-wrapped ONNX file, `models register` judges and stores it,
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -22,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.exchanges.simulator.app import Running
 from pipeline.models.registry import list_versions
+from tests.support.cli_env import pipeline_env
 from tests.support.paths import REPO
 from tests.support.services import require_bench_deps
 from tests.support.trading import SPEED, rows
@@ -53,17 +53,10 @@ def test_an_sb3_ppo_policy_goes_from_register_to_a_paper_traders_decisions(
     tmp_path: Path,
 ) -> None:
     engine = fresh_pg()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOBOTS_")}
-    env |= {
-        "CRYPTOBOTS_DB_URL": engine.url.render_as_string(hide_password=False),
-        "CRYPTOBOTS_VAR_DIR": str(tmp_path / "var"),
-        "CRYPTOBOTS_ARTIFACT_ROOT": f"file://{tmp_path / 'artifacts'}",
-        "CRYPTOBOTS_MARKETS": f'["{MARKET}"]',
-        "CRYPTOBOTS_TRAINING__FOLDS": "2",
-        "CRYPTOBOTS_TRAINING__VALID_DAYS": "20",
-        "CRYPTOBOTS_SERVING__PORT": "0",
-        "CRYPTOBOTS_SERVING__LOOP_SECONDS": "0.1",
-    }
+    env = pipeline_env(
+        engine, tmp_path, MARKET, training__folds="2", training__valid_days="20",
+        serving__port="0", serving__loop_seconds="0.1",
+    )  # fmt: skip
     with simulator(shift_to_now=True, speed=SPEED) as sim:
         env["CRYPTOBOTS_EXCHANGES__BINANCE__URL"] = sim.url
         end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
