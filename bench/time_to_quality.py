@@ -176,14 +176,13 @@ def sb3(algorithm: str, fold: Fold, budget: float, chunk: int = 4096) -> Curve:
     from stable_baselines3 import A2C, PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from examples.sb3_ppo import contract_policy
+    from examples.sb3_ppo import contract_normalization, contract_policy
     from pipeline.learn.rl.env import TradingGymEnv
     from pipeline.learn.training import env_config
 
     torch.set_num_threads(1)
     r, p = fold.request, fold.prepared
-    mean = np.asarray([*p.spec.mean, 0.0], np.float32)
-    std = np.asarray([*p.spec.std, 1.0], np.float32)
+    mean, std = contract_normalization(p.spec)
     normalized = dataclasses.replace(p.train, features=(p.train.features - mean[:-1]) / std[:-1])
     config = dataclasses.replace(env_config(r), num_envs=1)
     envs = 1 if algorithm == "ppo" else SB3_A2C_ENVS

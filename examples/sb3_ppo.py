@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.arguments import Parser, market, positive_int
 from pipeline.settings import Market, Settings, load_settings
 from pipeline.timeutil import DAY_MS
@@ -64,35 +66,30 @@ def train_ppo(
         raise SystemExit(f"error: {INSTALL_HINT} ({error})") from error
 
     from pipeline.db.engine import opened
-    from pipeline.learn.features import FeatureSpec, compute_features, fill_gaps, fit_normalization
-    from pipeline.learn.prepare import decision_steps
+    from pipeline.errors import DataValidationError
+    from pipeline.learn.features import FeatureSpec, fit_normalization
+    from pipeline.learn.prepare import window_steps
     from pipeline.learn.rl.arrays import MarketArrays
     from pipeline.learn.rl.env import EnvConfig, TradingGymEnv
-    from pipeline.learn.snapshot import latest_candle_end, load_candles
+    from pipeline.learn.snapshot import latest_candle_end
     from pipeline.learn.windows import Window
 
     torch.set_num_threads(1)  # small batches: one thread is SB3's fastest on a CPU
-    t, tf = settings.training, target.timeframe_ms
+    t = settings.training
     spec = FeatureSpec(features=tuple(features))
     with opened(settings.db_url) as engine:
         newest = latest_candle_end(engine, target)
         if newest is None:
             raise SystemExit(f"error: no stored candles of {target}: backfill it first")
         start, end = training_window(settings, newest, days)
-        candles = load_candles(engine, target, start - (spec.window - 1) * tf, end)
-    if len(candles) == 0 or candles.ts[0] > start - (spec.window - 1) * tf:
-        raise SystemExit(
-            f"error: the stored candles of {target} do not reach back {days} days before the "
-            f"{t.folds} walk-forward folds: backfill more, or pass fewer --days"
-        )
-    candles, _ = fill_gaps(candles, tf)
-    matrix = compute_features(candles, spec)
-    ts, opens, closes, rows = decision_steps(candles, matrix, Window(start, end), tf, 1)
-    fitted = fit_normalization(spec, rows)
-    mean = torch.tensor([*fitted.mean, 0.0], dtype=torch.float32)
-    std = torch.tensor([*fitted.std, 1.0], dtype=torch.float32)
-    normalized = (rows - mean[:-1].numpy()) / std[:-1].numpy()
-    data = MarketArrays.from_candles(ts, opens, closes, normalized)
+        try:
+            ts, opens, closes, rows = window_steps(
+                engine, target, Window(start, end), spec.features, 1, f"{days} days of PPO"
+            )
+        except DataValidationError as error:
+            raise SystemExit(f"error: {error}, or pass fewer --days") from error
+    mean, std = contract_normalization(fit_normalization(spec, rows))
+    data = MarketArrays.from_candles(ts, opens, closes, (rows - mean[:-1]) / std[:-1])
     env = TradingGymEnv(
         data,
         EnvConfig(
@@ -117,6 +114,14 @@ def train_ppo(
         "steps": steps,
         "train_seconds": round(seconds, 1),
     }
+
+
+def contract_normalization(fitted: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) of a whole observation: the fitted spec's for the features, then 0
+    and 1 for the position, which passes unchanged."""
+    mean = np.asarray([*fitted.mean, 0.0], np.float32)
+    std = np.asarray([*fitted.std, 1.0], np.float32)
+    return mean, std
 
 
 def contract_policy(policy: Any, mean: Any, std: Any) -> Any:

@@ -34,21 +34,21 @@ SIZED_MOMENTUM_HOURS = 168
 LONG_FLAT = (0.0, 1.0)
 
 
-def momentum_positions(
+def with_lookback(
     engine: Engine, market: Market, window: Window, closes: np.ndarray, lookback: int, every: int
 ) -> np.ndarray:
-    """Momentum's position at each of the window's decisions (`closes`: their closes),
-    the `lookback` decisions before the window read from the stored candles; where they
-    are not stored the rule stays flat until the window itself reaches back far enough."""
+    """The window's decision closes (`closes`) preceded by up to `lookback` decision
+    closes read from the stored candles before it; just `closes` where those are not
+    stored (a rule then stays flat until the window itself reaches back far enough)."""
     step_ms = market.timeframe_ms * every
     reaching = Window(window.start - lookback * step_ms, window.end)
     try:
         _, _, history, _ = window_steps(engine, market, reaching, ("ret_1",), every)
     except DataValidationError:
-        history = closes
+        return closes
     if len(history) < len(closes) or not np.array_equal(history[-len(closes) :], closes):
-        history = closes
-    return baseline_positions("momentum", history, LONG_FLAT, lookback)[-len(closes) :]
+        return closes
+    return history
 
 
 def baselines(
@@ -59,11 +59,7 @@ def baselines(
     step_ms = market.timeframe_ms * every
     cost = CostModel.per_step(t.fee_bps, t.slippage_bps, t.borrow_bps_per_hour, step_ms)
     lookbacks = {hours: max(1, round(hours * HOUR_MS / step_ms)) for hours in MOMENTUM_HOURS}
-    sizing = (
-        VolatilityTarget(t.target_volatility, tuple(t.volatility_features))
-        if t.target_volatility is not None
-        else None
-    )
+    sizing = VolatilityTarget.targeting(t.target_volatility, t.volatility_features)
     result: dict[str, list[Backtest]] = {"buy_and_hold": [], "flat": []}
     result |= {f"momentum_{hours}h": [] for hours in MOMENTUM_HOURS}
     if sizing is not None:
@@ -74,9 +70,10 @@ def baselines(
             "buy_and_hold": baseline_positions("buy_and_hold", closes, LONG_FLAT)[:-1],
             "flat": baseline_positions("flat", closes, LONG_FLAT)[:-1],
         }
+        history = with_lookback(engine, market, window, closes, max(lookbacks.values()), every)
         for hours, lookback in lookbacks.items():
-            momentum = momentum_positions(engine, market, window, closes, lookback, every)
-            positions[f"momentum_{hours}h"] = momentum[:-1]
+            momentum = baseline_positions("momentum", history, LONG_FLAT, lookback)
+            positions[f"momentum_{hours}h"] = momentum[-len(closes) : -1]
         if sizing is not None:
             scale = sizing.scale(rows[:-1], t.features, market.timeframe_ms)
             positions["sized_hold"] = scale

@@ -146,11 +146,7 @@ class TrainRequest:
     @property
     def sizing(self) -> VolatilityTarget | None:
         """Position sizing by volatility target, or None for the action map's positions."""
-        if self.target_volatility is None:
-            return None
-        return VolatilityTarget(
-            target=self.target_volatility, features=tuple(self.volatility_features)
-        )
+        return VolatilityTarget.targeting(self.target_volatility, self.volatility_features)
 
     @property
     def member_seeds(self) -> tuple[int, ...]:

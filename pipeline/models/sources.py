@@ -3,9 +3,10 @@
 A path or any fsspec URL (the registry's own download), or an MLflow model URI
 (`models:/name/version`, `models:/name@alias`, `runs:/run-id/path`) when MLflow is
 installed: optional, not a dependency (`mlflow-skinny` is enough; `make bench-deps`
-installs it). MLflow's tracking server (and model registry) comes from the `mlflow_tracking_uri`
-setting, or MLflow's own defaults when it is empty. The model directory MLflow hands back must hold
-exactly one .onnx file (what `mlflow.onnx.log_model` writes).
+installs it). MLflow's tracking server and model registry come from the
+`mlflow_tracking_uri` setting, or MLflow's own defaults when it is empty. The model
+directory MLflow hands back must hold exactly one .onnx file (what
+`mlflow.onnx.log_model` writes).
 """
 
 from __future__ import annotations

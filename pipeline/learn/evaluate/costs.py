@@ -114,6 +114,12 @@ class VolatilityTarget:
         return {"target": self.target, "features": list(self.features), "max_scale": self.max_scale}
 
     @classmethod
+    def targeting(cls, target: float | None, features: Sequence[str]) -> VolatilityTarget | None:
+        """The sizing of `training.target_volatility` and `training.volatility_features`:
+        None (the action map's positions) when the target is null."""
+        return None if target is None else cls(target=target, features=tuple(features))
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> VolatilityTarget | None:
         """The sizing a model was trained with, or None for unscaled positions (models
         made before sizing read several volatilities name one `feature`)."""
